@@ -1,0 +1,297 @@
+//! A whole message → what it means: its distinct iTIP objects (duplicate
+//! copies folded), whether it is valid, whether its sender is the calendar
+//! user entitled to send each method, and every reason as a sentence. The
+//! JSON form of [`Report`] is the `imipd classify` output of the contract.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::Limits;
+use crate::ical;
+use crate::itip::{self, CalObject, Sender};
+use crate::mime::{self, Mail};
+
+/// One line of `imipd classify` output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub file: String,
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub imip: bool,
+    pub valid: bool,
+    pub suspicious: bool,
+    pub problems: Vec<String>,
+    pub messages: Vec<MessageSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MessageSummary {
+    pub method: String,
+    pub components: Vec<ComponentSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ComponentSummary {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub uid: Option<String>,
+    pub recurrence_id: Option<String>,
+    pub sequence: Option<i64>,
+    pub dtstamp: Option<String>,
+    pub summary: Option<String>,
+    pub organizer: Option<String>,
+    pub attendees: BTreeMap<String, String>,
+}
+
+/// A classified message: the report plus what later steps act on.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub report: Report,
+    /// The message's headers and parts; `None` when it could not be parsed.
+    pub mail: Option<Mail>,
+    /// The distinct iTIP objects, in the order they appear.
+    pub objects: Vec<CalObject>,
+    /// Per object: why its sender is not entitled, if it is not.
+    pub sender_problems: Vec<Option<String>>,
+}
+
+/// Classify a raw message. Never fails: an unreadable message is a report
+/// with `valid: false` and the reason.
+pub fn classify(raw: &[u8], file: &str, limits: &Limits) -> Classified {
+    let mail = match mime::parse(raw, limits) {
+        Ok(m) => m,
+        Err(e) => {
+            return Classified {
+                report: Report {
+                    file: file.to_string(),
+                    message_id: None,
+                    from: None,
+                    imip: false,
+                    valid: false,
+                    suspicious: false,
+                    problems: vec![format!("cannot read the message: {e}")],
+                    messages: Vec::new(),
+                },
+                mail: None,
+                objects: Vec::new(),
+                sender_problems: Vec::new(),
+            }
+        }
+    };
+    classify_mail(mail, file, limits)
+}
+
+/// Classify an already parsed message.
+pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
+    let mut validity: Vec<String> = mail.problems.clone();
+    let mut objects: Vec<CalObject> = Vec::new();
+    let mut summaries: Vec<MessageSummary> = Vec::new();
+    for part in &mail.parts {
+        let (objs, part_problems) = itip::parse_part(part, limits);
+        validity.extend(part_problems);
+        for o in objs {
+            validity.extend(o.problems.iter().cloned());
+            if !o.is_itip() {
+                continue;
+            }
+            let s = summarize(&o);
+            // The usual text/calendar + application/ics pair: count once.
+            if summaries.contains(&s) {
+                continue;
+            }
+            summaries.push(s);
+            objects.push(o);
+        }
+    }
+    dedup(&mut validity);
+
+    let sender_problems: Vec<Option<String>> =
+        objects.iter().map(|o| sender_problem(&mail, o)).collect();
+    let mut suspicion: Vec<String> = sender_problems.iter().flatten().cloned().collect();
+    dedup(&mut suspicion);
+
+    let report = Report {
+        file: file.to_string(),
+        message_id: mail.message_id.clone(),
+        from: mail.from.clone(),
+        imip: !objects.is_empty(),
+        valid: validity.is_empty(),
+        suspicious: !suspicion.is_empty(),
+        problems: validity.into_iter().chain(suspicion).collect(),
+        messages: summaries,
+    };
+    Classified {
+        report,
+        mail: Some(mail),
+        objects,
+        sender_problems,
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|p| seen.insert(p.clone()));
+}
+
+/// The contract's summary of one iTIP object.
+pub fn summarize(o: &CalObject) -> MessageSummary {
+    MessageSummary {
+        method: o.method.clone().unwrap_or_default(),
+        components: o
+            .components
+            .iter()
+            .map(|&i| {
+                let c = &o.ical.components[i];
+                ComponentSummary {
+                    kind: c.component_type.as_str().to_ascii_uppercase(),
+                    uid: ical::uid(c),
+                    recurrence_id: ical::recurrence_id(c),
+                    sequence: ical::sequence(c),
+                    dtstamp: ical::dtstamp(c),
+                    summary: ical::text(c, &calcard::icalendar::ICalendarProperty::Summary),
+                    organizer: ical::organizer(c),
+                    attendees: ical::attendees(c)
+                        .map(|(a, e)| (a, ical::partstat(e)))
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The addresses entitled to send this object: for each component, the
+/// ORGANIZER or the answering ATTENDEE(s), with their SENT-BY.
+pub fn entitled_addresses(o: &CalObject) -> Vec<Vec<String>> {
+    let Some(who) = o.method.as_deref().and_then(itip::entitled_sender) else {
+        return Vec::new();
+    };
+    o.components
+        .iter()
+        .map(|&i| {
+            let c = &o.ical.components[i];
+            let mut out = Vec::new();
+            let entries: Vec<_> = match who {
+                Sender::Organizer => ical::props(c, &calcard::icalendar::ICalendarProperty::Organizer).collect(),
+                Sender::Attendee => ical::props(c, &calcard::icalendar::ICalendarProperty::Attendee).collect(),
+            };
+            for e in entries {
+                out.extend(ical::cal_address(e));
+                out.extend(ical::sent_by(e));
+            }
+            out
+        })
+        .collect()
+}
+
+/// Why the mail's sender (From or Sender) is not the calendar user entitled
+/// to send this object's method; `None` when it is.
+pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
+    let method = o.method.as_deref()?;
+    let who = itip::entitled_sender(method)?;
+    let role = match who {
+        Sender::Organizer => "its organizer",
+        Sender::Attendee => "the attendee who answers",
+    };
+    let senders: Vec<String> = [&mail.from, &mail.sender]
+        .into_iter()
+        .flatten()
+        .map(|a| format!("mailto:{a}"))
+        .collect();
+    if senders.is_empty() {
+        return Some(format!(
+            "the mail has no From address, so the sender of this {method} cannot be checked"
+        ));
+    }
+    for entitled in entitled_addresses(o) {
+        if entitled.is_empty() {
+            continue; // missing ORGANIZER/ATTENDEE: reported as invalid
+        }
+        if !entitled.iter().any(|e| senders.contains(e)) {
+            let names: Vec<&str> = entitled.iter().map(|e| e.trim_start_matches("mailto:")).collect();
+            let forwarded = if o.forwarded { " (forwarded inside another mail)" } else { "" };
+            return Some(format!(
+                "the sender {} is not entitled to send this {method}{forwarded}: only {role} ({}) may",
+                mail.from.as_deref().unwrap_or("(none)"),
+                names.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(from: &str, sender: Option<&str>, method: &str, organizer: &str, attendees: &[&str]) -> String {
+        let mut s = format!("From: {from}\r\n");
+        if let Some(x) = sender {
+            s.push_str(&format!("Sender: {x}\r\n"));
+        }
+        s.push_str(&format!(
+            "Content-Type: text/calendar; method={method}\r\n\r\nBEGIN:VCALENDAR\r\nMETHOD:{method}\r\nBEGIN:VEVENT\r\nUID:u\r\nDTSTAMP:20261120T100000Z\r\nDTSTART:20261201T100000Z\r\nORGANIZER{organizer}\r\n"
+        ));
+        for a in attendees {
+            s.push_str(&format!("ATTENDEE;PARTSTAT=ACCEPTED:{a}\r\n"));
+        }
+        s.push_str("END:VEVENT\r\nEND:VCALENDAR\r\n");
+        s
+    }
+
+    fn report(r: &str) -> Report {
+        classify(r.as_bytes(), "t.eml", &Limits::default()).report
+    }
+
+    #[test]
+    fn rule_request_from_organizer_is_not_suspicious() {
+        let r = report(&raw("Alice <ALICE@example.com>", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        assert!(!r.suspicious, "{:?}", r.problems);
+        assert!(r.valid && r.imip);
+    }
+
+    #[test]
+    fn rule_request_from_someone_else_is_suspicious() {
+        let r = report(&raw("mallory@evil.example", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        assert!(r.suspicious);
+        assert!(r.problems[0].contains("mallory@evil.example"));
+    }
+
+    #[test]
+    fn rule_sent_by_is_entitled() {
+        let r = report(&raw(
+            "assistant@example.com",
+            None,
+            "REQUEST",
+            ";SENT-BY=\"mailto:assistant@example.com\":mailto:boss@example.com",
+            &["mailto:bob@example.com"],
+        ));
+        assert!(!r.suspicious, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn rule_sender_header_counts() {
+        let r = report(&raw("noreply@example.com", Some("alice@example.com"), "CANCEL", ":mailto:alice@example.com", &[]));
+        assert!(!r.suspicious, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn rule_reply_from_the_attendee() {
+        let ok = report(&raw("bob@example.com", None, "REPLY", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        assert!(!ok.suspicious);
+        let bad = report(&raw("carol@example.com", None, "REPLY", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        assert!(bad.suspicious);
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let one = raw("alice@example.com", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]);
+        let body = one.split_once("\r\n\r\n").unwrap().1;
+        let m = format!(
+            "From: alice@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{body}--b\r\nContent-Type: application/ics\r\n\r\n{body}--b--\r\n"
+        );
+        let r = report(&m);
+        assert_eq!(r.messages.len(), 1);
+        assert!(r.valid, "{:?}", r.problems);
+    }
+}

@@ -1,0 +1,160 @@
+//! The `imipd` command line: parses arguments, loads the configuration,
+//! runs one command and maps the outcome to the exit status of the contract
+//! (0 ok, 1 some messages not handled, 2 bad command line or configuration,
+//! 3 a server unreachable or refusing the login).
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use imipd::classify;
+use imipd::config::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "imipd", version, about = "Answers calendar invitations that arrive by e-mail (iMIP)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read-only: print one JSON object per message (JSON Lines); changes nothing.
+    Classify {
+        /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml; optional here).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One of my calendar addresses (repeatable); added to the configuration's identity.
+        #[arg(long = "me", value_name = "ADDR")]
+        me: Vec<String>,
+        /// Raw RFC 5322 messages; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Validate the configuration.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also log in to every IMAP and SMTP server.
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMIPD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
+        Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
+    }
+}
+
+/// Load the configuration, or print the error and give exit status 2.
+fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
+    let path = config::default_path(given);
+    config::load(&path).map_err(|e| {
+        eprintln!("imipd: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> ExitCode {
+    // The configuration is optional for classify: use it when it is given or exists.
+    let default = config::default_path(config_path);
+    let cfg = if config_path.is_some() || default.exists() {
+        match load_config(Some(&default)) {
+            Ok(mut c) => {
+                c.identity.addresses.extend(me.iter().map(|a| imipd::address::bare(a)));
+                c
+            }
+            Err(code) => return code,
+        }
+    } else {
+        Config::minimal(me)
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = false;
+    for file in files {
+        let raw = if file == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+        } else {
+            std::fs::read(file)
+        };
+        let report = match raw {
+            Ok(raw) => classify::classify(&raw, file, &cfg.limits).report,
+            Err(e) => {
+                failed = true;
+                eprintln!("imipd: cannot read {file}: {e}");
+                classify::Report {
+                    file: file.clone(),
+                    message_id: None,
+                    from: None,
+                    imip: false,
+                    valid: false,
+                    suspicious: false,
+                    problems: vec![format!("cannot read the file: {e}")],
+                    messages: Vec::new(),
+                }
+            }
+        };
+        let line = serde_json::to_string(&report).unwrap_or_default();
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::from(u8::from(failed))
+}
+
+fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
+    let cfg = match load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "configuration {} is valid",
+        cfg.file.as_deref().unwrap_or(Path::new("?")).display()
+    );
+    println!("identity: {}", cfg.identity.addresses.join(", "));
+    println!("store: {}", cfg.store.display());
+    println!("state: {}", cfg.state.display());
+    for a in &cfg.accounts {
+        match &a.source {
+            config::Source::Imap(i) => println!(
+                "account {}: imap {}@{}:{} folders {}",
+                a.name,
+                i.username,
+                i.host,
+                i.port,
+                i.folders.join(", ")
+            ),
+            config::Source::Maildir { path } => {
+                println!("account {}: maildir {}", a.name, path.display())
+            }
+        }
+    }
+    println!("policies: {}", cfg.policies.len());
+    if connect {
+        eprintln!("imipd: check --connect is not available yet in this version");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}

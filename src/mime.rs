@@ -1,0 +1,331 @@
+//! Raw RFC 5322 message → the facts imipd needs: who sent it, its ids, the
+//! receiving server's authentication results, and every calendar part
+//! (`text/calendar`, `application/ics`) at any depth, including forwarded
+//! `message/rfc822` parts, decoded to UTF-8. Parsing never panics; what is
+//! broken is reported as a problem and the rest is still read.
+
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+
+use crate::address;
+use crate::config::Limits;
+
+/// One calendar part, decoded.
+#[derive(Debug, Clone)]
+pub struct CalendarPart {
+    /// `text/calendar` or `application/ics`, lower-cased.
+    pub content_type: String,
+    /// The Content-Type `method=` parameter, upper-cased, if any.
+    pub method_param: Option<String>,
+    /// The decoded calendar text.
+    pub text: String,
+    /// True when the part sits inside a forwarded `message/rfc822`.
+    pub forwarded: bool,
+}
+
+/// What a message says about itself.
+#[derive(Debug, Clone, Default)]
+pub struct Mail {
+    /// With angle brackets, as written in the header.
+    pub message_id: Option<String>,
+    /// The bare, lower-cased From address.
+    pub from: Option<String>,
+    pub from_name: Option<String>,
+    /// The bare, lower-cased Sender address.
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    /// Message-IDs (with brackets) of References, for threading replies.
+    pub references: Vec<String>,
+    /// Raw values of every `Authentication-Results` header, top first.
+    pub authentication_results: Vec<String>,
+    /// Whether the mail says it was sent automatically (`Auto-Submitted`
+    /// other than `no`): used to avoid mail loops.
+    pub auto_submitted: bool,
+    pub parts: Vec<CalendarPart>,
+    /// Problems with the MIME structure itself (each makes the mail invalid).
+    pub problems: Vec<String>,
+}
+
+/// Why a message could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MimeError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the message is {size} bytes, more than the limit of {limit} bytes (limits.max_message_bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("no RFC 5322 header could be found")]
+    NoHeaders,
+}
+
+/// Parse a raw message and collect its calendar parts.
+pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(MimeError::Empty);
+    }
+    if raw.len() > limits.max_message_bytes {
+        return Err(MimeError::TooLarge {
+            size: raw.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    let message = MessageParser::new()
+        .parse(raw)
+        .ok_or(MimeError::NoHeaders)?;
+    if message.headers().is_empty() {
+        return Err(MimeError::NoHeaders);
+    }
+    if !looks_like_headers(raw) {
+        return Err(MimeError::NoHeaders);
+    }
+    let mut mail = Mail {
+        message_id: message.message_id().map(|id| format!("<{id}>")),
+        from: first_address(message.from()),
+        from_name: message
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.name())
+            .map(str::to_string),
+        sender: first_address(message.sender()),
+        subject: message.subject().map(str::to_string),
+        references: id_list(message.references()),
+        ..Mail::default()
+    };
+    for (name, value) in message.headers_raw() {
+        if name.eq_ignore_ascii_case("Authentication-Results") {
+            mail.authentication_results.push(unfold(value));
+        } else if name.eq_ignore_ascii_case("Auto-Submitted") {
+            mail.auto_submitted = !value.trim().eq_ignore_ascii_case("no");
+        }
+    }
+    let mut walker = Walker {
+        limits,
+        mail: &mut mail,
+        depth_reported: false,
+        budget: 10_000,
+    };
+    walker.walk(&message, 0, 0, false);
+    Ok(mail)
+}
+
+/// The first line of a message must look like a header field (`Name:`) or a
+/// mbox `From ` line; binary junk that mail-parser tolerates is refused here.
+fn looks_like_headers(raw: &[u8]) -> bool {
+    let start = raw
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    let line = &raw[start..];
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let line = &line[..end];
+    if line.starts_with(b"From ") {
+        return true;
+    }
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) if colon > 0 => line[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b':'),
+        _ => false,
+    }
+}
+
+fn unfold(s: &str) -> String {
+    s.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn first_address(a: Option<&Address<'_>>) -> Option<String> {
+    a.and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(address::bare)
+        .filter(|a| !a.is_empty())
+}
+
+fn id_list(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => vec![format!("<{t}>")],
+        HeaderValue::TextList(l) => l.iter().map(|t| format!("<{t}>")).collect(),
+        _ => Vec::new(),
+    }
+}
+
+struct Walker<'a> {
+    limits: &'a Limits,
+    mail: &'a mut Mail,
+    depth_reported: bool,
+    /// Parts left to look at: a message with absurdly many parts stops here.
+    budget: usize,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, msg: &Message<'_>, part_id: u32, depth: usize, forwarded: bool) {
+        if self.budget == 0 {
+            return;
+        }
+        self.budget -= 1;
+        if self.budget == 0 {
+            self.mail
+                .problems
+                .push("the message has more than 10000 MIME parts; the rest were not read".into());
+            return;
+        }
+        let Some(part) = msg.parts.get(part_id as usize) else {
+            return;
+        };
+        if depth > self.limits.max_depth {
+            if !self.depth_reported {
+                self.depth_reported = true;
+                self.mail.problems.push(format!(
+                    "MIME parts are nested deeper than {} levels (limits.max_depth); the deeper parts were not read",
+                    self.limits.max_depth
+                ));
+            }
+            return;
+        }
+        let ct = part.content_type();
+        let ctype = ct.map(|c| c.ctype().to_ascii_lowercase()).unwrap_or_default();
+        let csub = ct
+            .and_then(|c| c.subtype())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        let is_calendar = (ctype == "text" && csub == "calendar")
+            || (ctype == "application" && csub == "ics");
+        match &part.body {
+            PartType::Multipart(children) => {
+                for &child in children {
+                    if child != part_id {
+                        self.walk(msg, child, depth + 1, forwarded);
+                    }
+                }
+            }
+            PartType::Message(inner) => self.walk(inner, 0, depth + 1, true),
+            PartType::Text(text) if is_calendar => {
+                self.calendar(part, ct, text.to_string(), forwarded);
+            }
+            PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
+                if is_calendar {
+                    let text = decode_charset(bytes, ct.and_then(|c| c.attribute("charset")));
+                    self.calendar(part, ct, text, forwarded);
+                } else if ctype == "message" && (csub == "rfc822" || csub == "global") {
+                    // Nested deeper than mail-parser decodes by itself.
+                    if let Some(inner) = MessageParser::new().parse(bytes.as_ref()) {
+                        self.walk(&inner, 0, depth + 1, true);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn calendar(
+        &mut self,
+        part: &mail_parser::MessagePart<'_>,
+        ct: Option<&mail_parser::ContentType<'_>>,
+        text: String,
+        forwarded: bool,
+    ) {
+        let content_type = ct
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.ctype().to_ascii_lowercase(),
+                    c.subtype().unwrap_or_default().to_ascii_lowercase()
+                )
+            })
+            .unwrap_or_default();
+        if part.is_encoding_problem {
+            self.mail.problems.push(format!(
+                "the {content_type} part has a broken transfer encoding; it may be truncated"
+            ));
+        }
+        if text.len() > self.limits.max_part_bytes {
+            self.mail.problems.push(format!(
+                "a {content_type} part of {} bytes is larger than the limit of {} bytes (limits.max_part_bytes) and was not read",
+                text.len(),
+                self.limits.max_part_bytes
+            ));
+            return;
+        }
+        let method_param = ct
+            .and_then(|c| c.attribute("method"))
+            .map(|m| m.trim().to_ascii_uppercase());
+        self.mail.parts.push(CalendarPart {
+            content_type,
+            method_param,
+            text,
+            forwarded,
+        });
+    }
+}
+
+/// Decode bytes in a declared charset (UTF-8 when none is declared).
+fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
+    if let Some(decoder) =
+        charset.and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()))
+    {
+        return decoder(bytes);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(raw: &str) -> Mail {
+        parse(raw.as_bytes(), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn garbage_is_not_a_message() {
+        assert_eq!(parse(b"", &Limits::default()).unwrap_err(), MimeError::Empty);
+        assert_eq!(
+            parse(b"\x00\x01\x02binary\xff", &Limits::default()).unwrap_err(),
+            MimeError::NoHeaders
+        );
+    }
+
+    #[test]
+    fn finds_calendar_in_alternative_and_attachment() {
+        let m = mail(concat!(
+            "From: Alice <Alice@Example.com>\r\nMessage-ID: <x@y>\r\n",
+            "Content-Type: multipart/mixed; boundary=b1\r\n\r\n",
+            "--b1\r\nContent-Type: text/calendar; method=request; charset=UTF-8\r\n\r\n",
+            "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+            "--b1\r\nContent-Type: application/ics; name=invite.ics\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\n",
+            "QkVHSU46VkNBTEVOREFSDQpFTkQ6VkNBTEVOREFSDQo=\r\n--b1--\r\n"
+        ));
+        assert_eq!(m.from.as_deref(), Some("alice@example.com"));
+        assert_eq!(m.message_id.as_deref(), Some("<x@y>"));
+        assert_eq!(m.parts.len(), 2);
+        assert_eq!(m.parts[0].method_param.as_deref(), Some("REQUEST"));
+        assert_eq!(m.parts[1].content_type, "application/ics");
+        assert!(m.parts[1].text.starts_with("BEGIN:VCALENDAR"));
+    }
+
+    #[test]
+    fn latin1_application_ics_is_decoded() {
+        let mut raw = b"From: a@b.c\r\nContent-Type: application/ics; charset=ISO-8859-1\r\n\r\nSUMMARY:Caf".to_vec();
+        raw.push(0xe9);
+        let m = parse(&raw, &Limits::default()).unwrap();
+        assert!(m.parts[0].text.ends_with("Café"));
+    }
+
+    #[test]
+    fn depth_limit_is_reported() {
+        let mut raw = String::from("From: a@b.c\r\n");
+        for i in 0..6 {
+            raw.push_str(&format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"));
+        }
+        raw.push_str("Content-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\n");
+        let limits = Limits { max_depth: 3, ..Limits::default() };
+        let m = parse(raw.as_bytes(), &limits).unwrap();
+        assert!(m.parts.is_empty());
+        assert!(m.problems[0].contains("nested deeper"), "{:?}", m.problems);
+    }
+}
