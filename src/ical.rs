@@ -340,6 +340,128 @@ pub fn to_string(ical: &ICalendar) -> String {
     ical.to_string()
 }
 
+/// A calendar component as a tree (calcard keeps a flat list linked by
+/// index): easier to edit, converted back with [`Node::into_ical`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub kind: Ct,
+    pub entries: Vec<ICalendarEntry>,
+    pub children: Vec<Node>,
+}
+
+impl Node {
+    /// The tree of a calendar, from its root (component 0).
+    pub fn from_ical(ical: &ICalendar) -> Node {
+        fn build(ical: &ICalendar, idx: usize, depth: usize) -> Node {
+            let c = &ical.components[idx];
+            Node {
+                kind: c.component_type.clone(),
+                entries: c.entries.clone(),
+                children: if depth > 16 {
+                    Vec::new()
+                } else {
+                    c.component_ids
+                        .iter()
+                        .filter(|&&i| (i as usize) < ical.components.len() && i as usize != idx)
+                        .map(|&i| build(ical, i as usize, depth + 1))
+                        .collect()
+                },
+            }
+        }
+        if ical.components.is_empty() {
+            return Node { kind: Ct::VCalendar, entries: Vec::new(), children: Vec::new() };
+        }
+        build(ical, 0, 0)
+    }
+
+    /// The flat calcard form of this tree.
+    pub fn into_ical(self) -> ICalendar {
+        fn push(node: Node, out: &mut Vec<ICalendarComponent>) -> u32 {
+            let idx = out.len();
+            out.push(ICalendarComponent {
+                component_type: node.kind,
+                entries: node.entries,
+                component_ids: Vec::new(),
+            });
+            let ids: Vec<u32> = node.children.into_iter().map(|c| push(c, out)).collect();
+            out[idx].component_ids = ids;
+            idx as u32
+        }
+        let mut components = Vec::new();
+        push(self, &mut components);
+        ICalendar { components }
+    }
+
+    /// A leaf-only view as a component, for the read helpers above.
+    pub fn as_component(&self) -> ICalendarComponent {
+        ICalendarComponent {
+            component_type: self.kind.clone(),
+            entries: self.entries.clone(),
+            component_ids: Vec::new(),
+        }
+    }
+
+    pub fn prop(&self, p: &P) -> Option<&ICalendarEntry> {
+        self.entries.iter().find(|e| &e.name == p)
+    }
+
+    pub fn text(&self, p: &P) -> Option<String> {
+        self.prop(p).and_then(entry_text)
+    }
+
+    pub fn uid(&self) -> Option<String> {
+        self.text(&P::Uid).filter(|u| !u.is_empty())
+    }
+
+    pub fn recurrence_id(&self) -> Option<String> {
+        self.prop(&P::RecurrenceId).and_then(date_string)
+    }
+
+    pub fn sequence(&self) -> i64 {
+        let Some(e) = self.prop(&P::Sequence) else { return 0 };
+        match e.values.first() {
+            Some(ICalendarValue::Integer(i)) => *i,
+            Some(ICalendarValue::Text(t)) => t.trim().parse().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn dtstamp(&self) -> String {
+        self.prop(&P::Dtstamp).and_then(date_string).unwrap_or_default()
+    }
+
+    pub fn organizer(&self) -> Option<String> {
+        self.prop(&P::Organizer).and_then(cal_address)
+    }
+
+    pub fn set(&mut self, entry: ICalendarEntry) {
+        let name = entry.name.clone();
+        let mut entry = Some(entry);
+        let mut out = Vec::with_capacity(self.entries.len() + 1);
+        for e in self.entries.drain(..) {
+            if e.name == name {
+                if let Some(new) = entry.take() {
+                    out.push(new);
+                }
+            } else {
+                out.push(e);
+            }
+        }
+        if let Some(new) = entry {
+            out.push(new);
+        }
+        self.entries = out;
+    }
+
+    pub fn remove(&mut self, p: &P) {
+        self.entries.retain(|e| &e.name != p);
+    }
+
+    pub fn is_scheduling(&self) -> bool {
+        is_scheduling(&self.kind)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,14 +14,26 @@
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
+//! - [`engine`]: the iTIP rules: what a message does to the stored object.
+//! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
+//! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
+//! - [`process`]: one message end to end, in a crash-safe order; outcomes.
+//! - [`maildir`]: the Maildir source.
+//! - [`run`]: the `process` and `once` commands over files and accounts.
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod classify;
 pub mod config;
+pub mod engine;
 pub mod ical;
 pub mod itip;
+pub mod maildir;
 pub mod mime;
+pub mod process;
+pub mod run;
+pub mod state;
+pub mod store;
 
 /// The PRODID imipd writes into the calendars it produces.
 pub const PRODID: &str = "-//imipd//imipd 0.1//EN";

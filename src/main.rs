@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use imipd::classify;
+use imipd::{classify, run};
 use imipd::config::{self, Config};
 
 #[derive(Parser)]
@@ -33,6 +33,28 @@ enum Command {
         /// Raw RFC 5322 messages; `-` reads standard input.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
+    },
+    /// Treat each message (a file, or `-` for standard input) like one found in a mailbox.
+    Process {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Decide and report everything, but write nothing, send nothing, mark nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object per message outcome on standard output.
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "FILE", default_value = "-")]
+        files: Vec<String>,
+    },
+    /// One pass over every account and folder, then exit.
+    Once {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the configuration.
     Check {
@@ -63,6 +85,28 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
         Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
+        Command::Process { config, dry_run, json, files } => {
+            with_config(config.as_deref(), |cfg| run::process_files(cfg, &files, run::Options { dry_run, json }))
+        }
+        Command::Once { config, dry_run, json } => {
+            with_config(config.as_deref(), |cfg| run::once(cfg, run::Options { dry_run, json }))
+        }
+    }
+}
+
+/// Load the configuration and run a command with it; errors print their
+/// whole chain and give exit status 1 (2 for the configuration itself).
+fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match f(&cfg) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("imipd: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
