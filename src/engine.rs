@@ -465,10 +465,15 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     let mut stale = false;
     for inc in &input.comps {
         let rid = inc.recurrence_id();
-        let range_future = inc
-            .prop(&P::RecurrenceId)
-            .and_then(|e| ical::param(e, &Pn::Range))
-            .is_some_and(|r| r.eq_ignore_ascii_case("THISANDFUTURE"));
+        // calcard reads RANGE=THISANDFUTURE as a true boolean.
+        let range_future = inc.prop(&P::RecurrenceId).is_some_and(|e| {
+            e.params.iter().any(|p| {
+                p.name == Pn::Range
+                    && matches!(&p.value, ICalendarParameterValue::Bool(true))
+                    || p.name == Pn::Range
+                        && p.value.as_text().is_some_and(|t| t.eq_ignore_ascii_case("THISANDFUTURE"))
+            })
+        });
         match rid {
             None => {
                 let master_version = find(&root, None).map(version).unwrap_or_default();
