@@ -172,8 +172,12 @@ pub fn entitled_addresses(o: &CalObject) -> Vec<Vec<String>> {
             let c = &o.ical.components[i];
             let mut out = Vec::new();
             let entries: Vec<_> = match who {
-                Sender::Organizer => ical::props(c, &calcard::icalendar::ICalendarProperty::Organizer).collect(),
-                Sender::Attendee => ical::props(c, &calcard::icalendar::ICalendarProperty::Attendee).collect(),
+                Sender::Organizer => {
+                    ical::props(c, &calcard::icalendar::ICalendarProperty::Organizer).collect()
+                }
+                Sender::Attendee => {
+                    ical::props(c, &calcard::icalendar::ICalendarProperty::Attendee).collect()
+                }
             };
             for e in entries {
                 out.extend(ical::cal_address(e));
@@ -208,8 +212,15 @@ pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
             continue; // missing ORGANIZER/ATTENDEE: reported as invalid
         }
         if !entitled.iter().any(|e| senders.contains(e)) {
-            let names: Vec<&str> = entitled.iter().map(|e| e.trim_start_matches("mailto:")).collect();
-            let forwarded = if o.forwarded { " (forwarded inside another mail)" } else { "" };
+            let names: Vec<&str> = entitled
+                .iter()
+                .map(|e| e.trim_start_matches("mailto:"))
+                .collect();
+            let forwarded = if o.forwarded {
+                " (forwarded inside another mail)"
+            } else {
+                ""
+            };
             return Some(format!(
                 "the sender {} is not entitled to send this {method}{forwarded}: only {role} ({}) may",
                 mail.from.as_deref().unwrap_or("(none)"),
@@ -224,7 +235,13 @@ pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn raw(from: &str, sender: Option<&str>, method: &str, organizer: &str, attendees: &[&str]) -> String {
+    fn raw(
+        from: &str,
+        sender: Option<&str>,
+        method: &str,
+        organizer: &str,
+        attendees: &[&str],
+    ) -> String {
         let mut s = format!("From: {from}\r\n");
         if let Some(x) = sender {
             s.push_str(&format!("Sender: {x}\r\n"));
@@ -245,14 +262,26 @@ mod tests {
 
     #[test]
     fn rule_request_from_organizer_is_not_suspicious() {
-        let r = report(&raw("Alice <ALICE@example.com>", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        let r = report(&raw(
+            "Alice <ALICE@example.com>",
+            None,
+            "REQUEST",
+            ":mailto:alice@example.com",
+            &["mailto:bob@example.com"],
+        ));
         assert!(!r.suspicious, "{:?}", r.problems);
         assert!(r.valid && r.imip);
     }
 
     #[test]
     fn rule_request_from_someone_else_is_suspicious() {
-        let r = report(&raw("mallory@evil.example", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        let r = report(&raw(
+            "mallory@evil.example",
+            None,
+            "REQUEST",
+            ":mailto:alice@example.com",
+            &["mailto:bob@example.com"],
+        ));
         assert!(r.suspicious);
         assert!(r.problems[0].contains("mallory@evil.example"));
     }
@@ -271,21 +300,45 @@ mod tests {
 
     #[test]
     fn rule_sender_header_counts() {
-        let r = report(&raw("noreply@example.com", Some("alice@example.com"), "CANCEL", ":mailto:alice@example.com", &[]));
+        let r = report(&raw(
+            "noreply@example.com",
+            Some("alice@example.com"),
+            "CANCEL",
+            ":mailto:alice@example.com",
+            &[],
+        ));
         assert!(!r.suspicious, "{:?}", r.problems);
     }
 
     #[test]
     fn rule_reply_from_the_attendee() {
-        let ok = report(&raw("bob@example.com", None, "REPLY", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        let ok = report(&raw(
+            "bob@example.com",
+            None,
+            "REPLY",
+            ":mailto:alice@example.com",
+            &["mailto:bob@example.com"],
+        ));
         assert!(!ok.suspicious);
-        let bad = report(&raw("carol@example.com", None, "REPLY", ":mailto:alice@example.com", &["mailto:bob@example.com"]));
+        let bad = report(&raw(
+            "carol@example.com",
+            None,
+            "REPLY",
+            ":mailto:alice@example.com",
+            &["mailto:bob@example.com"],
+        ));
         assert!(bad.suspicious);
     }
 
     #[test]
     fn duplicates_count_once() {
-        let one = raw("alice@example.com", None, "REQUEST", ":mailto:alice@example.com", &["mailto:bob@example.com"]);
+        let one = raw(
+            "alice@example.com",
+            None,
+            "REQUEST",
+            ":mailto:alice@example.com",
+            &["mailto:bob@example.com"],
+        );
         let body = one.split_once("\r\n\r\n").unwrap().1;
         let m = format!(
             "From: alice@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{body}--b\r\nContent-Type: application/ics\r\n\r\n{body}--b--\r\n"

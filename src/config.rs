@@ -146,7 +146,7 @@ impl Identity {
     /// Whether a calendar address (`mailto:` optional, any case) is one of mine.
     pub fn is_me(&self, cal_address: &str) -> bool {
         let a = address::bare(cal_address);
-        self.addresses.iter().any(|m| *m == a)
+        self.addresses.contains(&a)
     }
 }
 
@@ -189,7 +189,7 @@ pub struct ImapConfig {
 
 #[derive(Debug, Clone)]
 pub enum Source {
-    Imap(ImapConfig),
+    Imap(Box<ImapConfig>),
     Maildir { path: PathBuf },
 }
 
@@ -490,11 +490,19 @@ impl Validator<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
         (line, col)
     }
 
-    fn err(&self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        key: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
             key: Some(key.to_string()),
@@ -595,7 +603,12 @@ impl Validator<'_> {
         Ok(found.pop())
     }
 
-    fn seconds(&self, v: Option<&Spanned<u64>>, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    fn seconds(
+        &self,
+        v: Option<&Spanned<u64>>,
+        key: &str,
+        default: u64,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(Duration::from_secs(default)),
             Some(s) if *s.get_ref() == 0 => {
@@ -632,7 +645,11 @@ impl Validator<'_> {
         };
 
         if raw.store.path.get_ref().trim().is_empty() {
-            return Err(self.err("store.path", Some(raw.store.path.span()), "must not be empty"));
+            return Err(self.err(
+                "store.path",
+                Some(raw.store.path.span()),
+                "must not be empty",
+            ));
         }
         let store = self.path(raw.store.path.get_ref());
         let state = match &raw.state {
@@ -655,10 +672,22 @@ impl Validator<'_> {
                 }
                 Ok(())
             };
-            pick(&l.max_message_bytes, "limits.max_message_bytes", &mut limits.max_message_bytes)?;
-            pick(&l.max_part_bytes, "limits.max_part_bytes", &mut limits.max_part_bytes)?;
+            pick(
+                &l.max_message_bytes,
+                "limits.max_message_bytes",
+                &mut limits.max_message_bytes,
+            )?;
+            pick(
+                &l.max_part_bytes,
+                "limits.max_part_bytes",
+                &mut limits.max_part_bytes,
+            )?;
             pick(&l.max_depth, "limits.max_depth", &mut limits.max_depth)?;
-            pick(&l.max_components, "limits.max_components", &mut limits.max_components)?;
+            pick(
+                &l.max_components,
+                "limits.max_components",
+                &mut limits.max_components,
+            )?;
         }
 
         let mut max_replies_per_hour = 10;
@@ -697,7 +726,12 @@ impl Validator<'_> {
         let address_book = raw.address_book.map(|a| self.path(a.path.get_ref()));
         let trusted_authserv_ids = raw
             .authentication
-            .map(|a| a.trusted_authserv_ids.iter().map(|s| s.to_ascii_lowercase()).collect())
+            .map(|a| {
+                a.trusted_authserv_ids
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect()
+            })
             .unwrap_or_default();
 
         Ok(Config {
@@ -726,7 +760,11 @@ impl Validator<'_> {
                     ));
                 }
                 let host = o.host.as_ref().ok_or_else(|| {
-                    self.err("outgoing.host", Some(o.transport.span()), "transport = \"smtp\" needs a host")
+                    self.err(
+                        "outgoing.host",
+                        Some(o.transport.span()),
+                        "transport = \"smtp\" needs a host",
+                    )
                 })?;
                 let tls = self.tls("outgoing.tls", o.tls.as_ref())?;
                 let port = o.port.unwrap_or(match tls {
@@ -734,7 +772,12 @@ impl Validator<'_> {
                     Tls::StartTls => 587,
                     Tls::None => 25,
                 });
-                let secret = self.secret("outgoing", o.password, o.password_command, o.password_file.as_ref())?;
+                let secret = self.secret(
+                    "outgoing",
+                    o.password,
+                    o.password_command,
+                    o.password_file.as_ref(),
+                )?;
                 if secret.is_some() && o.username.is_none() {
                     return Err(self.err(
                         "outgoing.username",
@@ -754,7 +797,11 @@ impl Validator<'_> {
             }
             "file" => {
                 let path = o.path.as_ref().ok_or_else(|| {
-                    self.err("outgoing.path", Some(o.transport.span()), "transport = \"file\" needs a path")
+                    self.err(
+                        "outgoing.path",
+                        Some(o.transport.span()),
+                        "transport = \"file\" needs a path",
+                    )
                 })?;
                 if let Some(h) = &o.host {
                     return Err(self.err(
@@ -763,7 +810,9 @@ impl Validator<'_> {
                         "`host` belongs to transport = \"smtp\"",
                     ));
                 }
-                Ok(Outgoing::File { path: self.path(path.get_ref()) })
+                Ok(Outgoing::File {
+                    path: self.path(path.get_ref()),
+                })
             }
             other => Err(self.err(
                 "outgoing.transport",
@@ -785,10 +834,18 @@ impl Validator<'_> {
                     ));
                 }
                 let host = a.host.as_ref().ok_or_else(|| {
-                    self.err("account.host", Some(a.source.span()), format!("account `{name}` needs a host"))
+                    self.err(
+                        "account.host",
+                        Some(a.source.span()),
+                        format!("account `{name}` needs a host"),
+                    )
                 })?;
                 let username = a.username.clone().ok_or_else(|| {
-                    self.err("account.username", Some(a.source.span()), format!("account `{name}` needs a username"))
+                    self.err(
+                        "account.username",
+                        Some(a.source.span()),
+                        format!("account `{name}` needs a username"),
+                    )
                 })?;
                 let tls = self.tls("account.tls", a.tls.as_ref())?;
                 let auth = match a.auth.as_ref().map(|s| s.get_ref().to_ascii_lowercase()) {
@@ -800,7 +857,9 @@ impl Validator<'_> {
                         return Err(self.err(
                             "account.auth",
                             a.auth.as_ref().map(|s| s.span()),
-                            format!("unknown auth `{other}`, expected \"login\", \"plain\" or \"xoauth2\""),
+                            format!(
+                            "unknown auth `{other}`, expected \"login\", \"plain\" or \"xoauth2\""
+                        ),
                         ))
                     }
                 };
@@ -821,27 +880,40 @@ impl Validator<'_> {
                         return Err(self.err(
                             "account.oauth_token_command",
                             Some(a.source.span()),
-                            format!("account `{name}`: oauth_token_command needs auth = \"xoauth2\""),
+                            format!(
+                                "account `{name}`: oauth_token_command needs auth = \"xoauth2\""
+                            ),
                         ));
                     }
-                    self.secret("account", a.password, a.password_command, a.password_file.as_ref())?
+                    self.secret(
+                        "account",
+                        a.password,
+                        a.password_command,
+                        a.password_file.as_ref(),
+                    )?
                 };
                 let secret = secret.ok_or_else(|| {
                     self.err(
                         "account.password",
                         Some(a.source.span()),
-                        format!("account `{name}` needs password, password_command or password_file"),
+                        format!(
+                            "account `{name}` needs password, password_command or password_file"
+                        ),
                     )
                 })?;
                 let folders = a.folders.unwrap_or_else(|| vec!["INBOX".to_string()]);
                 if folders.is_empty() {
-                    return Err(self.err("account.folders", Some(a.source.span()), "give at least one folder"));
+                    return Err(self.err(
+                        "account.folders",
+                        Some(a.source.span()),
+                        "give at least one folder",
+                    ));
                 }
                 let port = a.port.unwrap_or(match tls {
                     Tls::Implicit => 993,
                     _ => 143,
                 });
-                Ok(Source::Imap(ImapConfig {
+                Ok(Source::Imap(Box::new(ImapConfig {
                     host: host.get_ref().clone(),
                     port,
                     tls,
@@ -854,16 +926,25 @@ impl Validator<'_> {
                     keyword: a.keyword.unwrap_or_else(|| "$iMIPProcessed".to_string()),
                     quarantine_folder: a.quarantine_folder,
                     mark_seen: a.mark_seen.unwrap_or(false),
-                    poll_interval: self.seconds(a.poll_interval.as_ref(), "account.poll_interval", 300)?,
+                    poll_interval: self.seconds(
+                        a.poll_interval.as_ref(),
+                        "account.poll_interval",
+                        300,
+                    )?,
                     idle: a.idle.unwrap_or(true),
                     timeout: self.seconds(a.timeout.as_ref(), "account.timeout", 60)?,
-                }))
+                })))
             }
             "maildir" => {
                 let imap_only = [
                     ("host", a.host.is_some()),
                     ("username", a.username.is_some()),
-                    ("password", a.password.is_some() || a.password_command.is_some() || a.password_file.is_some()),
+                    (
+                        "password",
+                        a.password.is_some()
+                            || a.password_command.is_some()
+                            || a.password_file.is_some(),
+                    ),
                     ("folders", a.folders.is_some()),
                     ("move", a.move_to.is_some()),
                     ("tls", a.tls.is_some()),
@@ -877,9 +958,15 @@ impl Validator<'_> {
                     ));
                 }
                 let path = a.path.as_ref().ok_or_else(|| {
-                    self.err("account.path", Some(a.source.span()), format!("account `{name}` needs a path"))
+                    self.err(
+                        "account.path",
+                        Some(a.source.span()),
+                        format!("account `{name}` needs a path"),
+                    )
                 })?;
-                Ok(Source::Maildir { path: self.path(path.get_ref()) })
+                Ok(Source::Maildir {
+                    path: self.path(path.get_ref()),
+                })
             }
             other => Err(self.err(
                 "account.source",
@@ -909,7 +996,14 @@ impl Validator<'_> {
             }
         };
         const METHODS: [&str; 8] = [
-            "PUBLISH", "REQUEST", "REPLY", "ADD", "CANCEL", "REFRESH", "COUNTER", "DECLINECOUNTER",
+            "PUBLISH",
+            "REQUEST",
+            "REPLY",
+            "ADD",
+            "CANCEL",
+            "REFRESH",
+            "COUNTER",
+            "DECLINECOUNTER",
         ];
         let methods = match p.methods {
             None => None,
@@ -927,7 +1021,11 @@ impl Validator<'_> {
                     out.push(up);
                 }
                 if out.is_empty() {
-                    return Err(self.err("policy.methods", Some(m.span()), format!("policy `{name}`: an empty list never matches")));
+                    return Err(self.err(
+                        "policy.methods",
+                        Some(m.span()),
+                        format!("policy `{name}`: an empty list never matches"),
+                    ));
                 }
                 Some(out)
             }
@@ -948,12 +1046,18 @@ impl Validator<'_> {
                     out.push(up);
                 }
                 if out.is_empty() {
-                    return Err(self.err("policy.components", Some(c.span()), format!("policy `{name}`: an empty list never matches")));
+                    return Err(self.err(
+                        "policy.components",
+                        Some(c.span()),
+                        format!("policy `{name}`: an empty list never matches"),
+                    ));
                 }
                 Some(out)
             }
         };
-        let duration = |v: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+        let duration = |v: &Option<Spanned<String>>,
+                        key: &str|
+         -> Result<Option<Duration>, ConfigError> {
             match v {
                 None => Ok(None),
                 Some(s) => parse_duration(s.get_ref()).map(Some).ok_or_else(|| {
@@ -1033,7 +1137,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
                 }
             }
         }
-        return if num.is_empty() { Some(Duration::from_secs(secs)) } else { None };
+        return if num.is_empty() {
+            Some(Duration::from_secs(secs))
+        } else {
+            None
+        };
     }
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -1077,14 +1185,18 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key() {
-        let e = p("[identity]\naddresses = \"bob@example.com\"\n[store]\npath = \"c\"\n").unwrap_err();
+        let e =
+            p("[identity]\naddresses = \"bob@example.com\"\n[store]\npath = \"c\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("addresses"));
         assert_eq!(e.position.map(|p| p.0), Some(2));
     }
 
     #[test]
     fn bad_action_is_reported_with_position() {
-        let e = p(&format!("{MIN}[[policy]]\nname = \"x\"\naction = \"maybe\"\n")).unwrap_err();
+        let e = p(&format!(
+            "{MIN}[[policy]]\nname = \"x\"\naction = \"maybe\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("policy.action"));
         assert_eq!(e.position, Some((7, 10)));
     }

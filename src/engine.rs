@@ -168,7 +168,9 @@ fn attendee_addresses(c: &Node) -> Vec<String> {
 }
 
 fn my_address(c: &Node, identity: &Identity) -> Option<String> {
-    attendee_addresses(c).into_iter().find(|a| identity.is_me(a))
+    attendee_addresses(c)
+        .into_iter()
+        .find(|a| identity.is_me(a))
 }
 
 fn is_cancelled(c: &Node) -> bool {
@@ -180,12 +182,18 @@ fn is_cancelled(c: &Node) -> bool {
 pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     let method = input.method;
     let Some(first) = input.comps.first() else {
-        return Decision::new(Effect::Ignored, Role::Attendee, "no component with this UID");
+        return Decision::new(
+            Effect::Ignored,
+            Role::Attendee,
+            "no component with this UID",
+        );
     };
     let inc_org = first.organizer();
     let me_organizer_incoming = inc_org.as_deref().is_some_and(|o| input.identity.is_me(o));
     let stored_org = stored.and_then(stored_organizer);
-    let me_organizer_stored = stored_org.as_deref().is_some_and(|o| input.identity.is_me(o));
+    let me_organizer_stored = stored_org
+        .as_deref()
+        .is_some_and(|o| input.identity.is_me(o));
 
     match method {
         "REPLY" | "COUNTER" | "REFRESH" => {
@@ -221,13 +229,19 @@ pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                     return Decision::new(
                         Effect::Refused,
                         Role::Organizer,
-                        format!("{} is not an attendee of this event", who.trim_start_matches("mailto:")),
+                        format!(
+                            "{} is not an attendee of this event",
+                            who.trim_start_matches("mailto:")
+                        ),
                     );
                 }
                 Decision::new(
                     Effect::Recorded,
                     Role::Organizer,
-                    format!("{method} from {} kept for a person to act on", who.trim_start_matches("mailto:")),
+                    format!(
+                        "{method} from {} kept for a person to act on",
+                        who.trim_start_matches("mailto:")
+                    ),
                 )
             }
         }
@@ -258,7 +272,11 @@ pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 );
             }
             if method == "DECLINECOUNTER" {
-                return Decision::new(Effect::Recorded, role, "the organizer declined a counter proposal");
+                return Decision::new(
+                    Effect::Recorded,
+                    role,
+                    "the organizer declined a counter proposal",
+                );
             }
             let mut d = match method {
                 "CANCEL" => apply_cancel(stored, input),
@@ -271,7 +289,11 @@ pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             }
             d
         }
-        other => Decision::new(Effect::Ignored, Role::Attendee, format!("METHOD:{other} is not handled")),
+        other => Decision::new(
+            Effect::Ignored,
+            Role::Attendee,
+            format!("METHOD:{other} is not handled"),
+        ),
     }
 }
 
@@ -287,7 +309,11 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     let mut rids = Vec::new();
 
     if has_master {
-        let inc_master = input.comps.iter().find(|c| c.recurrence_id().is_none()).cloned();
+        let inc_master = input
+            .comps
+            .iter()
+            .find(|c| c.recurrence_id().is_none())
+            .cloned();
         let inc_master = inc_master.unwrap_or_else(|| input.comps[0].clone());
         if let Some(old) = stored.and_then(|s| find(s, None)) {
             let (iv, ov) = (version(&inc_master), version(old));
@@ -302,7 +328,11 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 );
             }
             if iv == ov {
-                return Decision::new(Effect::Unchanged, Role::Attendee, "this version is already in the store");
+                return Decision::new(
+                    Effect::Unchanged,
+                    Role::Attendee,
+                    "this version is already in the store",
+                );
             }
         }
         // The whole object is replaced: the incoming master and overrides.
@@ -349,13 +379,24 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         }
         if !changed {
             return Decision::new(
-                if stored.is_some() { Effect::Stale } else { Effect::Unchanged },
+                if stored.is_some() {
+                    Effect::Stale
+                } else {
+                    Effect::Unchanged
+                },
                 Role::Attendee,
-                format!("the instance(s) {} are not newer than the store", stale.join(", ")),
+                format!(
+                    "the instance(s) {} are not newer than the store",
+                    stale.join(", ")
+                ),
             );
         }
     }
-    let effect = if stored.is_some() { Effect::Updated } else { Effect::Created };
+    let effect = if stored.is_some() {
+        Effect::Updated
+    } else {
+        Effect::Created
+    };
     let invitation = invitation(input, rids);
     Decision {
         effect,
@@ -375,7 +416,10 @@ fn invitation(input: &Input<'_>, rids: Vec<Option<String>>) -> Option<Invitation
         return None;
     }
     let c = input.comps.first()?;
-    let me = input.comps.iter().find_map(|c| my_address(c, input.identity))?;
+    let me = input
+        .comps
+        .iter()
+        .find_map(|c| my_address(c, input.identity))?;
     Some(Invitation {
         me,
         sequence: c.sequence(),
@@ -394,7 +438,11 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     };
     let mut root = stored.clone();
     if find(&root, None).is_none() {
-        return Decision::new(Effect::Ignored, Role::Attendee, "an ADD for an event without a master component");
+        return Decision::new(
+            Effect::Ignored,
+            Role::Attendee,
+            "an ADD for an event without a master component",
+        );
     }
     let mut rids = Vec::new();
     for inc in &input.comps {
@@ -424,7 +472,11 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         rids.push(Some(rid_text));
     }
     if rids.is_empty() {
-        return Decision::new(Effect::Unchanged, Role::Attendee, "these instances were already added");
+        return Decision::new(
+            Effect::Unchanged,
+            Role::Attendee,
+            "these instances were already added",
+        );
     }
     Decision {
         effect: Effect::Updated,
@@ -469,9 +521,10 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         let range_future = inc.prop(&P::RecurrenceId).is_some_and(|e| {
             e.params.iter().any(|p| {
                 p.name == Pn::Range
-                    && matches!(&p.value, ICalendarParameterValue::Bool(true))
-                    || p.name == Pn::Range
-                        && p.value.as_text().is_some_and(|t| t.eq_ignore_ascii_case("THISANDFUTURE"))
+                    && (matches!(&p.value, ICalendarParameterValue::Bool(true))
+                        || p.value
+                            .as_text()
+                            .is_some_and(|t| t.eq_ignore_ascii_case("THISANDFUTURE")))
             })
         });
         match rid {
@@ -494,7 +547,9 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 changed = true;
             }
             Some(rid) => {
-                let reference = find(&root, Some(&rid)).or_else(|| find(&root, None)).map(version);
+                let reference = find(&root, Some(&rid))
+                    .or_else(|| find(&root, None))
+                    .map(version);
                 if reference.is_some_and(|v| version(inc) < v) {
                     stale = true;
                     continue;
@@ -534,7 +589,11 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     }
     if !changed {
         return if stale {
-            Decision::new(Effect::Stale, Role::Attendee, "this CANCEL is older than the stored event")
+            Decision::new(
+                Effect::Stale,
+                Role::Attendee,
+                "this CANCEL is older than the stored event",
+            )
         } else {
             Decision::new(Effect::Unchanged, Role::Attendee, "already cancelled")
         };
@@ -554,7 +613,11 @@ fn has_exdate(master: &Node, rid: &str) -> bool {
         .entries
         .iter()
         .filter(|e| e.name == P::Exdate)
-        .any(|e| e.values.iter().any(|v| value_date(e, v).as_deref() == Some(rid)))
+        .any(|e| {
+            e.values
+                .iter()
+                .any(|v| value_date(e, v).as_deref() == Some(rid))
+        })
 }
 
 fn value_date(e: &ICalendarEntry, v: &ICalendarValue) -> Option<String> {
@@ -578,7 +641,9 @@ fn remove_exdate(master: &mut Node, rid: &str) {
             .collect();
         e.values = keep;
     }
-    master.entries.retain(|e| e.name != P::Exdate || !e.values.is_empty());
+    master
+        .entries
+        .retain(|e| e.name != P::Exdate || !e.values.is_empty());
 }
 
 /// RANGE=THISANDFUTURE: end the series before the given instance.
@@ -601,7 +666,11 @@ fn truncate(root: &mut Node, rid_entry: &ICalendarEntry) -> bool {
     });
     changed |= root.children.len() != before;
     if let Some(master) = find_mut(root, None) {
-        if master.prop(&P::Dtstart).and_then(to_naive).is_some_and(|s| s >= cut) {
+        if master
+            .prop(&P::Dtstart)
+            .and_then(to_naive)
+            .is_some_and(|s| s >= cut)
+        {
             // The whole series is at or after the cut.
             master.set(status_cancelled());
             return true;
@@ -647,7 +716,9 @@ fn truncate(root: &mut Node, rid_entry: &ICalendarEntry) -> bool {
             }
             e.values = keep;
         }
-        master.entries.retain(|e| e.name != P::Rdate || !e.values.is_empty());
+        master
+            .entries
+            .retain(|e| e.name != P::Rdate || !e.values.is_empty());
     }
     changed
 }
@@ -692,13 +763,23 @@ fn pdt(d: NaiveDateTime, utc: bool, date_only: bool) -> calcard::common::Partial
 /// Carry the user's own data from the stored component into its update.
 fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity) {
     // Alarms: the user's, when there are any.
-    let old_alarms: Vec<Node> = old.children.iter().filter(|c| c.kind == Ct::VAlarm).cloned().collect();
+    let old_alarms: Vec<Node> = old
+        .children
+        .iter()
+        .filter(|c| c.kind == Ct::VAlarm)
+        .cloned()
+        .collect();
     if !old_alarms.is_empty() {
         new.children.retain(|c| c.kind != Ct::VAlarm);
         new.children.extend(old_alarms);
     }
     for p in [P::Transp, P::Class, P::Categories] {
-        let olds: Vec<ICalendarEntry> = old.entries.iter().filter(|e| e.name == p).cloned().collect();
+        let olds: Vec<ICalendarEntry> = old
+            .entries
+            .iter()
+            .filter(|e| e.name == p)
+            .cloned()
+            .collect();
         if !olds.is_empty() {
             new.entries.retain(|e| e.name != p);
             new.entries.extend(olds);
@@ -706,7 +787,9 @@ fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity) {
     }
     for e in &old.entries {
         if let P::Other(name) = &e.name {
-            if name.to_ascii_uppercase().starts_with("X-") && !new.entries.iter().any(|n| n.name == e.name) {
+            if name.to_ascii_uppercase().starts_with("X-")
+                && !new.entries.iter().any(|n| n.name == e.name)
+            {
                 new.entries.push(e.clone());
             }
         }
@@ -749,13 +832,18 @@ fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
         let Some(att) = inc.entries.iter().find(|e| e.name == P::Attendee) else {
             continue;
         };
-        let Some(who) = ical::cal_address(att) else { continue };
+        let Some(who) = ical::cal_address(att) else {
+            continue;
+        };
         let partstat = ical::partstat(att);
         let rid = inc.recurrence_id();
         let in_master = find(&root, None).is_some_and(|m| attendee_addresses(m).contains(&who));
         if rid.is_some() && find(&root, rid.as_deref()).is_none() {
             if !in_master {
-                refusal = Some(format!("{} is not an attendee of this event", who.trim_start_matches("mailto:")));
+                refusal = Some(format!(
+                    "{} is not an attendee of this event",
+                    who.trim_start_matches("mailto:")
+                ));
                 continue;
             }
             if let Some(over) = derive_override(&root, inc) {
@@ -796,9 +884,21 @@ fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
             stale = true;
             continue;
         }
-        ical::set_param(entry, Pn::Partstat, ICalendarParameterValue::Text(partstat.clone()));
-        ical::set_param(entry, Pn::Other(REPLY_SEQ.into()), ICalendarParameterValue::Text(inc_v.0.to_string()));
-        ical::set_param(entry, Pn::Other(REPLY_STAMP.into()), ICalendarParameterValue::Text(inc_v.1.clone()));
+        ical::set_param(
+            entry,
+            Pn::Partstat,
+            ICalendarParameterValue::Text(partstat.clone()),
+        );
+        ical::set_param(
+            entry,
+            Pn::Other(REPLY_SEQ.into()),
+            ICalendarParameterValue::Text(inc_v.0.to_string()),
+        );
+        ical::set_param(
+            entry,
+            Pn::Other(REPLY_STAMP.into()),
+            ICalendarParameterValue::Text(inc_v.1.clone()),
+        );
         ical::remove_param(entry, &Pn::Rsvp);
         changed.push(format!(
             "{} {}{}",
@@ -812,7 +912,11 @@ fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
             return Decision::new(Effect::Refused, Role::Organizer, r);
         }
         return Decision::new(
-            if stale { Effect::Stale } else { Effect::Unchanged },
+            if stale {
+                Effect::Stale
+            } else {
+                Effect::Unchanged
+            },
             Role::Organizer,
             "this REPLY is not newer than the attendee's last answer or the event",
         );
@@ -851,7 +955,11 @@ fn derive_override(root: &Node, inc: &Node) -> Option<Node> {
         if let Some(mut end) = master.prop(&P::Dtend).cloned() {
             let date_only = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none());
             let utc = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.tz_hour == Some(0));
-            end.values = vec![ICalendarValue::PartialDateTime(Box::new(pdt(ns + (oe - os), utc, date_only)))];
+            end.values = vec![ICalendarValue::PartialDateTime(Box::new(pdt(
+                ns + (oe - os),
+                utc,
+                date_only,
+            )))];
             over.set(end);
         }
     }

@@ -7,8 +7,8 @@
 use calcard::common::PartialDateTime;
 use calcard::icalendar::{
     ICalendar, ICalendarComponent, ICalendarComponentType as Ct, ICalendarEntry,
-    ICalendarParameter, ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P,
-    ICalendarValue, ICalendarValueType,
+    ICalendarParameter, ICalendarParameterName as Pn, ICalendarParameterValue,
+    ICalendarProperty as P, ICalendarValue, ICalendarValueType,
 };
 
 use crate::address;
@@ -72,7 +72,10 @@ fn is_date_value(e: &ICalendarEntry, dt: &PartialDateTime) -> bool {
     dt.hour.is_none()
         || e.params.iter().any(|p| {
             p.name == Pn::Value
-                && matches!(&p.value, ICalendarParameterValue::Value(ICalendarValueType::Date))
+                && matches!(
+                    &p.value,
+                    ICalendarParameterValue::Value(ICalendarValueType::Date)
+                )
         })
 }
 
@@ -217,7 +220,11 @@ pub fn scheduling_components(ical: &ICalendar) -> Vec<usize> {
             root.component_ids
                 .iter()
                 .map(|&i| i as usize)
-                .filter(|&i| ical.components.get(i).is_some_and(|c| is_scheduling(&c.component_type)))
+                .filter(|&i| {
+                    ical.components
+                        .get(i)
+                        .is_some_and(|c| is_scheduling(&c.component_type))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -229,7 +236,10 @@ pub fn method(ical: &ICalendar) -> (Option<String>, usize) {
         return (None, 0);
     };
     let n = count(root, &P::Method);
-    (text(root, &P::Method).map(|m| m.trim().to_ascii_uppercase()), n)
+    (
+        text(root, &P::Method).map(|m| m.trim().to_ascii_uppercase()),
+        n,
+    )
 }
 
 /// Copy a component and its sub-components (VALARMs) from one calendar into
@@ -249,14 +259,6 @@ pub fn copy_component(from: &ICalendar, idx: usize, to: &mut ICalendar, parent: 
         }
     }
     new_idx
-}
-
-/// The sub-components (VALARMs and others) of a component.
-pub fn children<'a>(ical: &'a ICalendar, idx: usize) -> impl Iterator<Item = (usize, &'a ICalendarComponent)> {
-    ical.components[idx]
-        .component_ids
-        .iter()
-        .filter_map(move |&i| ical.components.get(i as usize).map(|c| (i as usize, c)))
 }
 
 /// A new, empty VCALENDAR with PRODID and VERSION.
@@ -297,7 +299,10 @@ pub fn complete_timezones(from: &ICalendar, to: &mut ICalendar) {
 pub fn used_tzids(ical: &ICalendar) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for c in &ical.components {
-        if matches!(c.component_type, Ct::VTimezone | Ct::Standard | Ct::Daylight) {
+        if matches!(
+            c.component_type,
+            Ct::VTimezone | Ct::Standard | Ct::Daylight
+        ) {
             continue;
         }
         for e in &c.entries {
@@ -369,7 +374,11 @@ impl Node {
             }
         }
         if ical.components.is_empty() {
-            return Node { kind: Ct::VCalendar, entries: Vec::new(), children: Vec::new() };
+            return Node {
+                kind: Ct::VCalendar,
+                entries: Vec::new(),
+                children: Vec::new(),
+            };
         }
         build(ical, 0, 0)
     }
@@ -418,7 +427,9 @@ impl Node {
     }
 
     pub fn sequence(&self) -> i64 {
-        let Some(e) = self.prop(&P::Sequence) else { return 0 };
+        let Some(e) = self.prop(&P::Sequence) else {
+            return 0;
+        };
         match e.values.first() {
             Some(ICalendarValue::Integer(i)) => *i,
             Some(ICalendarValue::Text(t)) => t.trim().parse().unwrap_or(0),
@@ -427,7 +438,9 @@ impl Node {
     }
 
     pub fn dtstamp(&self) -> String {
-        self.prop(&P::Dtstamp).and_then(date_string).unwrap_or_default()
+        self.prop(&P::Dtstamp)
+            .and_then(date_string)
+            .unwrap_or_default()
     }
 
     pub fn organizer(&self) -> Option<String> {
@@ -489,7 +502,10 @@ mod tests {
         assert_eq!(recurrence_id(c).as_deref(), Some("20261201"));
         assert_eq!(dtstamp(c).as_deref(), Some("20261120T100000Z"));
         assert_eq!(organizer(c).as_deref(), Some("mailto:boss@x.org"));
-        assert_eq!(sent_by(prop(c, &P::Organizer).unwrap()).as_deref(), Some("mailto:sec@x.org"));
+        assert_eq!(
+            sent_by(prop(c, &P::Organizer).unwrap()).as_deref(),
+            Some("mailto:sec@x.org")
+        );
         let (a, e) = attendees(c).next().unwrap();
         assert_eq!(a, "mailto:a@x.org");
         assert_eq!(partstat(e), "NEEDS-ACTION");

@@ -81,7 +81,12 @@ pub fn parse_part(part: &CalendarPart, limits: &Limits) -> (Vec<CalObject>, Vec<
     }
     let mut objects = Vec::new();
     for block in scan.blocks {
-        objects.push(check_object(part, &part.text[block.range.clone()], block.problems, limits));
+        objects.push(check_object(
+            part,
+            &part.text[block.range.clone()],
+            block.problems,
+            limits,
+        ));
     }
     // RFC 6047 §2.4: a text/calendar part carrying iTIP MUST have method=.
     if part.content_type == "text/calendar" && part.method_param.is_none() {
@@ -122,8 +127,12 @@ fn scan(text: &str) -> Scan {
             continue; // a folded continuation
         }
         let (kind, value) = match line.split_once(':') {
-            Some((k, v)) if k.eq_ignore_ascii_case("BEGIN") => (Some(true), v.trim().to_ascii_uppercase()),
-            Some((k, v)) if k.eq_ignore_ascii_case("END") => (Some(false), v.trim().to_ascii_uppercase()),
+            Some((k, v)) if k.eq_ignore_ascii_case("BEGIN") => {
+                (Some(true), v.trim().to_ascii_uppercase())
+            }
+            Some((k, v)) if k.eq_ignore_ascii_case("END") => {
+                (Some(false), v.trim().to_ascii_uppercase())
+            }
             _ => (None, String::new()),
         };
         if current.is_none() {
@@ -168,7 +177,10 @@ fn scan(text: &str) -> Scan {
                 }
                 if stack.is_empty() {
                     let (s, p) = current.take().unwrap_or_default();
-                    blocks.push(Block { range: s..pos, problems: p });
+                    blocks.push(Block {
+                        range: s..pos,
+                        problems: p,
+                    });
                 }
             }
             None => {}
@@ -178,7 +190,10 @@ fn scan(text: &str) -> Scan {
         for open in stack.iter().rev() {
             p.push(format!("BEGIN:{open} is never closed by END:{open}"));
         }
-        blocks.push(Block { range: s..text.len(), problems: p });
+        blocks.push(Block {
+            range: s..text.len(),
+            problems: p,
+        });
     }
     Scan { blocks, junk_lines }
 }
@@ -191,7 +206,12 @@ fn required(method: &str, t: &Ct) -> &'static [(&'static str, usize, usize)] {
         return &[("UID", 1, 1), ("DTSTAMP", 1, 1)];
     }
     match method {
-        "PUBLISH" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("DTSTART", 1, 1), ("ORGANIZER", 1, 1)],
+        "PUBLISH" => &[
+            ("UID", 1, 1),
+            ("DTSTAMP", 1, 1),
+            ("DTSTART", 1, 1),
+            ("ORGANIZER", 1, 1),
+        ],
         "REQUEST" => &[
             ("UID", 1, 1),
             ("DTSTAMP", 1, 1),
@@ -199,10 +219,25 @@ fn required(method: &str, t: &Ct) -> &'static [(&'static str, usize, usize)] {
             ("ORGANIZER", 1, 1),
             ("ATTENDEE", 1, 0),
         ],
-        "ADD" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("DTSTART", 1, 1), ("ORGANIZER", 1, 1)],
-        "REPLY" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("ORGANIZER", 1, 1), ("ATTENDEE", 1, 1)],
+        "ADD" => &[
+            ("UID", 1, 1),
+            ("DTSTAMP", 1, 1),
+            ("DTSTART", 1, 1),
+            ("ORGANIZER", 1, 1),
+        ],
+        "REPLY" => &[
+            ("UID", 1, 1),
+            ("DTSTAMP", 1, 1),
+            ("ORGANIZER", 1, 1),
+            ("ATTENDEE", 1, 1),
+        ],
         "CANCEL" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("ORGANIZER", 1, 1)],
-        "REFRESH" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("ORGANIZER", 1, 1), ("ATTENDEE", 1, 1)],
+        "REFRESH" => &[
+            ("UID", 1, 1),
+            ("DTSTAMP", 1, 1),
+            ("ORGANIZER", 1, 1),
+            ("ATTENDEE", 1, 1),
+        ],
         "COUNTER" => &[
             ("UID", 1, 1),
             ("DTSTAMP", 1, 1),
@@ -210,7 +245,12 @@ fn required(method: &str, t: &Ct) -> &'static [(&'static str, usize, usize)] {
             ("ORGANIZER", 1, 1),
             ("ATTENDEE", 1, 0),
         ],
-        "DECLINECOUNTER" => &[("UID", 1, 1), ("DTSTAMP", 1, 1), ("ORGANIZER", 1, 1), ("ATTENDEE", 1, 0)],
+        "DECLINECOUNTER" => &[
+            ("UID", 1, 1),
+            ("DTSTAMP", 1, 1),
+            ("ORGANIZER", 1, 1),
+            ("ATTENDEE", 1, 0),
+        ],
         _ => &[("UID", 1, 1)],
     }
 }
@@ -226,14 +266,24 @@ fn property(name: &str) -> P {
     }
 }
 
-fn check_object(part: &CalendarPart, text: &str, mut problems: Vec<String>, limits: &Limits) -> CalObject {
+fn check_object(
+    part: &CalendarPart,
+    text: &str,
+    mut problems: Vec<String>,
+    limits: &Limits,
+) -> CalObject {
     let ical = match calcard::Parser::new(text).entry() {
         calcard::Entry::ICalendar(i) => i,
         other => {
-            problems.push(format!("the calendar object cannot be parsed ({})", describe(&other)));
+            problems.push(format!(
+                "the calendar object cannot be parsed ({})",
+                describe(&other)
+            ));
             return CalObject {
                 method: None,
-                ical: ICalendar { components: Vec::new() },
+                ical: ICalendar {
+                    components: Vec::new(),
+                },
                 components: Vec::new(),
                 problems,
                 unusable: true,
@@ -253,7 +303,9 @@ fn check_object(part: &CalendarPart, text: &str, mut problems: Vec<String>, limi
         unusable = true;
     }
     if method_lines > 1 {
-        problems.push(format!("the calendar object has {method_lines} METHOD properties; RFC 5545 allows one"));
+        problems.push(format!(
+            "the calendar object has {method_lines} METHOD properties; RFC 5545 allows one"
+        ));
     }
     match (&method, &part.method_param) {
         (Some(m), Some(p)) if m != p => problems.push(format!(
@@ -327,7 +379,10 @@ fn check_object(part: &CalendarPart, text: &str, mut problems: Vec<String>, limi
             }
             ids.push(id);
         }
-        if components.iter().any(|&i| ical::uid(&ical.components[i]).is_none()) {
+        if components
+            .iter()
+            .any(|&i| ical::uid(&ical.components[i]).is_none())
+        {
             unusable = true;
         }
     }
@@ -344,9 +399,15 @@ fn check_object(part: &CalendarPart, text: &str, mut problems: Vec<String>, limi
 fn describe(e: &calcard::Entry) -> String {
     match e {
         calcard::Entry::VCard(_) => "it is a vCard".into(),
-        calcard::Entry::InvalidLine(l) => format!("invalid line `{}`", l.chars().take(60).collect::<String>()),
+        calcard::Entry::InvalidLine(l) => {
+            format!("invalid line `{}`", l.chars().take(60).collect::<String>())
+        }
         calcard::Entry::UnexpectedComponentEnd { expected, found } => {
-            format!("END:{} where END:{} was expected", found.as_str(), expected.as_str())
+            format!(
+                "END:{} where END:{} was expected",
+                found.as_str(),
+                expected.as_str()
+            )
         }
         calcard::Entry::UnterminatedComponent(c) => format!("{c} is not terminated"),
         calcard::Entry::TooManyComponents => "too many components".into(),
@@ -387,7 +448,11 @@ mod tests {
     #[test]
     fn rule_method_parameter_must_agree() {
         let o = objects(Some("CANCEL"), REQUEST);
-        assert!(o[0].problems[0].contains("method=CANCEL"), "{:?}", o[0].problems);
+        assert!(
+            o[0].problems[0].contains("method=CANCEL"),
+            "{:?}",
+            o[0].problems
+        );
     }
 
     #[test]
@@ -395,7 +460,10 @@ mod tests {
         let o = objects(None, REQUEST);
         assert!(o[0].problems[0].contains("no method= parameter"));
         let (o, _) = parse_part(&part("application/ics", None, REQUEST), &Limits::default());
-        assert!(o[0].problems.is_empty(), "application/ics without method= is fine");
+        assert!(
+            o[0].problems.is_empty(),
+            "application/ics without method= is fine"
+        );
     }
 
     #[test]
@@ -428,7 +496,11 @@ mod tests {
     fn rule_begin_end_mismatch() {
         let body = REQUEST.replace("END:VEVENT", "END:VTODO");
         let p = &objects(Some("REQUEST"), &body)[0].problems;
-        assert!(p.iter().any(|p| p.contains("BEGIN:VEVENT is closed by END:VTODO")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|p| p.contains("BEGIN:VEVENT is closed by END:VTODO")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -445,7 +517,10 @@ mod tests {
             "BEGIN:VTODO\r\nUID:t\r\nDTSTAMP:20261120T100000Z\r\nDTSTART:20261201T100000Z\r\nORGANIZER:mailto:a@x\r\nATTENDEE:mailto:b@x\r\nEND:VTODO\r\nEND:VCALENDAR",
         );
         let p = &objects(Some("REQUEST"), &body)[0].problems;
-        assert!(p.iter().any(|p| p.contains("mixes component types")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.contains("mixes component types")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -457,14 +532,20 @@ mod tests {
 
     #[test]
     fn lower_case_method_is_fine() {
-        let o = objects(Some("REQUEST"), &REQUEST.replace("METHOD:REQUEST", "METHOD:request"));
+        let o = objects(
+            Some("REQUEST"),
+            &REQUEST.replace("METHOD:REQUEST", "METHOD:request"),
+        );
         assert!(o[0].problems.is_empty(), "{:?}", o[0].problems);
     }
 
     #[test]
     fn several_objects_and_junk() {
         let body = format!("junk\r\n{REQUEST}{}", REQUEST.replace("u1", "u2"));
-        let (o, p) = parse_part(&part("text/calendar", Some("REQUEST"), &body), &Limits::default());
+        let (o, p) = parse_part(
+            &part("text/calendar", Some("REQUEST"), &body),
+            &Limits::default(),
+        );
         assert_eq!(o.len(), 2);
         assert!(p[0].contains("outside any VCALENDAR"));
     }

@@ -27,17 +27,24 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         };
         found = true;
         for entry in rd {
-            let entry = entry.map_err(|e| anyhow::anyhow!("cannot read Maildir folder {}: {e}", d.display()))?;
+            let entry = entry
+                .map_err(|e| anyhow::anyhow!("cannot read Maildir folder {}: {e}", d.display()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
                 continue;
             }
             let key = name.split(':').next().unwrap_or(&name).to_string();
-            out.push(Entry { path: entry.path(), key });
+            out.push(Entry {
+                path: entry.path(),
+                key,
+            });
         }
     }
     if !found {
-        anyhow::bail!("cannot read Maildir {}: it has neither new/ nor cur/", dir.display());
+        anyhow::bail!(
+            "cannot read Maildir {}: it has neither new/ nor cur/",
+            dir.display()
+        );
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out.dedup_by(|a, b| a.key == b.key);
@@ -58,7 +65,10 @@ mod tests {
         std::fs::write(d.path().join("new/100.M1.h"), "x").unwrap();
         std::fs::write(d.path().join("tmp/050.M1.h"), "x").unwrap();
         let l = list(d.path()).unwrap();
-        assert_eq!(l.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["100.M1.h", "200.M1.h"]);
+        assert_eq!(
+            l.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["100.M1.h", "200.M1.h"]
+        );
         assert!(list(&d.path().join("missing")).is_err());
     }
 }

@@ -10,11 +10,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use imipd::{classify, run};
 use imipd::config::{self, Config};
+use imipd::{classify, run};
 
 #[derive(Parser)]
-#[command(name = "imipd", version, about = "Answers calendar invitations that arrive by e-mail (iMIP)")]
+#[command(
+    name = "imipd",
+    version,
+    about = "Answers calendar invitations that arrive by e-mail (iMIP)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,12 +89,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
         Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
-        Command::Process { config, dry_run, json, files } => {
-            with_config(config.as_deref(), |cfg| run::process_files(cfg, &files, run::Options { dry_run, json }))
-        }
-        Command::Once { config, dry_run, json } => {
-            with_config(config.as_deref(), |cfg| run::once(cfg, run::Options { dry_run, json }))
-        }
+        Command::Process {
+            config,
+            dry_run,
+            json,
+            files,
+        } => with_config(config.as_deref(), |cfg| {
+            run::process_files(cfg, &files, run::Options { dry_run, json })
+        }),
+        Command::Once {
+            config,
+            dry_run,
+            json,
+        } => with_config(config.as_deref(), |cfg| {
+            run::once(cfg, run::Options { dry_run, json })
+        }),
     }
 }
 
@@ -125,7 +138,9 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
     let cfg = if config_path.is_some() || default.exists() {
         match load_config(Some(&default)) {
             Ok(mut c) => {
-                c.identity.addresses.extend(me.iter().map(|a| imipd::address::bare(a)));
+                c.identity
+                    .addresses
+                    .extend(me.iter().map(|a| imipd::address::bare(a)));
                 c
             }
             Err(code) => return code,

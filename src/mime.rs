@@ -184,13 +184,15 @@ impl Walker<'_> {
             return;
         }
         let ct = part.content_type();
-        let ctype = ct.map(|c| c.ctype().to_ascii_lowercase()).unwrap_or_default();
+        let ctype = ct
+            .map(|c| c.ctype().to_ascii_lowercase())
+            .unwrap_or_default();
         let csub = ct
             .and_then(|c| c.subtype())
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
-        let is_calendar = (ctype == "text" && csub == "calendar")
-            || (ctype == "application" && csub == "ics");
+        let is_calendar =
+            (ctype == "text" && csub == "calendar") || (ctype == "application" && csub == "ics");
         match &part.body {
             PartType::Multipart(children) => {
                 for &child in children {
@@ -282,7 +284,10 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_message() {
-        assert_eq!(parse(b"", &Limits::default()).unwrap_err(), MimeError::Empty);
+        assert_eq!(
+            parse(b"", &Limits::default()).unwrap_err(),
+            MimeError::Empty
+        );
         assert_eq!(
             parse(b"\x00\x01\x02binary\xff", &Limits::default()).unwrap_err(),
             MimeError::NoHeaders
@@ -310,7 +315,9 @@ mod tests {
 
     #[test]
     fn latin1_application_ics_is_decoded() {
-        let mut raw = b"From: a@b.c\r\nContent-Type: application/ics; charset=ISO-8859-1\r\n\r\nSUMMARY:Caf".to_vec();
+        let mut raw =
+            b"From: a@b.c\r\nContent-Type: application/ics; charset=ISO-8859-1\r\n\r\nSUMMARY:Caf"
+                .to_vec();
         raw.push(0xe9);
         let m = parse(&raw, &Limits::default()).unwrap();
         assert!(m.parts[0].text.ends_with("Café"));
@@ -320,10 +327,15 @@ mod tests {
     fn depth_limit_is_reported() {
         let mut raw = String::from("From: a@b.c\r\n");
         for i in 0..6 {
-            raw.push_str(&format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"));
+            raw.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+            ));
         }
         raw.push_str("Content-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\n");
-        let limits = Limits { max_depth: 3, ..Limits::default() };
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
         let m = parse(raw.as_bytes(), &limits).unwrap();
         assert!(m.parts.is_empty());
         assert!(m.problems[0].contains("nested deeper"), "{:?}", m.problems);

@@ -71,7 +71,12 @@ impl fmt::Display for MessageOutcome {
             return Ok(());
         }
         if self.results.is_empty() {
-            return write!(f, "{prefix}{}: nothing to do ({})", self.source, self.problems.join("; "));
+            return write!(
+                f,
+                "{prefix}{}: nothing to do ({})",
+                self.source,
+                self.problems.join("; ")
+            );
         }
         for (i, r) in self.results.iter().enumerate() {
             if i > 0 {
@@ -83,7 +88,10 @@ impl fmt::Display for MessageOutcome {
                 self.source,
                 r.method,
                 r.uid,
-                r.summary.as_ref().map(|s| format!(" \"{s}\"")).unwrap_or_default(),
+                r.summary
+                    .as_ref()
+                    .map(|s| format!(" \"{s}\""))
+                    .unwrap_or_default(),
                 r.effect.as_str(),
                 match r.role {
                     Role::Attendee => "attendee",
@@ -146,7 +154,12 @@ impl<'a> Processor<'a> {
         Ok(())
     }
 
-    fn apply_object(&mut self, obj: &CalObject, sender_entitled: bool, out: &mut MessageOutcome) -> anyhow::Result<()> {
+    fn apply_object(
+        &mut self,
+        obj: &CalObject,
+        sender_entitled: bool,
+        out: &mut MessageOutcome,
+    ) -> anyhow::Result<()> {
         let method = obj.method.clone().unwrap_or_default();
         if obj.unusable {
             out.results.push(ItemOutcome {
@@ -200,7 +213,13 @@ impl<'a> Processor<'a> {
     }
 
     /// Carry out a decision: store first, then held and recorded messages.
-    fn execute(&mut self, uid: &str, method: &str, d: &Decision, obj: &CalObject) -> anyhow::Result<Option<PathBuf>> {
+    fn execute(
+        &mut self,
+        uid: &str,
+        method: &str,
+        d: &Decision,
+        obj: &CalObject,
+    ) -> anyhow::Result<Option<PathBuf>> {
         if self.dry_run {
             return Ok(d.object.as_ref().map(|_| {
                 self.store
@@ -228,7 +247,9 @@ impl<'a> Processor<'a> {
         match d.effect {
             Effect::Held => self.state.hold(uid, &ical::to_string(&obj.ical))?,
             Effect::Recorded => {
-                let p = self.state.record_attention(method, uid, &ical::to_string(&obj.ical))?;
+                let p = self
+                    .state
+                    .record_attention(method, uid, &ical::to_string(&obj.ical))?;
                 tracing::info!(uid, method, file = %p.display(), "kept for a person to act on");
             }
             _ => {}
@@ -242,7 +263,9 @@ impl<'a> Processor<'a> {
             return None;
         };
         let root = Node::from_ical(&ical);
-        let (_, comps) = engine::group_by_uid(&root).into_iter().find(|(u, _)| u == uid)?;
+        let (_, comps) = engine::group_by_uid(&root)
+            .into_iter()
+            .find(|(u, _)| u == uid)?;
         let input = Input {
             method: "CANCEL",
             uid,
@@ -253,7 +276,11 @@ impl<'a> Processor<'a> {
             identity: &self.cfg.identity,
         };
         let d = engine::apply(Some(object), &input);
-        tracing::info!(uid, effect = d.effect.as_str(), "held CANCEL applied to the arriving event");
+        tracing::info!(
+            uid,
+            effect = d.effect.as_str(),
+            "held CANCEL applied to the arriving event"
+        );
         d.object
     }
 }

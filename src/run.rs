@@ -79,7 +79,10 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
         let result = match &account.source {
             Source::Maildir { path } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(_) => {
-                eprintln!("imipd: account {}: IMAP accounts are not supported by this build yet", account.name);
+                eprintln!(
+                    "imipd: account {}: IMAP accounts are not supported by this build yet",
+                    account.name
+                );
                 Ok(EXIT_SOME_FAILED)
             }
         };
@@ -94,7 +97,12 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
     Ok(status)
 }
 
-fn once_maildir(p: &mut process::Processor<'_>, account: &str, path: &std::path::Path, opts: Options) -> anyhow::Result<u8> {
+fn once_maildir(
+    p: &mut process::Processor<'_>,
+    account: &str,
+    path: &std::path::Path,
+    opts: Options,
+) -> anyhow::Result<u8> {
     let mut ledger = p.state.ledger(account)?;
     let mut status = EXIT_OK;
     for entry in maildir::list(path)? {
@@ -105,7 +113,11 @@ fn once_maildir(p: &mut process::Processor<'_>, account: &str, path: &std::path:
         let outcome = match std::fs::read(&entry.path) {
             Ok(raw) => p.process(&raw, &source),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile
-            Err(e) => failed(&source, format!("cannot read {}: {e}", entry.path.display()), opts.dry_run),
+            Err(e) => failed(
+                &source,
+                format!("cannot read {}: {e}", entry.path.display()),
+                opts.dry_run,
+            ),
         };
         report(&outcome, opts);
         if outcome.failed() {

@@ -47,7 +47,8 @@ impl State {
 
     fn sub(&self, name: &str) -> anyhow::Result<PathBuf> {
         let d = self.dir.join(name);
-        fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
+        fs::create_dir_all(&d)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
         Ok(d)
     }
 
@@ -64,7 +65,12 @@ impl State {
     }
 
     /// Keep an iTIP message for a person to act on; returns where.
-    pub fn record_attention(&self, method: &str, uid: &str, calendar_text: &str) -> anyhow::Result<PathBuf> {
+    pub fn record_attention(
+        &self,
+        method: &str,
+        uid: &str,
+        calendar_text: &str,
+    ) -> anyhow::Result<PathBuf> {
         let d = self.sub("attention")?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
         let name = format!("{stamp}-{}-{}", method.to_ascii_lowercase(), safe_name(uid));
@@ -75,7 +81,10 @@ impl State {
     /// The ledger of handled messages of one Maildir account.
     pub fn ledger(&self, account: &str) -> anyhow::Result<Ledger> {
         let d = self.sub("maildir")?;
-        Ledger::open(&d.join(format!("{}.done", safe_name(account).trim_end_matches(".ics"))))
+        Ledger::open(&d.join(format!(
+            "{}.done",
+            safe_name(account).trim_end_matches(".ics")
+        )))
     }
 }
 
@@ -92,7 +101,8 @@ impl Ledger {
         match File::open(path) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    let line =
+                        line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
                     if !line.is_empty() {
                         seen.insert(line);
                     }

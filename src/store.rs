@@ -33,10 +33,17 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("cannot read store folder {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if is_our_temp_file(&name) {
+                // Left behind by a run that was killed mid-write.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             if !is_object_name(&name) {
                 continue;
             }
-            let Ok(text) = fs::read(entry.path()) else { continue };
+            let Ok(text) = fs::read(entry.path()) else {
+                continue;
+            };
             for uid in scan_uids(&text) {
                 index.entry(uid).or_insert_with(|| name.clone());
             }
@@ -83,7 +90,12 @@ impl Store {
     /// Store a calendar object for a UID: the root VCALENDAR without METHOD,
     /// with a VTIMEZONE for every TZID it uses. `tz_source` supplies
     /// VTIMEZONEs to copy (the incoming message's).
-    pub fn put(&mut self, uid: &str, root: &Node, tz_source: Option<&ICalendar>) -> anyhow::Result<PathBuf> {
+    pub fn put(
+        &mut self,
+        uid: &str,
+        root: &Node,
+        tz_source: Option<&ICalendar>,
+    ) -> anyhow::Result<PathBuf> {
         let name = match self.index.get(uid) {
             Some(n) => n.clone(),
             None => self.new_name(uid),
@@ -139,14 +151,31 @@ impl Store {
 pub fn render(root: &Node, tz_source: Option<&ICalendar>) -> String {
     let mut root = root.clone();
     root.remove(&calcard::icalendar::ICalendarProperty::Method);
-    if root.prop(&calcard::icalendar::ICalendarProperty::Prodid).is_none() {
-        root.entries.insert(0, ical::text_entry(calcard::icalendar::ICalendarProperty::Prodid, crate::PRODID));
+    if root
+        .prop(&calcard::icalendar::ICalendarProperty::Prodid)
+        .is_none()
+    {
+        root.entries.insert(
+            0,
+            ical::text_entry(calcard::icalendar::ICalendarProperty::Prodid, crate::PRODID),
+        );
     }
-    if root.prop(&calcard::icalendar::ICalendarProperty::Version).is_none() {
-        root.entries.insert(1, ical::text_entry(calcard::icalendar::ICalendarProperty::Version, "2.0"));
+    if root
+        .prop(&calcard::icalendar::ICalendarProperty::Version)
+        .is_none()
+    {
+        root.entries.insert(
+            1,
+            ical::text_entry(calcard::icalendar::ICalendarProperty::Version, "2.0"),
+        );
     }
     // VTIMEZONEs first, as most readers expect.
-    root.children.sort_by_key(|c| !matches!(c.kind, calcard::icalendar::ICalendarComponentType::VTimezone));
+    root.children.sort_by_key(|c| {
+        !matches!(
+            c.kind,
+            calcard::icalendar::ICalendarComponentType::VTimezone
+        )
+    });
     let mut ical = root.into_ical();
     ical::drop_unused_timezones(&mut ical);
     if let Some(src) = tz_source {
@@ -155,6 +184,15 @@ pub fn render(root: &Node, tz_source: Option<&ICalendar>) -> String {
         ical.add_missing_timezones();
     }
     ical::to_string(&ical)
+}
+
+/// `.NAME.PID.tmp`, as [`write_atomic`] names its temp files.
+fn is_our_temp_file(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else {
+        return false;
+    };
+    rest.rsplit_once('.')
+        .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether a directory entry is a calendar object file of the store.
@@ -177,7 +215,13 @@ pub fn safe_name(uid: &str) -> String {
     }
     let mut prefix: String = uid
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "@_+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@_+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(60)
         .collect();
     prefix = prefix.trim_matches('_').to_string();
@@ -197,10 +241,14 @@ pub fn scan_uids(text: &[u8]) -> Vec<String> {
     let mut lines = text.split('\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.trim_end_matches('\r');
-        if line.len() < 4 || !line[..4].eq_ignore_ascii_case("UID:") && !line[..4].eq_ignore_ascii_case("UID;") {
+        if line.len() < 4
+            || !line[..4].eq_ignore_ascii_case("UID:") && !line[..4].eq_ignore_ascii_case("UID;")
+        {
             continue;
         }
-        let Some((_, v)) = line.split_once(':') else { continue };
+        let Some((_, v)) = line.split_once(':') else {
+            continue;
+        };
         let mut uid = v.to_string();
         while let Some(next) = lines.peek() {
             if let Some(rest) = next.strip_prefix([' ', '\t']) {
@@ -262,9 +310,22 @@ mod tests {
 
     #[test]
     fn hostile_uids_get_safe_names() {
-        for uid in ["../../etc/passwd", "/abs", "a/b", ".hidden", "nul\0byte", &"x".repeat(500), "", "..", "é€"] {
+        for uid in [
+            "../../etc/passwd",
+            "/abs",
+            "a/b",
+            ".hidden",
+            "nul\0byte",
+            &"x".repeat(500),
+            "",
+            "..",
+            "é€",
+        ] {
             let n = safe_name(uid);
-            assert!(!n.contains('/') && !n.contains('\0') && !n.starts_with('.'), "{uid:?} → {n}");
+            assert!(
+                !n.contains('/') && !n.contains('\0') && !n.starts_with('.'),
+                "{uid:?} → {n}"
+            );
             assert!(n.len() <= 140, "{n}");
             assert!(n.ends_with(".ics"));
         }
@@ -293,6 +354,9 @@ mod tests {
         assert!(p.ends_with("foreign-name.ics"));
         let p2 = s.put("../x", &root, None).unwrap();
         assert_eq!(p2.parent().unwrap(), dir.path());
-        assert_eq!(fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "keep me");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+            "keep me"
+        );
     }
 }

@@ -1,0 +1,144 @@
+//! Helpers shared by the integration tests: a scratch environment with a
+//! configuration, a way to run the binary, and builders for iMIP mail.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn imipd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imipd"))
+}
+
+/// A scratch folder with a configuration for bob@example.com.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub fn new(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[identity]\naddresses = [\"bob@example.com\"]\nname = \"Bob Example\"\n\
+                 [store]\npath = \"calendar\"\n[state]\npath = \"state\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        Env { dir, config }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("calendar")
+    }
+
+    /// Write a message into the scratch folder and return its path.
+    pub fn message(&self, name: &str, raw: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, raw).unwrap();
+        p
+    }
+
+    /// `imipd process --json` over the given files; the outcomes.
+    pub fn process(&self, files: &[&Path]) -> (Vec<Value>, Output) {
+        let out = imipd()
+            .arg("process")
+            .arg("--json")
+            .arg("--config")
+            .arg(&self.config)
+            .args(files)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let values = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+            .collect();
+        (values, out)
+    }
+
+    /// Process messages one per call (in order) and return the effects.
+    pub fn effects(&self, raws: &[&str]) -> Vec<String> {
+        let mut all = Vec::new();
+        for (i, raw) in raws.iter().enumerate() {
+            let p = self.message(&format!("m{i}-{}.eml", rand_suffix()), raw);
+            let (v, out) = self.process(&[&p]);
+            assert!(
+                out.status.success() || out.status.code() == Some(1),
+                "{out:?}"
+            );
+            for o in v {
+                for r in o["results"].as_array().cloned().unwrap_or_default() {
+                    all.push(r["effect"].as_str().unwrap_or("").to_string());
+                }
+            }
+        }
+        all
+    }
+
+    /// Every file of the store: name → content.
+    pub fn store_files(&self) -> BTreeMap<String, String> {
+        dir_files(&self.store())
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::SeqCst).to_string()
+}
+
+pub fn dir_files(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                out.insert(
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A VEVENT from property lines (each without line end).
+pub fn vevent(lines: &[&str]) -> String {
+    let mut s = String::from("BEGIN:VEVENT\r\n");
+    for l in lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s.push_str("END:VEVENT\r\n");
+    s
+}
+
+/// A complete iMIP mail: From, a text/calendar part with method=, and the
+/// VCALENDAR with METHOD around the given components.
+pub fn mail(from: &str, method: &str, components: &[String]) -> String {
+    let id = rand_suffix();
+    format!(
+        "From: {from}\r\nTo: bob@example.com\r\nSubject: {method}\r\nMessage-ID: <m{id}@test>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/calendar; method={method}; charset=UTF-8\r\n\r\n\
+         BEGIN:VCALENDAR\r\nPRODID:-//test//EN\r\nVERSION:2.0\r\nMETHOD:{method}\r\n{}END:VCALENDAR\r\n",
+        components.concat()
+    )
+}
+
+/// The stored text for a UID (the store holds exactly one file with it).
+pub fn stored(env: &Env, uid: &str) -> Option<String> {
+    env.store_files()
+        .into_values()
+        .find(|t| t.contains(&format!("UID:{uid}\r\n")))
+}
