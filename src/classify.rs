@@ -70,7 +70,7 @@ pub fn classify(raw: &[u8], file: &str, limits: &Limits) -> Classified {
                     imip: false,
                     valid: false,
                     suspicious: false,
-                    problems: vec![format!("cannot read the message: {e}")],
+                    problems: vec![format!("cannot parse the message: {e}")],
                     messages: Vec::new(),
                 },
                 mail: None,
@@ -87,12 +87,17 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
     let mut validity: Vec<String> = mail.problems.clone();
     let mut objects: Vec<CalObject> = Vec::new();
     let mut summaries: Vec<MessageSummary> = Vec::new();
+    let mut found_itip = false;
     for part in &mail.parts {
         let (objs, part_problems) = itip::parse_part(part, limits);
         validity.extend(part_problems);
         for o in objs {
             validity.extend(o.problems.iter().cloned());
             if !o.is_itip() {
+                continue;
+            }
+            found_itip = true;
+            if o.broken {
                 continue;
             }
             let s = summarize(&o);
@@ -115,7 +120,7 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
         file: file.to_string(),
         message_id: mail.message_id.clone(),
         from: mail.from.clone(),
-        imip: !objects.is_empty(),
+        imip: found_itip,
         valid: validity.is_empty(),
         suspicious: !suspicion.is_empty(),
         problems: validity.into_iter().chain(suspicion).collect(),

@@ -50,6 +50,8 @@ pub struct CalObject {
     pub problems: Vec<String>,
     /// Too broken or too large to act on safely.
     pub unusable: bool,
+    /// Its BEGIN/END structure is broken: reported, but not summarized.
+    pub broken: bool,
     pub forwarded: bool,
 }
 
@@ -67,11 +69,14 @@ impl CalObject {
 pub fn parse_part(part: &CalendarPart, limits: &Limits) -> (Vec<CalObject>, Vec<String>) {
     let scan = scan(&part.text);
     let mut part_problems = Vec::new();
-    if scan.junk_lines > 0 {
-        part_problems.push(format!(
-            "the {} part has {} line(s) outside any VCALENDAR",
-            part.content_type, scan.junk_lines
-        ));
+    if scan.junk_lines > 0 && !scan.blocks.is_empty() {
+        // Tolerated: stray lines (repeated headers, signatures) around
+        // well-formed objects do not make those objects wrong.
+        tracing::debug!(
+            lines = scan.junk_lines,
+            "ignored lines outside any VCALENDAR in a {} part",
+            part.content_type
+        );
     }
     if scan.blocks.is_empty() {
         part_problems.push(format!(
@@ -152,7 +157,10 @@ fn scan(text: &str) -> Scan {
         match kind {
             Some(true) if value == "VCALENDAR" => {
                 // A new object starts before the old one ended.
-                problems.push("BEGIN:VCALENDAR is never closed by END:VCALENDAR".to_string());
+                problems.push(
+                    "BEGIN:VCALENDAR is never closed (a new BEGIN:VCALENDAR starts inside it)"
+                        .to_string(),
+                );
                 blocks.push(Block {
                     range: *block_start..start,
                     problems: std::mem::take(problems),
@@ -169,8 +177,13 @@ fn scan(text: &str) -> Scan {
                     }
                     Some(top) => {
                         problems.push(format!("BEGIN:{top} is closed by END:{value}"));
-                        if let Some(at) = stack.iter().rposition(|s| *s == value) {
-                            stack.truncate(at);
+                        // END:VCALENDAR closes what is open; another END
+                        // closes the innermost component (a typo'd name).
+                        match stack.iter().rposition(|s| *s == value) {
+                            Some(at) if value == "VCALENDAR" => stack.truncate(at),
+                            _ => {
+                                stack.pop();
+                            }
                         }
                     }
                     None => {}
@@ -187,9 +200,12 @@ fn scan(text: &str) -> Scan {
         }
     }
     if let Some((s, mut p)) = current.take() {
-        for open in stack.iter().rev() {
-            p.push(format!("BEGIN:{open} is never closed by END:{open}"));
-        }
+        let open: Vec<String> = stack.iter().rev().map(|c| format!("BEGIN:{c}")).collect();
+        p.push(format!(
+            "{} {} never closed (the calendar data is cut short)",
+            open.join(", "),
+            if open.len() == 1 { "is" } else { "are" }
+        ));
         blocks.push(Block {
             range: s..text.len(),
             problems: p,
@@ -287,13 +303,27 @@ fn check_object(
                 components: Vec::new(),
                 problems,
                 unusable: true,
+                broken: true,
                 forwarded: part.forwarded,
             };
         }
     };
     let (method, method_lines) = ical::method(&ical);
     let components = ical::scheduling_components(&ical);
-    let mut unusable = !problems.is_empty();
+    if !problems.is_empty() {
+        // Broken nesting: what calcard recovered cannot be trusted, so the
+        // object is reported, not read further.
+        return CalObject {
+            method,
+            ical,
+            components,
+            problems,
+            unusable: true,
+            broken: true,
+            forwarded: part.forwarded,
+        };
+    }
+    let mut unusable = false;
     if ical.components.len() > limits.max_components {
         problems.push(format!(
             "the calendar object has {} components, more than the limit of {} (limits.max_components)",
@@ -392,6 +422,7 @@ fn check_object(
         components,
         problems,
         unusable,
+        broken: false,
         forwarded: part.forwarded,
     }
 }
@@ -547,7 +578,13 @@ mod tests {
             &Limits::default(),
         );
         assert_eq!(o.len(), 2);
-        assert!(p[0].contains("outside any VCALENDAR"));
+        assert!(p.is_empty(), "junk around good objects is tolerated: {p:?}");
+        let (o, p) = parse_part(
+            &part("text/calendar", Some("REQUEST"), "junk only\r\n"),
+            &Limits::default(),
+        );
+        assert!(o.is_empty());
+        assert!(p[0].contains("no VCALENDAR"), "{p:?}");
     }
 
     #[test]

@@ -203,7 +203,19 @@ impl Walker<'_> {
             }
             PartType::Message(inner) => self.walk(inner, 0, depth + 1, true),
             PartType::Text(text) if is_calendar => {
-                self.calendar(part, ct, text.to_string(), forwarded);
+                let text = if part.is_encoding_problem
+                    && part
+                        .content_transfer_encoding()
+                        .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"))
+                {
+                    // mail-parser gives up on broken base64 (a truncated
+                    // message); recover what can be decoded.
+                    let bytes = lenient_base64(text.as_bytes());
+                    decode_charset(&bytes, ct.and_then(|c| c.attribute("charset")))
+                } else {
+                    text.to_string()
+                };
+                self.calendar(part, ct, text, forwarded);
             }
             PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
                 if is_calendar {
@@ -259,6 +271,48 @@ impl Walker<'_> {
             forwarded,
         });
     }
+}
+
+/// Decode base64 as far as it goes: characters outside the alphabet are
+/// skipped, decoding stops at padding or a MIME boundary, and a final
+/// incomplete group yields the bytes it holds.
+fn lenient_base64(input: &[u8]) -> Vec<u8> {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some((c - b'A') as u32),
+            b'a'..=b'z' => Some((c - b'a') as u32 + 26),
+            b'0'..=b'9' => Some((c - b'0') as u32 + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let (mut acc, mut n) = (0u32, 0);
+    for line in input.split(|&b| b == b'\n') {
+        if line.starts_with(b"--") {
+            break;
+        }
+        for &c in line {
+            if c == b'=' {
+                break;
+            }
+            let Some(v) = val(c) else { continue };
+            acc = (acc << 6) | v;
+            n += 1;
+            if n == 4 {
+                out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
+                acc = 0;
+                n = 0;
+            }
+        }
+    }
+    match n {
+        2 => out.push((acc >> 4) as u8),
+        3 => out.extend_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]),
+        _ => {}
+    }
+    out
 }
 
 /// Decode bytes in a declared charset (UTF-8 when none is declared).
@@ -339,5 +393,14 @@ mod tests {
         let m = parse(raw.as_bytes(), &limits).unwrap();
         assert!(m.parts.is_empty());
         assert!(m.problems[0].contains("nested deeper"), "{:?}", m.problems);
+    }
+
+    #[test]
+    fn truncated_base64_is_recovered_as_far_as_it_goes() {
+        assert_eq!(
+            lenient_base64(b"QkVH\r\nSU46VkNB\r\nTEVOREFS"),
+            b"BEGIN:VCALENDAR"
+        );
+        assert_eq!(lenient_base64(b"QkVHSU4"), b"BEGIN");
     }
 }
