@@ -88,7 +88,16 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
     let mut objects: Vec<CalObject> = Vec::new();
     let mut summaries: Vec<MessageSummary> = Vec::new();
     let mut found_itip = false;
-    for part in &mail.parts {
+    for (i, part) in mail.parts.iter().enumerate() {
+        // The usual pair: the same text again as application/ics (without
+        // method=, or with the same one) adds nothing; do not parse it twice.
+        let copy = mail.parts[..i].iter().any(|p| {
+            p.text == part.text
+                && (part.method_param.is_none() || part.method_param == p.method_param)
+        });
+        if copy {
+            continue;
+        }
         let (objs, part_problems) = itip::parse_part(part, limits);
         validity.extend(part_problems);
         for o in objs {

@@ -4,7 +4,9 @@
 //! `message/rfc822` parts, decoded to UTF-8. Parsing never panics; what is
 //! broken is reported as a problem and the rest is still read.
 
-use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
 
 use crate::address;
 use crate::config::Limits;
@@ -67,9 +69,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
             limit: limits.max_message_bytes,
         });
     }
-    let message = MessageParser::new()
-        .parse(raw)
-        .ok_or(MimeError::NoHeaders)?;
+    let message = parser().parse(raw).ok_or(MimeError::NoHeaders)?;
     if message.headers().is_empty() {
         return Err(MimeError::NoHeaders);
     }
@@ -125,6 +125,25 @@ fn looks_like_headers(raw: &[u8]) -> bool {
             .all(|&b| b.is_ascii_graphic() && b != b':'),
         _ => false,
     }
+}
+
+/// One parser for the process.
+fn parser() -> &'static MessageParser {
+    static PARSER: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    // Only the headers imipd reads are parsed; the rest (Received, DKIM
+    // signatures, ...) are kept raw, which costs almost nothing.
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .header_address(HeaderName::From)
+            .header_address(HeaderName::Sender)
+            .header_id(HeaderName::MessageId)
+            .header_id(HeaderName::References)
+            .header_text(HeaderName::Subject)
+            .header_raw(HeaderName::Other("Authentication-Results".into()))
+            .header_raw(HeaderName::Other("Auto-Submitted".into()))
+            .default_header_ignore()
+    })
 }
 
 fn unfold(s: &str) -> String {
@@ -223,7 +242,7 @@ impl Walker<'_> {
                     self.calendar(part, ct, text, forwarded);
                 } else if ctype == "message" && (csub == "rfc822" || csub == "global") {
                     // Nested deeper than mail-parser decodes by itself.
-                    if let Some(inner) = MessageParser::new().parse(bytes.as_ref()) {
+                    if let Some(inner) = parser().parse(bytes.as_ref()) {
                         self.walk(&inner, 0, depth + 1, true);
                     }
                 }
@@ -334,6 +353,22 @@ mod tests {
 
     fn mail(raw: &str) -> Mail {
         parse(raw.as_bytes(), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn authentication_results_and_auto_submitted_are_read() {
+        let m = mail(concat!(
+            "authentication-results: mx.example.com;\r\n dkim=pass header.d=example.com\r\n",
+            "Auto-Submitted: auto-generated\r\nFrom: a@example.com\r\n",
+            "References: <a@x> <b@y>\r\nSubject: hi\r\n\r\nbody\r\n"
+        ));
+        assert_eq!(
+            m.authentication_results,
+            vec!["mx.example.com; dkim=pass header.d=example.com".to_string()]
+        );
+        assert!(m.auto_submitted);
+        assert_eq!(m.references, vec!["<a@x>".to_string(), "<b@y>".to_string()]);
+        assert_eq!(m.subject.as_deref(), Some("hi"));
     }
 
     #[test]
