@@ -251,7 +251,16 @@ pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             } else {
                 Role::Attendee
             };
-            if let (Some(s), Some(i)) = (&stored_org, &inc_org) {
+            let Some(inc_org_addr) = &inc_org else {
+                return Decision::new(
+                    Effect::Refused,
+                    role,
+                    format!(
+                        "this {method} names no ORGANIZER, so nobody can be entitled to send it"
+                    ),
+                );
+            };
+            if let (Some(s), i) = (&stored_org, inc_org_addr) {
                 if s != i {
                     return Decision::new(
                         Effect::Refused,

@@ -5,7 +5,7 @@
 //! the UID → file index that keeps lookups O(1) with many thousands of files.
 //! Files that are not `.ics`, and dot-files, are left alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ pub struct Store {
     dir: PathBuf,
     /// UID → file name (not path) of the object that holds it.
     index: HashMap<String, String>,
+    /// Every object file name, for choosing free names.
+    names: HashSet<String>,
 }
 
 impl Store {
@@ -29,6 +31,7 @@ impl Store {
         fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create store folder {}: {e}", dir.display()))?;
         let mut index = HashMap::new();
+        let mut names = HashSet::new();
         let entries = fs::read_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot read store folder {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
@@ -44,6 +47,7 @@ impl Store {
             let Ok(text) = fs::read(entry.path()) else {
                 continue;
             };
+            names.insert(name.clone());
             for uid in scan_uids(&text) {
                 index.entry(uid).or_insert_with(|| name.clone());
             }
@@ -51,6 +55,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
+            names,
         })
     }
 
@@ -116,6 +121,7 @@ impl Store {
         };
         let path = self.dir.join(&name);
         write_atomic(&self.dir, &name, text.as_bytes())?;
+        self.names.insert(name.clone());
         self.index.insert(uid.to_string(), name);
         Ok(path)
     }
@@ -133,7 +139,7 @@ impl Store {
     /// A free, safe file name for a new UID.
     fn new_name(&self, uid: &str) -> String {
         let base = safe_name(uid);
-        let taken = |n: &str| self.dir.join(n).exists() || self.index.values().any(|v| v == n);
+        let taken = |n: &str| self.names.contains(n) || self.dir.join(n).exists();
         if !taken(&base) {
             return base;
         }

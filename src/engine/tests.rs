@@ -611,3 +611,22 @@ fn add_adds_an_instance() {
         Effect::Unchanged
     );
 }
+
+#[test]
+fn an_organizer_method_without_organizer_is_refused() {
+    let v1 = run(
+        None,
+        "REQUEST",
+        &event(&format!(
+            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
+        )),
+        true,
+    )
+    .object
+    .unwrap();
+    let body = event("SEQUENCE:5\r\nDTSTAMP:20261122T100000Z\r\n")
+        .replace("ORGANIZER:mailto:alice@example.com\r\n", "");
+    let d = run(Some(&v1), "CANCEL", &body, true);
+    assert_eq!(d.effect, Effect::Refused);
+    assert!(d.reason.contains("no ORGANIZER"), "{}", d.reason);
+}

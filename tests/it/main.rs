@@ -7,4 +7,5 @@ mod classify_fixtures;
 mod cli;
 mod crash;
 mod khal;
+mod robustness;
 mod scenarios;
