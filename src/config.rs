@@ -718,9 +718,18 @@ impl Validator<'_> {
             accounts.push(Account { name, source });
         }
 
-        let mut policies = Vec::new();
+        let mut policies: Vec<PolicyConfig> = Vec::new();
         for p in raw.policies {
-            policies.push(self.policy(p, &accounts)?);
+            let span = p.name.span();
+            let policy = self.policy(p, &accounts)?;
+            if let Some(why) = never_matches(&policy, &policies) {
+                return Err(self.err(
+                    "policy",
+                    Some(span),
+                    format!("policy `{}` {why}", policy.name),
+                ));
+            }
+            policies.push(policy);
         }
 
         let address_book = raw.address_book.map(|a| self.path(a.path.get_ref()));
@@ -1107,6 +1116,77 @@ impl Validator<'_> {
     }
 }
 
+/// Why a policy can never take effect, if it cannot: an earlier policy
+/// catches everything it would, or it answers but matches only methods that
+/// are never answered.
+fn never_matches(p: &PolicyConfig, earlier: &[PolicyConfig]) -> Option<String> {
+    let answering = matches!(
+        p.action,
+        Action::Accept | Action::Decline | Action::Tentative
+    );
+    if answering {
+        if let Some(m) = &p.methods {
+            // REQUEST and ADD are answered with a REPLY, COUNTER (decline:
+            // DECLINECOUNTER) and REFRESH (accept: the current REQUEST) by the organizer.
+            let answerable = match p.action {
+                Action::Decline => ["REQUEST", "ADD", "COUNTER"].as_slice(),
+                Action::Accept => ["REQUEST", "ADD", "REFRESH"].as_slice(),
+                _ => ["REQUEST", "ADD"].as_slice(),
+            };
+            if !m.iter().any(|x| answerable.contains(&x.as_str())) {
+                return Some(format!(
+                    "can never {}: its methods ({}) are never answered that way",
+                    p.action.as_str(),
+                    m.join(", ")
+                ));
+            }
+        }
+    }
+    for e in earlier {
+        if covers(e, p) {
+            return Some(format!(
+                "can never match: policy `{}` before it matches everything it would",
+                e.name
+            ));
+        }
+    }
+    None
+}
+
+/// Whether every message `later` matches is also matched by `first`.
+fn covers(first: &PolicyConfig, later: &PolicyConfig) -> bool {
+    fn list(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+        match (a, b) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|x| a.contains(x)),
+        }
+    }
+    fn same<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+        a.is_none() || a == b
+    }
+    list(&first.methods, &later.methods)
+        && list(&first.components, &later.components)
+        && list(&first.organizers, &later.organizers)
+        && list(&first.senders, &later.senders)
+        && list(&first.accounts, &later.accounts)
+        && list(&first.folders, &later.folders)
+        && same(&first.known_sender, &later.known_sender)
+        && same(&first.authenticated, &later.authenticated)
+        && same(&first.conflict, &later.conflict)
+        && same(&first.recurring, &later.recurring)
+        && match (first.max_duration, later.max_duration) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        }
+        && match (first.booking_window, later.booking_window) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        }
+}
+
 /// "90m", "2h", "30d", "1w", "45s", a number of seconds, or an ISO 8601 /
 /// RFC 5545 duration such as "PT1H30M" or "P2D".
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -1199,6 +1279,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("policy.action"));
         assert_eq!(e.position, Some((7, 10)));
+    }
+
+    #[test]
+    fn unreachable_policies_fail_at_load_time() {
+        let catch_all = format!("{MIN}[[policy]]\nname = \"all\"\naction = \"file\"\n[[policy]]\nname = \"late\"\nmethods = [\"REQUEST\"]\naction = \"accept\"\n");
+        let e = p(&catch_all).unwrap_err();
+        assert!(
+            e.message.contains("`late` can never match") && e.message.contains("`all`"),
+            "{e}"
+        );
+        assert_eq!(e.position.map(|p| p.0), Some(9));
+        let shadowed = format!("{MIN}[[policy]]\nname = \"a\"\norganizers = [\"*@x.org\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\norganizers = [\"*@x.org\"]\nmethods = [\"ADD\"]\naction = \"accept\"\n");
+        assert!(p(&shadowed).is_err());
+        let fine = format!("{MIN}[[policy]]\nname = \"a\"\nmethods = [\"REQUEST\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\naction = \"file\"\n");
+        assert!(p(&fine).is_ok());
+    }
+
+    #[test]
+    fn answering_a_method_that_is_never_answered_fails() {
+        let e = p(&format!("{MIN}[[policy]]\nname = \"r\"\nmethods = [\"REPLY\", \"CANCEL\"]\naction = \"accept\"\n")).unwrap_err();
+        assert!(e.message.contains("can never accept"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
+//! - [`policy`]: the `[[policy]]` rules: facts → first match → action.
+//! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
 //! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
 //! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
 //! - [`process`]: one message end to end, in a crash-safe order; outcomes.
@@ -30,7 +32,9 @@ pub mod ical;
 pub mod itip;
 pub mod maildir;
 pub mod mime;
+pub mod policy;
 pub mod process;
+pub mod reply;
 pub mod run;
 pub mod state;
 pub mod store;

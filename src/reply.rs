@@ -1,0 +1,518 @@
+//! Outgoing iTIP messages and their mail: the REPLY an attendee sends
+//! (RFC 5546 §3.2.3), the DECLINECOUNTER and the answer to a REFRESH an
+//! organizer sends, each wrapped the way the CalConnect iMIP best practices
+//! describe: multipart/mixed { multipart/alternative { text/plain, text/html,
+//! text/calendar; method=...; charset=UTF-8 }, application/ics `invite.ics` },
+//! with `Auto-Submitted: auto-replied` and threading headers. Building is
+//! pure (the time is given); the outbox stores and sends the result.
+
+use calcard::icalendar::{
+    ICalendarComponentType as Ct, ICalendarEntry, ICalendarParameterName as Pn,
+    ICalendarParameterValue, ICalendarProperty as P, ICalendarValue,
+};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use sha2::{Digest, Sha256};
+
+use crate::address;
+use crate::engine;
+use crate::ical::{self, Node};
+use crate::mime::Mail;
+
+/// A message ready for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outgoing {
+    /// Identifies the answer: the same answer to the same request version
+    /// has the same key, so it is queued and sent once.
+    pub key: String,
+    /// Envelope sender, bare address.
+    pub from: String,
+    /// Envelope recipients, bare addresses.
+    pub to: Vec<String>,
+    /// Whom the answer goes to, for the per-organizer cap.
+    pub counterpart: String,
+    /// What it says, for people ("Bob accepted: Planning, ...").
+    pub summary: String,
+    /// The whole RFC 5322 message.
+    pub message: String,
+}
+
+/// The answer to an invitation.
+pub struct ReplyRequest<'a> {
+    /// The stored object (root VCALENDAR) after the invitation was applied.
+    pub object: &'a Node,
+    /// Where VTIMEZONEs may be copied from (the invitation).
+    pub tz_source: Option<&'a calcard::icalendar::ICalendar>,
+    /// My address as the invitation names it (canonical).
+    pub me: &'a str,
+    pub my_name: Option<&'a str>,
+    /// ACCEPTED, DECLINED or TENTATIVE.
+    pub partstat: &'a str,
+    /// `None` for the whole event, else the instances answered.
+    pub recurrence_ids: &'a [Option<String>],
+    pub comment: Option<&'a str>,
+    /// The invitation mail, for threading.
+    pub request: Option<&'a Mail>,
+    pub now: DateTime<Utc>,
+}
+
+fn find<'a>(root: &'a Node, rid: Option<&str>) -> Option<&'a Node> {
+    root.children
+        .iter()
+        .find(|c| c.is_scheduling() && c.recurrence_id().as_deref() == rid)
+}
+
+/// The answer key: hash of what identifies the answered version.
+pub fn key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where mail to a calendar user goes: its `mailto:` address, else its
+/// SENT-BY (an organizer named by a non-mail URI with a mail delegate).
+pub fn mail_address(e: &ICalendarEntry) -> Option<String> {
+    let a = ical::cal_address(e)?;
+    if let Some(bare) = a.strip_prefix("mailto:") {
+        return Some(bare.to_string());
+    }
+    ical::sent_by(e).and_then(|s| s.strip_prefix("mailto:").map(str::to_string))
+}
+
+/// Build the iTIP REPLY (§3.2.3) and its mail.
+pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
+    let rids: Vec<Option<String>> = if r.recurrence_ids.is_empty() {
+        vec![None]
+    } else {
+        r.recurrence_ids.to_vec()
+    };
+    let mut root = Node::from_ical(&ical::new_calendar(Some("REPLY")));
+    let mut first: Option<Node> = None;
+    for rid in &rids {
+        let Some(src) = find(r.object, rid.as_deref()) else {
+            anyhow::bail!(
+                "cannot build reply: the event has no component for {}",
+                rid.as_deref().unwrap_or("the whole series")
+            );
+        };
+        let c = reply_component(src, r)?;
+        if first.is_none() {
+            first = Some(src.clone());
+        }
+        root.children.push(c);
+    }
+    let src = first.unwrap_or_else(|| root.children[0].clone());
+    let org = src
+        .prop(&P::Organizer)
+        .ok_or_else(|| anyhow::anyhow!("cannot build reply: the event has no ORGANIZER"))?;
+    let to = mail_address(org)
+        .ok_or_else(|| anyhow::anyhow!("cannot build reply: the ORGANIZER has no mail address"))?;
+    let mut ical = root.into_ical();
+    if let Some(t) = r.tz_source {
+        ical::complete_timezones(t, &mut ical);
+    } else {
+        ical.add_missing_timezones();
+    }
+    let ics = ical::to_string(&ical);
+
+    let uid = src.uid().unwrap_or_default();
+    let seq = src.sequence().to_string();
+    let rid_list: Vec<&str> = rids.iter().map(|r| r.as_deref().unwrap_or("*")).collect();
+    let key = key(&["REPLY", &uid, &rid_list.join(","), &seq, r.me]);
+    let verb = match r.partstat {
+        "ACCEPTED" => "accepted",
+        "DECLINED" => "declined",
+        "TENTATIVE" => "tentatively accepted",
+        other => other,
+    };
+    let subject_verb = match r.partstat {
+        "ACCEPTED" => "Accepted",
+        "DECLINED" => "Declined",
+        "TENTATIVE" => "Tentatively accepted",
+        other => other,
+    };
+    let title = src.text(&P::Summary).unwrap_or_else(|| "(no title)".into());
+    let who = r
+        .my_name
+        .map(str::to_string)
+        .unwrap_or_else(|| r.me.trim_start_matches("mailto:").to_string());
+    let instance = find(r.object, rids[0].as_deref()).unwrap_or(&src);
+    let summary = format!("{who} {verb}: {title}, {}", when(instance));
+    let from = r.me.trim_start_matches("mailto:").to_string();
+    let message = mail(MailParts {
+        from: &from,
+        from_name: r.my_name,
+        to: &to,
+        subject: &format!("{subject_verb}: {title}"),
+        text: &summary,
+        comment: r.comment,
+        method: "REPLY",
+        ics: &ics,
+        key: &key,
+        request: r.request,
+        now: r.now,
+    })?;
+    Ok(Outgoing {
+        key,
+        from,
+        to: vec![to.clone()],
+        counterpart: to,
+        summary,
+        message,
+    })
+}
+
+/// One component of a REPLY: exactly what §3.2.3 asks for.
+fn reply_component(src: &Node, r: &ReplyRequest<'_>) -> anyhow::Result<Node> {
+    let mut c = Node {
+        kind: src.kind.clone(),
+        entries: Vec::new(),
+        children: Vec::new(),
+    };
+    let copy = |c: &mut Node, p: P| {
+        for e in src.entries.iter().filter(|e| e.name == p) {
+            c.entries.push(e.clone());
+        }
+    };
+    copy(&mut c, P::Uid);
+    copy(&mut c, P::RecurrenceId);
+    copy(&mut c, P::Sequence);
+    c.entries.push(ical::utc_entry(P::Dtstamp, r.now));
+    copy(&mut c, P::Organizer);
+    let mine = src
+        .entries
+        .iter()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(r.me))
+        .ok_or_else(|| anyhow::anyhow!("cannot build reply: {} is not an attendee", r.me))?;
+    let mut att = mine.clone();
+    ical::set_param(
+        &mut att,
+        Pn::Partstat,
+        ICalendarParameterValue::Text(r.partstat.to_string()),
+    );
+    ical::remove_param(&mut att, &Pn::Rsvp);
+    att.params
+        .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+    c.entries.push(att);
+    copy(&mut c, P::Dtstart);
+    copy(&mut c, P::Dtend);
+    copy(&mut c, P::Duration);
+    copy(&mut c, P::Due);
+    copy(&mut c, P::Summary);
+    if let Some(text) = r.comment {
+        c.entries.push(ical::text_entry(P::Comment, text));
+    }
+    Ok(c)
+}
+
+/// DECLINECOUNTER (§3.2.8): the organizer refuses an attendee's proposal.
+pub fn build_declinecounter(
+    stored: &Node,
+    counter: &Node,
+    me: &str,
+    my_name: Option<&str>,
+    comment: Option<&str>,
+    request: Option<&Mail>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Outgoing> {
+    let rid = counter.recurrence_id();
+    let src = find(stored, rid.as_deref())
+        .or_else(|| find(stored, None))
+        .ok_or_else(|| anyhow::anyhow!("cannot build DECLINECOUNTER: the event is empty"))?;
+    let att = counter.prop(&P::Attendee).ok_or_else(|| {
+        anyhow::anyhow!("cannot build DECLINECOUNTER: the COUNTER names no attendee")
+    })?;
+    let to = mail_address(att).ok_or_else(|| {
+        anyhow::anyhow!("cannot build DECLINECOUNTER: the attendee has no mail address")
+    })?;
+    let mut c = Node {
+        kind: src.kind.clone(),
+        entries: Vec::new(),
+        children: Vec::new(),
+    };
+    for p in [P::Uid, P::RecurrenceId, P::Sequence] {
+        if let Some(e) = src.prop(&p) {
+            c.entries.push(e.clone());
+        }
+    }
+    c.entries.push(ical::utc_entry(P::Dtstamp, now));
+    if let Some(o) = src.prop(&P::Organizer) {
+        c.entries.push(o.clone());
+    }
+    let mut a = att.clone();
+    a.params
+        .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+    c.entries.push(a);
+    if let Some(text) = comment {
+        c.entries.push(ical::text_entry(P::Comment, text));
+    }
+    let mut root = Node::from_ical(&ical::new_calendar(Some("DECLINECOUNTER")));
+    root.children.push(c);
+    let ics = ical::to_string(&root.into_ical());
+    let title = src.text(&P::Summary).unwrap_or_else(|| "(no title)".into());
+    let uid = src.uid().unwrap_or_default();
+    let key = key(&[
+        "DECLINECOUNTER",
+        &uid,
+        &rid.unwrap_or_default(),
+        &counter.dtstamp(),
+        &to,
+    ]);
+    let who = my_name
+        .map(str::to_string)
+        .unwrap_or_else(|| me.trim_start_matches("mailto:").to_string());
+    let summary = format!(
+        "{who} declined the proposed change to: {title}, {}",
+        when(src)
+    );
+    let from = me.trim_start_matches("mailto:").to_string();
+    let message = mail(MailParts {
+        from: &from,
+        from_name: my_name,
+        to: &to,
+        subject: &format!("Proposal declined: {title}"),
+        text: &summary,
+        comment,
+        method: "DECLINECOUNTER",
+        ics: &ics,
+        key: &key,
+        request,
+        now,
+    })?;
+    Ok(Outgoing {
+        key,
+        from,
+        to: vec![to.clone()],
+        counterpart: to,
+        summary,
+        message,
+    })
+}
+
+/// The answer to a REFRESH (§3.2.6): the current event as a REQUEST, to the
+/// attendee who asked.
+pub fn build_refresh_answer(
+    stored: &Node,
+    refresh: &Node,
+    me: &str,
+    my_name: Option<&str>,
+    request: Option<&Mail>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Outgoing> {
+    let att = refresh
+        .prop(&P::Attendee)
+        .ok_or_else(|| anyhow::anyhow!("cannot answer REFRESH: it names no attendee"))?;
+    let to = mail_address(att).ok_or_else(|| {
+        anyhow::anyhow!("cannot answer REFRESH: the attendee has no mail address")
+    })?;
+    let mut root = Node::from_ical(&ical::new_calendar(Some("REQUEST")));
+    for c in stored.children.iter() {
+        let mut c = c.clone();
+        if c.is_scheduling() {
+            c.set(ical::utc_entry(P::Dtstamp, now));
+            for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
+                e.params
+                    .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+            }
+            c.children.retain(|a| a.kind != Ct::VAlarm);
+        }
+        root.children.push(c);
+    }
+    let src = find(stored, None)
+        .or_else(|| stored.children.iter().find(|c| c.is_scheduling()))
+        .ok_or_else(|| anyhow::anyhow!("cannot answer REFRESH: the event is empty"))?;
+    let mut ical = root.into_ical();
+    ical::drop_unused_timezones(&mut ical);
+    ical.add_missing_timezones();
+    let ics = ical::to_string(&ical);
+    let title = src.text(&P::Summary).unwrap_or_else(|| "(no title)".into());
+    let uid = src.uid().unwrap_or_default();
+    let key = key(&["REFRESH", &uid, &refresh.dtstamp(), &to]);
+    let summary = format!("Invitation (refreshed): {title}, {}", when(src));
+    let from = me.trim_start_matches("mailto:").to_string();
+    let message = mail(MailParts {
+        from: &from,
+        from_name: my_name,
+        to: &to,
+        subject: &format!("Invitation: {title}"),
+        text: &summary,
+        comment: None,
+        method: "REQUEST",
+        ics: &ics,
+        key: &key,
+        request,
+        now,
+    })?;
+    Ok(Outgoing {
+        key,
+        from,
+        to: vec![to.clone()],
+        counterpart: to,
+        summary,
+        message,
+    })
+}
+
+struct MailParts<'a> {
+    from: &'a str,
+    from_name: Option<&'a str>,
+    to: &'a str,
+    subject: &'a str,
+    text: &'a str,
+    comment: Option<&'a str>,
+    method: &'a str,
+    ics: &'a str,
+    key: &'a str,
+    request: Option<&'a Mail>,
+    now: DateTime<Utc>,
+}
+
+/// The CalConnect best-practice structure around an iTIP object.
+fn mail(p: MailParts<'_>) -> anyhow::Result<String> {
+    let from: Mailbox = Mailbox::new(
+        p.from_name.map(str::to_string),
+        p.from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("cannot use {} as sender address: {e}", p.from))?,
+    );
+    let to: Mailbox = Mailbox::new(
+        None,
+        p.to.parse()
+            .map_err(|e| anyhow::anyhow!("cannot use {} as recipient address: {e}", p.to))?,
+    );
+    let domain = address::domain(p.from).unwrap_or_else(|| "imipd.invalid".into());
+    let mut text = format!("{}\n", p.text);
+    let mut html = format!("<p>{}</p>\n", escape_html(p.text));
+    if let Some(c) = p.comment {
+        text.push_str(&format!("\n{c}\n"));
+        html.push_str(&format!("<p>{}</p>\n", escape_html(c)));
+    }
+    text.push_str("\n-- \nSent automatically by imipd.\n");
+    html.push_str("<p style=\"color:#666\">Sent automatically by imipd.</p>\n");
+    let html = format!("<!DOCTYPE html>\n<html><body>\n{html}</body></html>\n");
+    let calendar_type = ContentType::parse(&format!(
+        "text/calendar; method={}; charset=UTF-8",
+        p.method
+    ))
+    .map_err(|e| anyhow::anyhow!("cannot build content type: {e}"))?;
+    let ics_type = ContentType::parse("application/ics; name=\"invite.ics\"")
+        .map_err(|e| anyhow::anyhow!("cannot build content type: {e}"))?;
+    let mut b = lettre::Message::builder()
+        .from(from)
+        .to(to)
+        .subject(p.subject)
+        .date(std::time::SystemTime::from(p.now))
+        .message_id(Some(format!("<imipd.{}@{domain}>", p.key)))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-replied".to_string(),
+        ));
+    if let Some(req) = p.request {
+        if let Some(id) = &req.message_id {
+            b = b.in_reply_to(id.clone());
+            let mut refs = req.references.clone();
+            refs.push(id.clone());
+            b = b.references(refs.join(" "));
+        }
+    }
+    let m = b
+        .multipart(
+            MultiPart::mixed()
+                .multipart(
+                    MultiPart::alternative()
+                        .singlepart(SinglePart::plain(text))
+                        .singlepart(SinglePart::html(html))
+                        .singlepart(
+                            SinglePart::builder()
+                                .header(calendar_type)
+                                .body(p.ics.to_string()),
+                        ),
+                )
+                .singlepart(
+                    Attachment::new("invite.ics".to_string()).body(p.ics.to_string(), ics_type),
+                ),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot build the reply mail: {e}"))?;
+    String::from_utf8(m.formatted())
+        .map_err(|_| anyhow::anyhow!("cannot build the reply mail: not UTF-8"))
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// When an event happens, for people: "Tue 1 Dec 2026 10:00–11:00 Europe/Berlin".
+pub fn when(c: &Node) -> String {
+    let Some(start_e) = c.prop(&P::Dtstart).or_else(|| c.prop(&P::RecurrenceId)) else {
+        return "time not given".into();
+    };
+    let Some(start) = engine::to_naive(start_e) else {
+        return "time not given".into();
+    };
+    let date_only = matches!(start_e.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none());
+    let zone = zone_name(start_e);
+    let end = c
+        .prop(&P::Dtend)
+        .or_else(|| c.prop(&P::Due))
+        .and_then(engine::to_naive)
+        .or_else(|| {
+            let d = c.prop(&P::Duration)?;
+            match d.values.first()? {
+                ICalendarValue::Duration(d) => d.to_time_delta().map(|t| start + t),
+                _ => None,
+            }
+        });
+    let day = |d: NaiveDateTime| d.format("%a %-d %b %Y").to_string();
+    if date_only {
+        return match end {
+            Some(e) if e - start > chrono::Duration::days(1) => {
+                format!(
+                    "{} – {} (all day)",
+                    day(start),
+                    day(e - chrono::Duration::days(1))
+                )
+            }
+            _ => format!("{} (all day)", day(start)),
+        };
+    }
+    match end {
+        Some(e) if e.date() == start.date() => format!(
+            "{} {}–{} {zone}",
+            day(start),
+            start.format("%H:%M"),
+            e.format("%H:%M")
+        ),
+        Some(e) => format!(
+            "{} {} – {} {} {zone}",
+            day(start),
+            start.format("%H:%M"),
+            day(e),
+            e.format("%H:%M")
+        ),
+        None => format!("{} {} {zone}", day(start), start.format("%H:%M")),
+    }
+}
+
+fn zone_name(e: &ICalendarEntry) -> String {
+    if let Some(t) = e.tz_id() {
+        return t.to_string();
+    }
+    match e.values.first() {
+        Some(ICalendarValue::PartialDateTime(d)) if d.tz_hour == Some(0) => "UTC".into(),
+        _ => "(floating time)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
