@@ -91,13 +91,13 @@ pub fn decide(rules: &[PolicyConfig], f: &Facts) -> Verdict {
 fn matches(r: &PolicyConfig, f: &Facts) -> Option<Vec<String>> {
     let mut why = Vec::new();
     if let Some(m) = &r.methods {
-        if !m.iter().any(|x| *x == f.method) {
+        if !m.contains(&f.method) {
             return None;
         }
         why.push(format!("method {}", f.method));
     }
     if let Some(c) = &r.components {
-        if !c.iter().any(|x| *x == f.component) {
+        if !c.contains(&f.component) {
             return None;
         }
         why.push(format!("component {}", f.component));
@@ -191,11 +191,11 @@ fn matches(r: &PolicyConfig, f: &Facts) -> Option<Vec<String>> {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86400 == 0 && s > 0 {
+    if s.is_multiple_of(86400) && s > 0 {
         format!("{}d", s / 86400)
-    } else if s % 3600 == 0 && s > 0 {
+    } else if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
