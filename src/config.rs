@@ -732,6 +732,23 @@ impl Validator<'_> {
             policies.push(policy);
         }
 
+        if outgoing.is_none() {
+            if let Some(p) = policies
+                .iter()
+                .find(|p| matches!(p.action, Action::Accept | Action::Decline | Action::Tentative))
+            {
+                return Err(self.err(
+                    "outgoing",
+                    None,
+                    format!(
+                        "policy `{}` answers ({}), so an [outgoing] section must say how replies are sent",
+                        p.name,
+                        p.action.as_str()
+                    ),
+                ));
+            }
+        }
+
         let address_book = raw.address_book.map(|a| self.path(a.path.get_ref()));
         let trusted_authserv_ids = raw
             .authentication
@@ -1292,7 +1309,7 @@ mod tests {
         assert_eq!(e.position.map(|p| p.0), Some(9));
         let shadowed = format!("{MIN}[[policy]]\nname = \"a\"\norganizers = [\"*@x.org\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\norganizers = [\"*@x.org\"]\nmethods = [\"ADD\"]\naction = \"accept\"\n");
         assert!(p(&shadowed).is_err());
-        let fine = format!("{MIN}[[policy]]\nname = \"a\"\nmethods = [\"REQUEST\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\naction = \"file\"\n");
+        let fine = format!("{MIN}[outgoing]\ntransport = \"file\"\npath = \"out\"\n[[policy]]\nname = \"a\"\nmethods = [\"REQUEST\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\naction = \"file\"\n");
         assert!(p(&fine).is_ok());
     }
 

@@ -14,7 +14,9 @@
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
+//! - [`conflict`]: occurrences, durations and overlaps, for the policies.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
+//! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action.
 //! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
 //! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
@@ -27,11 +29,13 @@
 pub mod address;
 pub mod classify;
 pub mod config;
+pub mod conflict;
 pub mod engine;
 pub mod ical;
 pub mod itip;
 pub mod maildir;
 pub mod mime;
+pub mod outbox;
 pub mod policy;
 pub mod process;
 pub mod reply;

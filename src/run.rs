@@ -1,13 +1,15 @@
 //! The batch commands: `process` (messages from files or standard input)
 //! and `once` (one pass over every account). Prints one outcome per message
 //! (a line on standard error, or JSON Lines on standard output with
-//! `--json`) and returns the exit status of the contract.
+//! `--json`), then tries to send everything queued in the outbox, and
+//! returns the exit status of the contract.
 
 use std::io::{Read, Write};
 
 use crate::config::{Config, Source};
-use crate::process::{MessageOutcome, Processor};
-use crate::{maildir, process};
+use crate::outbox::{SendReport, Transport};
+use crate::process::{self, MessageOutcome, Origin, Processor};
+use crate::maildir;
 
 /// How to run and report.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,13 +23,17 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 1;
 pub const EXIT_SERVER: u8 = 3;
 
+fn print_json(value: &impl serde::Serialize) {
+    let line = serde_json::to_string(value).unwrap_or_default();
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    let _ = writeln!(lock, "{line}");
+    let _ = lock.flush();
+}
+
 fn report(o: &MessageOutcome, opts: Options) {
     if opts.json {
-        let line = serde_json::to_string(o).unwrap_or_default();
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        let _ = writeln!(lock, "{line}");
-        let _ = lock.flush();
+        print_json(o);
     } else {
         eprintln!("{o}");
     }
@@ -53,7 +59,7 @@ pub fn process_files(cfg: &Config, files: &[String], opts: Options) -> anyhow::R
         }
         report(&outcome, opts);
     }
-    Ok(status)
+    Ok(status.max(flush(&mut p, opts)?))
 }
 
 fn failed(source: &str, error: String, dry_run: bool) -> MessageOutcome {
@@ -66,8 +72,57 @@ fn failed(source: &str, error: String, dry_run: bool) -> MessageOutcome {
         suspicious: false,
         problems: Vec::new(),
         results: Vec::new(),
+        quarantine: false,
         error: Some(error),
         dry_run,
+    }
+}
+
+/// Send what the outbox holds (everything, whatever its backoff); exit 3
+/// when the server could not be reached or refused the login.
+pub fn flush(p: &mut Processor<'_>, opts: Options) -> anyhow::Result<u8> {
+    if opts.dry_run {
+        return Ok(EXIT_OK);
+    }
+    let Some(outgoing) = &p.cfg.outgoing else {
+        let n = p.outbox.pending()?.len();
+        if n > 0 {
+            eprintln!("imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured");
+        }
+        return Ok(EXIT_OK);
+    };
+    if p.outbox.pending()?.is_empty() {
+        return Ok(EXIT_OK);
+    }
+    let transport = Transport::from_config(outgoing);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let reports = rt.block_on(p.outbox.flush(&transport, process::now(), false))?;
+    let mut status = EXIT_OK;
+    for r in &reports {
+        print_send(r, opts);
+        match r.status {
+            "failed" => status = status.max(EXIT_SERVER),
+            "rejected" => status = status.max(EXIT_SOME_FAILED),
+            _ => {}
+        }
+    }
+    Ok(status)
+}
+
+fn print_send(r: &SendReport, opts: Options) {
+    if opts.json {
+        print_json(&serde_json::json!({ "outbox": r }));
+    } else {
+        match &r.error {
+            None => eprintln!("sent to {}: {}", r.to.join(", "), r.summary),
+            Some(e) if r.status == "rejected" => {
+                eprintln!("imipd: rejected for good, kept in outbox-rejected/: {}: {e}", r.summary)
+            }
+            Some(e) => eprintln!("imipd: not sent yet, kept in the outbox: {}: {e}", r.summary),
+        }
     }
 }
 
@@ -79,10 +134,7 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
         let result = match &account.source {
             Source::Maildir { path } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(_) => {
-                eprintln!(
-                    "imipd: account {}: IMAP accounts are not supported by this build yet",
-                    account.name
-                );
+                eprintln!("imipd: account {}: IMAP accounts are not supported by this build yet", account.name);
                 Ok(EXIT_SOME_FAILED)
             }
         };
@@ -94,15 +146,10 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(status)
+    Ok(status.max(flush(&mut p, opts)?))
 }
 
-fn once_maildir(
-    p: &mut process::Processor<'_>,
-    account: &str,
-    path: &std::path::Path,
-    opts: Options,
-) -> anyhow::Result<u8> {
+fn once_maildir(p: &mut Processor<'_>, account: &str, path: &std::path::Path, opts: Options) -> anyhow::Result<u8> {
     let mut ledger = p.state.ledger(account)?;
     let mut status = EXIT_OK;
     for entry in maildir::list(path)? {
@@ -111,13 +158,17 @@ fn once_maildir(
         }
         let source = format!("{account}/{}", entry.key);
         let outcome = match std::fs::read(&entry.path) {
-            Ok(raw) => p.process(&raw, &source),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile
-            Err(e) => failed(
-                &source,
-                format!("cannot read {}: {e}", entry.path.display()),
-                opts.dry_run,
+            Ok(raw) => p.process_from(
+                &raw,
+                Origin {
+                    source: &source,
+                    account: Some(account),
+                    folder: None,
+                    can_move: false,
+                },
             ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile
+            Err(e) => failed(&source, format!("cannot read {}: {e}", entry.path.display()), opts.dry_run),
         };
         report(&outcome, opts);
         if outcome.failed() {

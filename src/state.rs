@@ -78,6 +78,16 @@ impl State {
         Ok(d.join(name))
     }
 
+    /// Keep a copy of a quarantined message; returns where.
+    pub fn quarantine(&self, source: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
+        let d = self.sub("quarantine")?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+        let name = format!("{stamp}-{}", safe_name(source).trim_end_matches(".ics"));
+        let name = format!("{name}.eml");
+        write_atomic(&d, &name, raw)?;
+        Ok(d.join(name))
+    }
+
     /// The ledger of handled messages of one Maildir account.
     pub fn ledger(&self, account: &str) -> anyhow::Result<Ledger> {
         let d = self.sub("maildir")?;

@@ -71,6 +71,11 @@ impl Store {
         self.index.is_empty()
     }
 
+    /// Every UID in the store.
+    pub fn uids(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
     /// The file holding a UID, if any.
     pub fn path_of(&self, uid: &str) -> Option<PathBuf> {
         self.index.get(uid).map(|n| self.dir.join(n))
