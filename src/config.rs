@@ -733,10 +733,12 @@ impl Validator<'_> {
         }
 
         if outgoing.is_none() {
-            if let Some(p) = policies
-                .iter()
-                .find(|p| matches!(p.action, Action::Accept | Action::Decline | Action::Tentative))
-            {
+            if let Some(p) = policies.iter().find(|p| {
+                matches!(
+                    p.action,
+                    Action::Accept | Action::Decline | Action::Tentative
+                )
+            }) {
                 return Err(self.err(
                     "outgoing",
                     None,

@@ -43,9 +43,11 @@ fn spans(root: &Node, uid: &str, keep: impl Fn(&Node) -> bool) -> Vec<(i64, i64)
         .events
         .iter()
         .filter(|e| {
-            ical.components
-                .get(e.comp_id as usize)
-                .is_some_and(|c| keep(&Node::from_ical(&calcard::icalendar::ICalendar { components: vec![c.clone()] })))
+            ical.components.get(e.comp_id as usize).is_some_and(|c| {
+                keep(&Node::from_ical(&calcard::icalendar::ICalendar {
+                    components: vec![c.clone()],
+                }))
+            })
         })
         .map(|e| e.timestamps())
         .collect();
@@ -58,22 +60,32 @@ fn spans(root: &Node, uid: &str, keep: impl Fn(&Node) -> bool) -> Vec<(i64, i64)
 pub fn duration(c: &Node) -> Option<Duration> {
     let start_e = c.prop(&P::Dtstart)?;
     let start = engine::to_naive(start_e)?;
-    if let Some(end) = c.prop(&P::Dtend).or_else(|| c.prop(&P::Due)).and_then(engine::to_naive) {
+    if let Some(end) = c
+        .prop(&P::Dtend)
+        .or_else(|| c.prop(&P::Due))
+        .and_then(engine::to_naive)
+    {
         return (end - start).to_std().ok();
     }
     if let Some(ICalendarValue::Duration(d)) = c.prop(&P::Duration).and_then(|e| e.values.first()) {
         return d.to_time_delta().and_then(|t| t.to_std().ok());
     }
     match start_e.values.first() {
-        Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none() => Some(Duration::from_secs(86400)),
+        Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none() => {
+            Some(Duration::from_secs(86400))
+        }
         _ => Some(Duration::ZERO),
     }
 }
 
 /// Whether a component keeps my time busy.
 fn busy(c: &Node, identity: &Identity) -> bool {
-    let transparent = c.text(&P::Transp).is_some_and(|t| t.eq_ignore_ascii_case("TRANSPARENT"));
-    let cancelled = c.text(&P::Status).is_some_and(|t| t.eq_ignore_ascii_case("CANCELLED"));
+    let transparent = c
+        .text(&P::Transp)
+        .is_some_and(|t| t.eq_ignore_ascii_case("TRANSPARENT"));
+    let cancelled = c
+        .text(&P::Status)
+        .is_some_and(|t| t.eq_ignore_ascii_case("CANCELLED"));
     let declined = c.entries.iter().any(|e| {
         e.name == P::Attendee
             && ical::cal_address(e).is_some_and(|a| identity.is_me(&a))
@@ -84,7 +96,12 @@ fn busy(c: &Node, identity: &Identity) -> bool {
 
 /// Whether any of the given occurrences (within the horizon from now)
 /// overlaps a busy occurrence of another event in the store.
-pub fn conflicts(store: &Store, uid: &str, occ: &[(i64, i64)], identity: &Identity) -> anyhow::Result<bool> {
+pub fn conflicts(
+    store: &Store,
+    uid: &str,
+    occ: &[(i64, i64)],
+    identity: &Identity,
+) -> anyhow::Result<bool> {
     let now = crate::process::now().timestamp();
     let horizon = now + HORIZON_DAYS * 86400;
     let mine: Vec<(i64, i64)> = occ
@@ -100,7 +117,9 @@ pub fn conflicts(store: &Store, uid: &str, occ: &[(i64, i64)], identity: &Identi
         if other == uid {
             continue;
         }
-        let Some(root) = store.get(&other)? else { continue };
+        let Some(root) = store.get(&other)? else {
+            continue;
+        };
         for (s, e) in spans(&root, &other, |c| busy(c, identity)) {
             if e <= first || s >= last || e <= s {
                 continue;
@@ -135,13 +154,18 @@ mod tests {
         let o = occurrences(&r, "w", Utc::now());
         assert_eq!(o.len(), 2);
         // 10:00 Berlin in December is 09:00 UTC.
-        assert_eq!(DateTime::from_timestamp(o[0].0, 0).unwrap().to_rfc3339(), "2026-12-01T09:00:00+00:00");
+        assert_eq!(
+            DateTime::from_timestamp(o[0].0, 0).unwrap().to_rfc3339(),
+            "2026-12-01T09:00:00+00:00"
+        );
         assert_eq!(o[0].1 - o[0].0, 3600);
     }
 
     #[test]
     fn durations() {
-        let r = root("BEGIN:VEVENT\r\nUID:d\r\nDTSTART:20261201T100000Z\r\nDURATION:PT90M\r\nEND:VEVENT\r\n");
+        let r = root(
+            "BEGIN:VEVENT\r\nUID:d\r\nDTSTART:20261201T100000Z\r\nDURATION:PT90M\r\nEND:VEVENT\r\n",
+        );
         assert_eq!(duration(&r.children[0]), Some(Duration::from_secs(5400)));
         let r = root("BEGIN:VEVENT\r\nUID:d\r\nDTSTART;VALUE=DATE:20261201\r\nEND:VEVENT\r\n");
         assert_eq!(duration(&r.children[0]), Some(Duration::from_secs(86400)));

@@ -69,13 +69,15 @@ pub struct Outbox {
 impl Outbox {
     pub fn open(state: &Path) -> anyhow::Result<Outbox> {
         let dir = state.join("outbox");
-        fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
         let ledger = state.join("answered.log");
         let mut answered = HashMap::new();
         match fs::File::open(&ledger) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ledger.display()))?;
+                    let line =
+                        line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ledger.display()))?;
                     let mut it = line.split('\t');
                     if let (Some(k), Some(c), Some(t)) = (it.next(), it.next(), it.next()) {
                         if let Ok(t) = t.parse() {
@@ -148,24 +150,30 @@ impl Outbox {
         )
         .and_then(|_| f.sync_data())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.ledger.display()))?;
-        self.answered
-            .insert(entry.message.key.clone(), (entry.message.counterpart.clone(), now.timestamp()));
+        self.answered.insert(
+            entry.message.key.clone(),
+            (entry.message.counterpart.clone(), now.timestamp()),
+        );
         Ok(())
     }
 
     /// Every queued entry, oldest first.
     pub fn pending(&self) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
-        let rd = fs::read_dir(&self.dir).map_err(|e| anyhow::anyhow!("cannot read outbox {}: {e}", self.dir.display()))?;
+        let rd = fs::read_dir(&self.dir)
+            .map_err(|e| anyhow::anyhow!("cannot read outbox {}: {e}", self.dir.display()))?;
         for f in rd.flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let text = fs::read(f.path()).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.path().display()))?;
+            let text = fs::read(f.path())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.path().display()))?;
             match serde_json::from_slice::<Entry>(&text) {
                 Ok(e) => out.push(e),
-                Err(e) => tracing::warn!(file = %f.path().display(), "cannot read outbox entry: {e}"),
+                Err(e) => {
+                    tracing::warn!(file = %f.path().display(), "cannot read outbox entry: {e}")
+                }
             }
         }
         out.sort_by_key(|e| e.seq);
@@ -175,7 +183,12 @@ impl Outbox {
     /// Try to send what is queued (all of it, or with `respect_backoff` only
     /// what is due). Stops at the first login or connection failure: the
     /// rest would fail the same way.
-    pub async fn flush(&mut self, transport: &Transport, now: DateTime<Utc>, respect_backoff: bool) -> anyhow::Result<Vec<SendReport>> {
+    pub async fn flush(
+        &mut self,
+        transport: &Transport,
+        now: DateTime<Utc>,
+        respect_backoff: bool,
+    ) -> anyhow::Result<Vec<SendReport>> {
         let mut reports = Vec::new();
         for mut entry in self.pending()? {
             if respect_backoff && entry.next_attempt > now.timestamp() {
@@ -193,13 +206,15 @@ impl Outbox {
             match result {
                 Ok(()) => {
                     let path = self.dir.join(&name);
-                    fs::remove_file(&path).map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
+                    fs::remove_file(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
                     let _ = fs::File::open(&self.dir).and_then(|d| d.sync_all());
                     reports.push(report);
                 }
                 Err(SendError::Permanent(msg)) => {
-                    fs::create_dir_all(&self.rejected)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", self.rejected.display()))?;
+                    fs::create_dir_all(&self.rejected).map_err(|e| {
+                        anyhow::anyhow!("cannot create {}: {e}", self.rejected.display())
+                    })?;
                     entry.last_error = Some(msg.clone());
                     write_atomic(&self.rejected, &name, &serde_json::to_vec_pretty(&entry)?)?;
                     let _ = fs::remove_file(self.dir.join(&name));
@@ -248,8 +263,9 @@ impl Transport {
     pub async fn send(&self, e: &Entry) -> Result<(), SendError> {
         match self {
             Transport::File(dir) => {
-                fs::create_dir_all(dir)
-                    .map_err(|err| SendError::Transient(format!("cannot create {}: {err}", dir.display())))?;
+                fs::create_dir_all(dir).map_err(|err| {
+                    SendError::Transient(format!("cannot create {}: {err}", dir.display()))
+                })?;
                 let name = format!("{:020}-{}.eml", e.seq, e.message.key);
                 write_atomic(dir, &name, e.message.message.as_bytes())
                     .map_err(|err| SendError::Transient(format!("{err:#}")))
@@ -260,11 +276,14 @@ impl Transport {
 }
 
 /// TLS parameters that trust the system roots plus an optional CA file.
-fn tls_parameters(cfg: &SmtpConfig) -> Result<lettre::transport::smtp::client::TlsParameters, SendError> {
+fn tls_parameters(
+    cfg: &SmtpConfig,
+) -> Result<lettre::transport::smtp::client::TlsParameters, SendError> {
     use lettre::transport::smtp::client::{Certificate, TlsParameters};
     let mut b = TlsParameters::builder(cfg.host.clone());
     if let Some(ca) = &cfg.ca_file {
-        let pem = fs::read(ca).map_err(|e| SendError::Login(format!("cannot read CA file {}: {e}", ca.display())))?;
+        let pem = fs::read(ca)
+            .map_err(|e| SendError::Login(format!("cannot read CA file {}: {e}", ca.display())))?;
         let cert = Certificate::from_pem(&pem)
             .map_err(|e| SendError::Login(format!("cannot read CA file {}: {e}", ca.display())))?;
         b = b.add_root_certificate(cert);
@@ -294,11 +313,9 @@ async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
         b = b.credentials(Credentials::new(user.clone(), password));
     }
     let transport = b.build();
-    let from = e
-        .message
-        .from
-        .parse()
-        .map_err(|err| SendError::Permanent(format!("cannot use sender {}: {err}", e.message.from)))?;
+    let from = e.message.from.parse().map_err(|err| {
+        SendError::Permanent(format!("cannot use sender {}: {err}", e.message.from))
+    })?;
     let to: Vec<lettre::Address> = e
         .message
         .to
@@ -310,12 +327,17 @@ async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
         .map_err(|err| SendError::Permanent(format!("cannot build envelope: {err}")))?;
     let send = transport.send_raw(&envelope, e.message.message.as_bytes());
     match tokio::time::timeout(cfg.timeout + Duration::from_secs(5), send).await {
-        Err(_) => Err(SendError::Transient(format!("cannot send via SMTP server {server}: timed out"))),
+        Err(_) => Err(SendError::Transient(format!(
+            "cannot send via SMTP server {server}: timed out"
+        ))),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => {
             let text = format!("cannot send via SMTP server {server}: {err}");
             let code = err.status().map(|c| c.to_string());
-            let auth = text.contains("authentication") || code.as_deref().is_some_and(|c| c.starts_with("535") || c.starts_with("530"));
+            let auth = text.contains("authentication")
+                || code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("535") || c.starts_with("530"));
             if auth {
                 Err(SendError::Login(text))
             } else if err.is_permanent() {

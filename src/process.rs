@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
-use calcard::icalendar::{ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P};
+use calcard::icalendar::{
+    ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -112,7 +114,12 @@ impl fmt::Display for MessageOutcome {
             return Ok(());
         }
         if self.results.is_empty() {
-            return write!(f, "{prefix}{}: nothing to do ({})", self.source, self.problems.join("; "));
+            return write!(
+                f,
+                "{prefix}{}: nothing to do ({})",
+                self.source,
+                self.problems.join("; ")
+            );
         }
         for (i, r) in self.results.iter().enumerate() {
             if i > 0 {
@@ -124,7 +131,10 @@ impl fmt::Display for MessageOutcome {
                 self.source,
                 r.method,
                 r.uid,
-                r.summary.as_ref().map(|s| format!(" \"{s}\"")).unwrap_or_default(),
+                r.summary
+                    .as_ref()
+                    .map(|s| format!(" \"{s}\""))
+                    .unwrap_or_default(),
                 r.effect.as_str(),
                 match r.role {
                     Role::Attendee => "attendee",
@@ -179,7 +189,13 @@ impl<'a> Processor<'a> {
 
     /// Handle one raw message from a file or standard input.
     pub fn process(&mut self, raw: &[u8], source: &str) -> MessageOutcome {
-        self.process_from(raw, Origin { source, ..Origin::default() })
+        self.process_from(
+            raw,
+            Origin {
+                source,
+                ..Origin::default()
+            },
+        )
     }
 
     /// Handle one raw message.
@@ -192,7 +208,13 @@ impl<'a> Processor<'a> {
         out
     }
 
-    fn apply_all(&mut self, c: &Classified, raw: &[u8], origin: Origin<'_>, out: &mut MessageOutcome) -> anyhow::Result<()> {
+    fn apply_all(
+        &mut self,
+        c: &Classified,
+        raw: &[u8],
+        origin: Origin<'_>,
+        out: &mut MessageOutcome,
+    ) -> anyhow::Result<()> {
         let Some(mail) = &c.mail else { return Ok(()) };
         let now = now();
         let authenticated = policy::authenticated(
@@ -205,7 +227,8 @@ impl<'a> Processor<'a> {
         for (i, obj) in c.objects.iter().enumerate() {
             let root = Node::from_ical(&obj.ical);
             for (uid, comps) in engine::group_by_uid(&root) {
-                let facts = self.facts(obj, &root, &uid, &comps, mail, authenticated, origin, now)?;
+                let facts =
+                    self.facts(obj, &root, &uid, &comps, mail, authenticated, origin, now)?;
                 let verdict = policy::decide(&self.cfg.policies, &facts);
                 plan.push((i, uid, comps, verdict));
             }
@@ -217,21 +240,48 @@ impl<'a> Processor<'a> {
                 tracing::info!(file = %p.display(), "message quarantined");
             }
             for (i, uid, comps, _) in &plan {
-                out.results.push(self.item(&c.objects[*i], uid, comps, Role::Attendee, Effect::Ignored, format!("quarantined by policy {}", v.policy), v));
+                out.results.push(self.item(
+                    &c.objects[*i],
+                    uid,
+                    comps,
+                    Role::Attendee,
+                    Effect::Ignored,
+                    format!("quarantined by policy {}", v.policy),
+                    v,
+                ));
             }
             return Ok(());
         }
         for (i, obj) in c.objects.iter().enumerate() {
             let entitled = c.sender_problems.get(i).is_some_and(Option::is_none);
             if obj.unusable {
-                let v = plan.iter().find(|p| p.0 == i).map(|p| p.3.clone()).unwrap_or_else(|| policy::decide(&[], &Facts::default()));
-                let uid = obj.components.first().and_then(|&k| ical::uid(&obj.ical.components[k])).unwrap_or_default();
-                out.results.push(self.item(obj, &uid, &[], Role::Attendee, Effect::Ignored,
-                    format!("the calendar data cannot be acted on safely: {}", obj.problems.join("; ")), &v));
+                let v = plan
+                    .iter()
+                    .find(|p| p.0 == i)
+                    .map(|p| p.3.clone())
+                    .unwrap_or_else(|| policy::decide(&[], &Facts::default()));
+                let uid = obj
+                    .components
+                    .first()
+                    .and_then(|&k| ical::uid(&obj.ical.components[k]))
+                    .unwrap_or_default();
+                out.results.push(self.item(
+                    obj,
+                    &uid,
+                    &[],
+                    Role::Attendee,
+                    Effect::Ignored,
+                    format!(
+                        "the calendar data cannot be acted on safely: {}",
+                        obj.problems.join("; ")
+                    ),
+                    &v,
+                ));
                 continue;
             }
             for (_, uid, comps, verdict) in plan.iter().filter(|p| p.0 == i) {
-                let item = self.apply_item(obj, uid, comps.clone(), entitled, verdict, mail, now)?;
+                let item =
+                    self.apply_item(obj, uid, comps.clone(), entitled, verdict, mail, now)?;
                 out.results.push(item);
             }
         }
@@ -239,7 +289,16 @@ impl<'a> Processor<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn item(&self, obj: &CalObject, uid: &str, comps: &[Node], role: Role, effect: Effect, reason: String, v: &Verdict) -> ItemOutcome {
+    fn item(
+        &self,
+        obj: &CalObject,
+        uid: &str,
+        comps: &[Node],
+        role: Role,
+        effect: Effect,
+        reason: String,
+        v: &Verdict,
+    ) -> ItemOutcome {
         ItemOutcome {
             method: obj.method.clone().unwrap_or_default(),
             uid: uid.to_string(),
@@ -274,13 +333,17 @@ impl<'a> Processor<'a> {
         let occurrences = conflict::occurrences(root, uid, now);
         let mut facts = Facts {
             method: obj.method.clone().unwrap_or_default(),
-            component: first.map(|c| c.kind.as_str().to_ascii_uppercase()).unwrap_or_default(),
+            component: first
+                .map(|c| c.kind.as_str().to_ascii_uppercase())
+                .unwrap_or_default(),
             organizer: organizer.clone(),
             sender: mail.from.clone(),
             known_sender: None,
             authenticated,
             conflict: None,
-            recurring: comps.iter().any(|c| c.prop(&P::Rrule).is_some() || c.prop(&P::Rdate).is_some()),
+            recurring: comps
+                .iter()
+                .any(|c| c.prop(&P::Rrule).is_some() || c.prop(&P::Rdate).is_some()),
             duration: master.and_then(conflict::duration),
             start: occurrences
                 .iter()
@@ -306,7 +369,12 @@ impl<'a> Processor<'a> {
             );
         }
         if self.needs.conflict {
-            facts.conflict = Some(conflict::conflicts(&self.store, uid, &occurrences, &self.cfg.identity)?);
+            facts.conflict = Some(conflict::conflicts(
+                &self.store,
+                uid,
+                &occurrences,
+                &self.cfg.identity,
+            )?);
         }
         Ok(facts)
     }
@@ -324,7 +392,15 @@ impl<'a> Processor<'a> {
     ) -> anyhow::Result<ItemOutcome> {
         let method = obj.method.clone().unwrap_or_default();
         if verdict.action == Action::Ignore {
-            return Ok(self.item(obj, uid, &comps, Role::Attendee, Effect::Ignored, "ignored by policy".into(), verdict));
+            return Ok(self.item(
+                obj,
+                uid,
+                &comps,
+                Role::Attendee,
+                Effect::Ignored,
+                "ignored by policy".into(),
+                verdict,
+            ));
         }
         let input = Input {
             method: &method,
@@ -342,13 +418,24 @@ impl<'a> Processor<'a> {
             _ => None,
         };
         // My answer goes into my copy of the event.
-        if let (Some(ps), Some(inv), Some(object), Role::Attendee) =
-            (partstat, &decision.invitation, decision.object.as_mut(), decision.role)
-        {
+        if let (Some(ps), Some(inv), Some(object), Role::Attendee) = (
+            partstat,
+            &decision.invitation,
+            decision.object.as_mut(),
+            decision.role,
+        ) {
             set_my_partstat(object, &inv.me, ps, &inv.recurrence_ids);
         }
         let file = self.execute(uid, &method, &decision, obj)?;
-        let mut item = self.item(obj, uid, &comps, decision.role, decision.effect, decision.reason.clone(), verdict);
+        let mut item = self.item(
+            obj,
+            uid,
+            &comps,
+            decision.role,
+            decision.effect,
+            decision.reason.clone(),
+            verdict,
+        );
         item.file = file;
         if let Some(ps) = partstat {
             item.reply = self.answer(&method, ps, &decision, &comps, verdict, obj, mail, now)?;
@@ -374,12 +461,16 @@ impl<'a> Processor<'a> {
             (Role::Attendee, "REQUEST" | "ADD", _) => {
                 let Some(inv) = &d.invitation else {
                     return Ok(Some(match d.effect {
-                        Effect::Unchanged | Effect::Stale => "not sent: this version was already handled".into(),
+                        Effect::Unchanged | Effect::Stale => {
+                            "not sent: this version was already handled".into()
+                        }
                         Effect::Refused => "not sent: the message was refused".into(),
                         _ => "not sent: I am not an attendee of this event".into(),
                     }));
                 };
-                let Some(object) = &d.object else { return Ok(None) };
+                let Some(object) = &d.object else {
+                    return Ok(None);
+                };
                 if let Some(reason) = self.never_answer(inv, comps) {
                     return Ok(Some(format!("not sent: {reason}")));
                 }
@@ -396,22 +487,47 @@ impl<'a> Processor<'a> {
                 })?
             }
             (Role::Organizer, "COUNTER", Effect::Recorded) if partstat == "DECLINED" => {
-                let Some(stored) = self.store.get(comps[0].uid().as_deref().unwrap_or_default())? else { return Ok(None) };
+                let Some(stored) = self
+                    .store
+                    .get(comps[0].uid().as_deref().unwrap_or_default())?
+                else {
+                    return Ok(None);
+                };
                 let me = stored_organizer(&stored).unwrap_or_default();
-                reply::build_declinecounter(&stored, &comps[0], &me, me_name, verdict.comment.as_deref(), Some(mail), now)?
+                reply::build_declinecounter(
+                    &stored,
+                    &comps[0],
+                    &me,
+                    me_name,
+                    verdict.comment.as_deref(),
+                    Some(mail),
+                    now,
+                )?
             }
             (Role::Organizer, "REFRESH", Effect::Recorded) if partstat == "ACCEPTED" => {
-                let Some(stored) = self.store.get(comps[0].uid().as_deref().unwrap_or_default())? else { return Ok(None) };
+                let Some(stored) = self
+                    .store
+                    .get(comps[0].uid().as_deref().unwrap_or_default())?
+                else {
+                    return Ok(None);
+                };
                 let me = stored_organizer(&stored).unwrap_or_default();
                 reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)?
             }
             (Role::Organizer, "REQUEST" | "ADD" | "PUBLISH" | "CANCEL", _) => {
                 return Ok(Some("not sent: I am the organizer of this event".into()))
             }
-            _ => return Ok(Some(format!("not sent: a {method} is not answered with {}", verdict.action.as_str()))),
+            _ => {
+                return Ok(Some(format!(
+                    "not sent: a {method} is not answered with {}",
+                    verdict.action.as_str()
+                )))
+            }
         };
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
-            return Ok(Some("not sent: it would go to one of my own addresses".into()));
+            return Ok(Some(
+                "not sent: it would go to one of my own addresses".into(),
+            ));
         }
         if self.outbox.answered(&outgoing.key) {
             return Ok(Some("not sent: this version was already answered".into()));
@@ -424,7 +540,11 @@ impl<'a> Processor<'a> {
             )));
         }
         if self.dry_run {
-            return Ok(Some(format!("would be queued to {}: {}", outgoing.to.join(", "), outgoing.summary)));
+            return Ok(Some(format!(
+                "would be queued to {}: {}",
+                outgoing.to.join(", "),
+                outgoing.summary
+            )));
         }
         let text = format!("queued to {}: {}", outgoing.to.join(", "), outgoing.summary);
         self.outbox.enqueue(outgoing, now)?;
@@ -453,7 +573,13 @@ impl<'a> Processor<'a> {
     }
 
     /// Carry out a decision: store first, then held and recorded messages.
-    fn execute(&mut self, uid: &str, method: &str, d: &Decision, obj: &CalObject) -> anyhow::Result<Option<PathBuf>> {
+    fn execute(
+        &mut self,
+        uid: &str,
+        method: &str,
+        d: &Decision,
+        obj: &CalObject,
+    ) -> anyhow::Result<Option<PathBuf>> {
         if self.dry_run {
             return Ok(d.object.as_ref().map(|_| {
                 self.store
@@ -481,7 +607,9 @@ impl<'a> Processor<'a> {
         match d.effect {
             Effect::Held => self.state.hold(uid, &ical::to_string(&obj.ical))?,
             Effect::Recorded => {
-                let p = self.state.record_attention(method, uid, &ical::to_string(&obj.ical))?;
+                let p = self
+                    .state
+                    .record_attention(method, uid, &ical::to_string(&obj.ical))?;
                 tracing::info!(uid, method, file = %p.display(), "kept for a person to act on");
             }
             _ => {}
@@ -495,7 +623,9 @@ impl<'a> Processor<'a> {
             return None;
         };
         let root = Node::from_ical(&ical);
-        let (_, comps) = engine::group_by_uid(&root).into_iter().find(|(u, _)| u == uid)?;
+        let (_, comps) = engine::group_by_uid(&root)
+            .into_iter()
+            .find(|(u, _)| u == uid)?;
         let input = Input {
             method: "CANCEL",
             uid,
@@ -506,13 +636,20 @@ impl<'a> Processor<'a> {
             identity: &self.cfg.identity,
         };
         let d = engine::apply(Some(object), &input);
-        tracing::info!(uid, effect = d.effect.as_str(), "held CANCEL applied to the arriving event");
+        tracing::info!(
+            uid,
+            effect = d.effect.as_str(),
+            "held CANCEL applied to the arriving event"
+        );
         d.object
     }
 }
 
 fn stored_organizer(root: &Node) -> Option<String> {
-    root.children.iter().filter(|c| c.is_scheduling()).find_map(Node::organizer)
+    root.children
+        .iter()
+        .filter(|c| c.is_scheduling())
+        .find_map(Node::organizer)
 }
 
 /// Set my PARTSTAT on the components an answer covers.
@@ -524,7 +661,11 @@ fn set_my_partstat(root: &mut Node, me: &str, partstat: &str, rids: &[Option<Str
         }
         for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
             if ical::cal_address(e).as_deref() == Some(me) {
-                ical::set_param(e, Pn::Partstat, ICalendarParameterValue::Text(partstat.to_string()));
+                ical::set_param(
+                    e,
+                    Pn::Partstat,
+                    ICalendarParameterValue::Text(partstat.to_string()),
+                );
                 ical::remove_param(e, &Pn::Rsvp);
             }
         }

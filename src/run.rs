@@ -7,9 +7,9 @@
 use std::io::{Read, Write};
 
 use crate::config::{Config, Source};
+use crate::maildir;
 use crate::outbox::{SendReport, Transport};
 use crate::process::{self, MessageOutcome, Origin, Processor};
-use crate::maildir;
 
 /// How to run and report.
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,9 +119,15 @@ fn print_send(r: &SendReport, opts: Options) {
         match &r.error {
             None => eprintln!("sent to {}: {}", r.to.join(", "), r.summary),
             Some(e) if r.status == "rejected" => {
-                eprintln!("imipd: rejected for good, kept in outbox-rejected/: {}: {e}", r.summary)
+                eprintln!(
+                    "imipd: rejected for good, kept in outbox-rejected/: {}: {e}",
+                    r.summary
+                )
             }
-            Some(e) => eprintln!("imipd: not sent yet, kept in the outbox: {}: {e}", r.summary),
+            Some(e) => eprintln!(
+                "imipd: not sent yet, kept in the outbox: {}: {e}",
+                r.summary
+            ),
         }
     }
 }
@@ -134,7 +140,10 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
         let result = match &account.source {
             Source::Maildir { path } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(_) => {
-                eprintln!("imipd: account {}: IMAP accounts are not supported by this build yet", account.name);
+                eprintln!(
+                    "imipd: account {}: IMAP accounts are not supported by this build yet",
+                    account.name
+                );
                 Ok(EXIT_SOME_FAILED)
             }
         };
@@ -149,7 +158,12 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
     Ok(status.max(flush(&mut p, opts)?))
 }
 
-fn once_maildir(p: &mut Processor<'_>, account: &str, path: &std::path::Path, opts: Options) -> anyhow::Result<u8> {
+fn once_maildir(
+    p: &mut Processor<'_>,
+    account: &str,
+    path: &std::path::Path,
+    opts: Options,
+) -> anyhow::Result<u8> {
     let mut ledger = p.state.ledger(account)?;
     let mut status = EXIT_OK;
     for entry in maildir::list(path)? {
@@ -168,7 +182,11 @@ fn once_maildir(p: &mut Processor<'_>, account: &str, path: &std::path::Path, op
                 },
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile
-            Err(e) => failed(&source, format!("cannot read {}: {e}", entry.path.display()), opts.dry_run),
+            Err(e) => failed(
+                &source,
+                format!("cannot read {}: {e}", entry.path.display()),
+                opts.dry_run,
+            ),
         };
         report(&outcome, opts);
         if outcome.failed() {

@@ -7,5 +7,6 @@ mod classify_fixtures;
 mod cli;
 mod crash;
 mod khal;
+mod replies;
 mod robustness;
 mod scenarios;
