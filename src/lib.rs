@@ -15,6 +15,7 @@
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
 //! - [`conflict`]: occurrences, durations and overlaps, for the policies.
+//! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action.
@@ -22,6 +23,8 @@
 //! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
 //! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
 //! - [`process`]: one message end to end, in a crash-safe order; outcomes.
+//! - [`tls`]: rustls client configuration (system roots plus a CA file).
+//! - [`imap`]: the IMAP source: connect, one pass over a folder, marking.
 //! - [`maildir`]: the Maildir source.
 //! - [`run`]: the `process` and `once` commands over files and accounts.
 #![forbid(unsafe_code)]
@@ -30,8 +33,10 @@ pub mod address;
 pub mod classify;
 pub mod config;
 pub mod conflict;
+pub mod daemon;
 pub mod engine;
 pub mod ical;
+pub mod imap;
 pub mod itip;
 pub mod maildir;
 pub mod mime;
@@ -42,6 +47,7 @@ pub mod reply;
 pub mod run;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 /// The PRODID imipd writes into the calendars it produces.
 pub const PRODID: &str = "-//imipd//imipd 0.1//EN";

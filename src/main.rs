@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The service: every account, every folder, forever (IDLE where the server has it).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Decide and report everything, but write nothing, send nothing, mark nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object per message outcome on standard output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration.
     Check {
         #[arg(long)]
@@ -97,6 +108,26 @@ fn main() -> ExitCode {
         } => with_config(config.as_deref(), |cfg| {
             run::process_files(cfg, &files, run::Options { dry_run, json })
         }),
+        Command::Run {
+            config,
+            dry_run,
+            json,
+        } => {
+            let path = config::default_path(config.as_deref());
+            match config::load(&path) {
+                Ok(cfg) => match imipd::daemon::run(cfg, run::Options { dry_run, json }) {
+                    Ok(code) => ExitCode::from(code),
+                    Err(e) => {
+                        eprintln!("imipd: {e:#}");
+                        ExitCode::from(1)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("imipd: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Once {
             config,
             dry_run,
@@ -212,8 +243,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
     }
     println!("policies: {}", cfg.policies.len());
     if connect {
-        eprintln!("imipd: check --connect is not available yet in this version");
-        return ExitCode::from(3);
+        return ExitCode::from(run::check_connect(&cfg));
     }
     ExitCode::SUCCESS
 }

@@ -157,6 +157,38 @@ impl Outbox {
         Ok(())
     }
 
+    /// The sending side of this outbox, which needs no ledger (the service
+    /// sends from its own task while messages are being handled).
+    pub fn sender(&self) -> Sender {
+        Sender {
+            dir: self.dir.clone(),
+            rejected: self.rejected.clone(),
+        }
+    }
+
+    /// Every queued entry, oldest first.
+    pub fn pending(&self) -> anyhow::Result<Vec<Entry>> {
+        self.sender().pending()
+    }
+
+    /// Try to send what is queued; see [`Sender::flush`].
+    pub async fn flush(
+        &mut self,
+        transport: &Transport,
+        now: DateTime<Utc>,
+        respect_backoff: bool,
+    ) -> anyhow::Result<Vec<SendReport>> {
+        self.sender().flush(transport, now, respect_backoff).await
+    }
+}
+
+/// Sends the entries of an outbox folder.
+pub struct Sender {
+    dir: PathBuf,
+    rejected: PathBuf,
+}
+
+impl Sender {
     /// Every queued entry, oldest first.
     pub fn pending(&self) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
@@ -184,7 +216,7 @@ impl Outbox {
     /// what is due). Stops at the first login or connection failure: the
     /// rest would fail the same way.
     pub async fn flush(
-        &mut self,
+        &self,
         transport: &Transport,
         now: DateTime<Utc>,
         respect_backoff: bool,
@@ -292,12 +324,35 @@ fn tls_parameters(
         .map_err(|e| SendError::Login(format!("cannot set up TLS for {}: {e}", cfg.host)))
 }
 
-async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
+/// Connect and log in without sending anything (`check --connect`).
+pub async fn test_smtp(cfg: &SmtpConfig) -> Result<(), SendError> {
+    let transport = smtp_transport(cfg)?;
+    let server = format!("{}:{}", cfg.host, cfg.port);
+    match tokio::time::timeout(
+        cfg.timeout + Duration::from_secs(5),
+        transport.test_connection(),
+    )
+    .await
+    {
+        Err(_) => Err(SendError::Transient(format!(
+            "cannot connect to SMTP server {server}: timed out"
+        ))),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(SendError::Transient(format!(
+            "cannot connect to SMTP server {server}: it did not answer"
+        ))),
+        Ok(Err(e)) => Err(SendError::Login(format!(
+            "cannot connect to SMTP server {server}: {e}"
+        ))),
+    }
+}
+
+fn smtp_transport(
+    cfg: &SmtpConfig,
+) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, SendError> {
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::Tls as LTls;
-    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-
-    let server = format!("{}:{}", cfg.host, cfg.port);
+    use lettre::{AsyncSmtpTransport, Tokio1Executor};
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
         .port(cfg.port)
         .timeout(Some(cfg.timeout));
@@ -312,7 +367,13 @@ async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
             .map_err(|err| SendError::Login(format!("cannot get the SMTP password: {err:#}")))?;
         b = b.credentials(Credentials::new(user.clone(), password));
     }
-    let transport = b.build();
+    Ok(b.build())
+}
+
+async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
+    use lettre::AsyncTransport;
+    let server = format!("{}:{}", cfg.host, cfg.port);
+    let transport = smtp_transport(cfg)?;
     let from = e.message.from.parse().map_err(|err| {
         SendError::Permanent(format!("cannot use sender {}: {err}", e.message.from))
     })?;

@@ -6,7 +6,8 @@
 
 use std::io::{Read, Write};
 
-use crate::config::{Config, Source};
+use crate::config::{Config, ImapConfig, Source};
+use crate::imap::{self, PassContext};
 use crate::maildir;
 use crate::outbox::{SendReport, Transport};
 use crate::process::{self, MessageOutcome, Origin, Processor};
@@ -23,7 +24,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 1;
 pub const EXIT_SERVER: u8 = 3;
 
-fn print_json(value: &impl serde::Serialize) {
+pub fn print_json(value: &impl serde::Serialize) {
     let line = serde_json::to_string(value).unwrap_or_default();
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
@@ -95,10 +96,7 @@ pub fn flush(p: &mut Processor<'_>, opts: Options) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     let transport = Transport::from_config(outgoing);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let rt = runtime()?;
     let reports = rt.block_on(p.outbox.flush(&transport, process::now(), false))?;
     let mut status = EXIT_OK;
     for r in &reports {
@@ -135,16 +133,16 @@ fn print_send(r: &SendReport, opts: Options) {
 /// `imipd once`: every account, every folder, then exit.
 pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
     let mut p = Processor::open(cfg, opts.dry_run)?;
+    let rt = runtime()?;
     let mut status = EXIT_OK;
     for account in &cfg.accounts {
         let result = match &account.source {
             Source::Maildir { path } => once_maildir(&mut p, &account.name, path, opts),
-            Source::Imap(_) => {
-                eprintln!(
-                    "imipd: account {}: IMAP accounts are not supported by this build yet",
-                    account.name
-                );
-                Ok(EXIT_SOME_FAILED)
+            Source::Imap(icfg) => {
+                let locked = std::sync::Mutex::new(p);
+                let r = rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts));
+                p = locked.into_inner().unwrap_or_else(|e| e.into_inner());
+                r
             }
         };
         match result {
@@ -158,7 +156,140 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
     Ok(status.max(flush(&mut p, opts)?))
 }
 
-fn once_maildir(
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// One pass over every folder of an IMAP account.
+async fn once_imap(
+    cfg: &Config,
+    account: &str,
+    icfg: &ImapConfig,
+    p: &std::sync::Mutex<Processor<'_>>,
+    opts: Options,
+) -> anyhow::Result<u8> {
+    let mut conn = match imap::connect(icfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imipd: account {account}: {e}");
+            return Ok(if e.is_server_problem() {
+                EXIT_SERVER
+            } else {
+                EXIT_SOME_FAILED
+            });
+        }
+    };
+    let mut status = EXIT_OK;
+    for folder in &icfg.folders {
+        let ctx = PassContext {
+            account,
+            cfg: icfg,
+            limits: &cfg.limits,
+            state_dir: &cfg.state,
+            processor: p,
+            dry_run: opts.dry_run,
+            stop: None,
+        };
+        let mut print = |o: &MessageOutcome| report(o, opts);
+        match conn.pass(folder, &ctx, &mut print).await {
+            Ok(r) => {
+                tracing::debug!(account, folder = %folder, examined = r.examined, calendar = r.with_calendar, unchanged = r.unchanged, "folder done");
+                if r.failed > 0 {
+                    status = status.max(EXIT_SOME_FAILED);
+                }
+            }
+            Err(e) => {
+                eprintln!("imipd: account {account}: {e}");
+                status = status.max(if e.is_server_problem() {
+                    EXIT_SERVER
+                } else {
+                    EXIT_SOME_FAILED
+                });
+                break;
+            }
+        }
+    }
+    conn.logout().await;
+    Ok(status)
+}
+
+/// `imipd check --connect`: log in to every server and say what imipd would use.
+pub fn check_connect(cfg: &Config) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imipd: {e:#}");
+            return EXIT_SOME_FAILED;
+        }
+    };
+    let mut status = EXIT_OK;
+    for account in &cfg.accounts {
+        let Source::Imap(icfg) = &account.source else {
+            continue;
+        };
+        let r: Result<(), imap::ImapError> = rt.block_on(async {
+            let mut conn = imap::connect(icfg).await?;
+            println!(
+                "account {}: logged in to {} as {} (IDLE: {}, CONDSTORE: {}, MOVE: {})",
+                account.name,
+                conn.server,
+                icfg.username,
+                yes(conn.caps.idle),
+                yes(conn.caps.condstore),
+                yes(conn.caps.move_)
+            );
+            for folder in &icfg.folders {
+                let m = conn.select(folder).await?;
+                println!(
+                    "  folder {folder}: {} messages, UIDVALIDITY {}, watched with {}",
+                    m.exists,
+                    m.uid_validity.unwrap_or(0),
+                    if conn.caps.idle && icfg.idle {
+                        "IDLE"
+                    } else {
+                        "polling"
+                    }
+                );
+            }
+            conn.logout().await;
+            Ok(())
+        });
+        if let Err(e) = r {
+            eprintln!("imipd: account {}: {e}", account.name);
+            status = status.max(if e.is_server_problem() {
+                EXIT_SERVER
+            } else {
+                EXIT_SOME_FAILED
+            });
+        }
+    }
+    if let Some(crate::config::Outgoing::Smtp(s)) = &cfg.outgoing {
+        match rt.block_on(crate::outbox::test_smtp(s)) {
+            Ok(()) => println!(
+                "outgoing: SMTP server {}:{} accepts the connection and login",
+                s.host, s.port
+            ),
+            Err(e) => {
+                eprintln!("imipd: outgoing: {e}");
+                status = status.max(EXIT_SERVER);
+            }
+        }
+    }
+    status
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub fn once_maildir(
     p: &mut Processor<'_>,
     account: &str,
     path: &std::path::Path,
