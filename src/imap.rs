@@ -363,7 +363,10 @@ pub struct PassReport {
     pub examined: usize,
     pub with_calendar: usize,
     pub failed: usize,
+    /// UID FETCH commands sent (0 for an unchanged folder).
     pub fetch_commands: usize,
+    /// Bytes read from the server during the pass.
+    pub bytes_read: u64,
 }
 
 /// The messages of one pass, reported as they are handled.
@@ -424,6 +427,18 @@ impl Connection {
     /// One pass over a folder: handle every message that arrived since the
     /// last one, in UID order.
     pub async fn pass(
+        &mut self,
+        folder: &str,
+        ctx: &PassContext<'_, '_>,
+        report: Report<'_>,
+    ) -> Result<PassReport, ImapError> {
+        let before = self.bytes_read.load(Ordering::Relaxed);
+        let mut rep = self.pass_inner(folder, ctx, report).await?;
+        rep.bytes_read = self.bytes_read.load(Ordering::Relaxed) - before;
+        Ok(rep)
+    }
+
+    async fn pass_inner(
         &mut self,
         folder: &str,
         ctx: &PassContext<'_, '_>,

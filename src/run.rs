@@ -196,7 +196,10 @@ async fn once_imap(
         let mut print = |o: &MessageOutcome| report(o, opts);
         match conn.pass(folder, &ctx, &mut print).await {
             Ok(r) => {
-                tracing::debug!(account, folder = %folder, examined = r.examined, calendar = r.with_calendar, unchanged = r.unchanged, "folder done");
+                if opts.json {
+                    print_json(&serde_json::json!({ "pass": r, "account": account }));
+                }
+                tracing::debug!(account, folder = %folder, examined = r.examined, calendar = r.with_calendar, unchanged = r.unchanged, fetches = r.fetch_commands, bytes = r.bytes_read, "folder done");
                 if r.failed > 0 {
                     status = status.max(EXIT_SOME_FAILED);
                 }
