@@ -804,7 +804,7 @@ fn walk(
 /// part so they are still known as forwarded.
 pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u8> {
     let mut head = header.to_vec();
-    while head.ends_with(b"\r\n") || head.ends_with(b"\n") {
+    while head.last().is_some_and(|b| *b == b'\r' || *b == b'\n') {
         head.pop();
     }
     let boundary = {

@@ -1,12 +1,15 @@
 //! The one integration test binary: runs the real `imipd` binary against
 //! fixtures, scenarios, real khal, and (with their own harness) real servers.
 
+mod harness;
 mod support;
 
 mod classify_fixtures;
 mod cli;
 mod crash;
+mod imap;
 mod khal;
 mod replies;
 mod robustness;
 mod scenarios;
+mod smtp;

@@ -42,7 +42,11 @@ fn env_for(smtp: &SmtpServer, tls: &str, auth: Option<(&str, &str)>) -> Env {
 fn process(env: &Env, raw: &str) -> (Option<i32>, Vec<Value>, String) {
     let p = env.message(&format!("i{}.eml", rand_suffix()), raw);
     let (v, out) = env.process(&[&p]);
-    (out.status.code(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A received reply is a valid iTIP REPLY from bob to alice.
@@ -63,7 +67,11 @@ fn check_reply(r: &Received, uid: &str) {
 
 #[test]
 fn plain_starttls_and_implicit_tls_with_auth() {
-    for (tls, mode) in [("none", SmtpTls::None), ("starttls", SmtpTls::StartTls), ("implicit", SmtpTls::Implicit)] {
+    for (tls, mode) in [
+        ("none", SmtpTls::None),
+        ("starttls", SmtpTls::StartTls),
+        ("implicit", SmtpTls::Implicit),
+    ] {
         let smtp = SmtpServer::start(SmtpOptions {
             tls: mode,
             auth: Some(("bob@example.com".into(), "good".into())),
@@ -73,12 +81,21 @@ fn plain_starttls_and_implicit_tls_with_auth() {
         let uid = format!("smtp-{tls}@example.com");
         let (code, v, err) = process(&env, &invitation(&uid));
         assert_eq!(code, Some(0), "{tls}: {err}");
-        assert!(v.iter().any(|l| l["outbox"]["status"] == "sent"), "{tls}: {v:?}");
+        assert!(
+            v.iter().any(|l| l["outbox"]["status"] == "sent"),
+            "{tls}: {v:?}"
+        );
         let got = smtp.wait_for(1, Duration::from_secs(5));
         assert_eq!(got.len(), 1, "{tls}");
         assert_eq!(got[0].auth_user.as_deref(), Some("bob@example.com"));
         check_reply(&got[0], &uid);
-        assert!(std::fs::read_dir(env.path("state/outbox")).unwrap().next().is_none(), "{tls}: the outbox is empty");
+        assert!(
+            std::fs::read_dir(env.path("state/outbox"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{tls}: the outbox is empty"
+        );
     }
 }
 
@@ -92,10 +109,17 @@ fn bad_password_keeps_the_reply_queued_and_exits_3() {
     let env = env_for(&smtp, "starttls", Some(("bob@example.com", "bad")));
     let (code, v, err) = process(&env, &invitation("auth-bad@example.com"));
     assert_eq!(code, Some(3), "{err}");
-    let failed: Vec<&Value> = v.iter().filter(|l| l["outbox"]["status"] == "failed").collect();
+    let failed: Vec<&Value> = v
+        .iter()
+        .filter(|l| l["outbox"]["status"] == "failed")
+        .collect();
     assert_eq!(failed.len(), 1, "{v:?}");
     assert!(smtp.received().is_empty());
-    assert_eq!(std::fs::read_dir(env.path("state/outbox")).unwrap().count(), 1, "still queued");
+    assert_eq!(
+        std::fs::read_dir(env.path("state/outbox")).unwrap().count(),
+        1,
+        "still queued"
+    );
 }
 
 #[test]
@@ -112,7 +136,10 @@ fn a_certificate_the_client_does_not_trust_is_refused() {
     ));
     let (code, _, err) = process(&env, &invitation("untrusted@example.com"));
     assert_eq!(code, Some(3), "{err}");
-    assert!(smtp.received().is_empty(), "nothing sent over an unverified connection");
+    assert!(
+        smtp.received().is_empty(),
+        "nothing sent over an unverified connection"
+    );
 }
 
 #[test]
@@ -129,19 +156,32 @@ fn receiver_down_then_up_delivers_later_exactly_once() {
     assert!(v.iter().any(|l| l["outbox"]["status"] == "failed"));
     // Processing the same invitation again does not queue a second reply.
     let (_, v, _) = process(&env, &invitation("later@example.com"));
-    assert!(v.iter().filter(|l| l.get("results").is_some()).all(|l| !l["results"][0]["reply"]
-        .as_str()
-        .unwrap_or("")
-        .starts_with("queued")));
+    assert!(v
+        .iter()
+        .filter(|l| l.get("results").is_some())
+        .all(|l| !l["results"][0]["reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("queued")));
     smtp.restart();
     // The next run sends what waits in the outbox.
-    let out = imipd().args(["process", "--json", "--config"]).arg(&env.config).arg("/dev/null").output().unwrap();
+    let out = imipd()
+        .args(["process", "--json", "--config"])
+        .arg(&env.config)
+        .arg("/dev/null")
+        .output()
+        .unwrap();
     let _ = out;
     let got = smtp.wait_for(1, Duration::from_secs(5));
     assert_eq!(got.len(), 1);
     check_reply(&got[0], "later@example.com");
     // And nothing more, however often it runs.
-    let _ = imipd().args(["process", "--config"]).arg(&env.config).arg("/dev/null").output().unwrap();
+    let _ = imipd()
+        .args(["process", "--config"])
+        .arg(&env.config)
+        .arg("/dev/null")
+        .output()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(smtp.received().len(), 1);
 }
