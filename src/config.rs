@@ -190,7 +190,11 @@ pub struct ImapConfig {
 #[derive(Debug, Clone)]
 pub enum Source {
     Imap(Box<ImapConfig>),
-    Maildir { path: PathBuf },
+    /// `run` looks for new mail every `poll_interval`.
+    Maildir {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -994,6 +998,11 @@ impl Validator<'_> {
                 })?;
                 Ok(Source::Maildir {
                     path: self.path(path.get_ref()),
+                    poll_interval: self.seconds(
+                        a.poll_interval.as_ref(),
+                        "account.poll_interval",
+                        60,
+                    )?,
                 })
             }
             other => Err(self.err(

@@ -116,7 +116,10 @@ async fn account_task(
     opts: Options,
 ) {
     match &account.source {
-        Source::Maildir { path } => loop {
+        Source::Maildir {
+            path,
+            poll_interval,
+        } => loop {
             {
                 let mut p = processor.lock().unwrap_or_else(|e| e.into_inner());
                 match run::once_maildir(&mut p, &account.name, path, opts) {
@@ -126,7 +129,7 @@ async fn account_task(
             }
             outbox_kick.notify_one();
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = tokio::time::sleep(*poll_interval) => {}
                 _ = stopped(stop_rx.clone()) => return,
             }
         },
@@ -191,6 +194,10 @@ async fn serve(
     opts: Options,
 ) -> Result<(), imap::ImapError> {
     loop {
+        if stopping.load(Ordering::SeqCst) {
+            conn.logout().await;
+            return Ok(());
+        }
         for folder in &icfg.folders {
             let ctx = PassContext {
                 account: &account.name,
@@ -208,8 +215,7 @@ async fn serve(
             }
         }
         if stopping.load(Ordering::SeqCst) {
-            conn.logout().await;
-            return Ok(());
+            continue; // logs out at the top
         }
         if conn.caps.idle && icfg.idle {
             let wait = icfg.poll_interval.clamp(Duration::from_secs(1), IDLE_MAX);

@@ -236,7 +236,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
                 i.port,
                 i.folders.join(", ")
             ),
-            config::Source::Maildir { path } => {
+            config::Source::Maildir { path, .. } => {
                 println!("account {}: maildir {}", a.name, path.display())
             }
         }

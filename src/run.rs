@@ -137,7 +137,7 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
     let mut status = EXIT_OK;
     for account in &cfg.accounts {
         let result = match &account.source {
-            Source::Maildir { path } => once_maildir(&mut p, &account.name, path, opts),
+            Source::Maildir { path, .. } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(icfg) => {
                 let locked = std::sync::Mutex::new(p);
                 let r = rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts));

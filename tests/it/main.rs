@@ -2,6 +2,8 @@
 //! fixtures, scenarios, real khal, and (with their own harness) real servers.
 
 mod harness;
+#[path = "harness/selftest.rs"]
+mod harness_selftest;
 mod support;
 
 mod classify_fixtures;

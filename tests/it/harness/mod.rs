@@ -34,8 +34,6 @@ pub mod dovecot;
 pub mod python;
 pub mod smtp;
 
-mod selftest;
-
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

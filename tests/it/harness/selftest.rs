@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::certs::Certs;
-use super::dovecot::{imap_command, imap_raw, Dovecot};
-use super::smtp::{smtp_send, SmtpOptions, SmtpServer, SmtpTls};
+use crate::harness::certs::Certs;
+use crate::harness::dovecot::{imap_command, imap_raw, Dovecot};
+use crate::harness::smtp::{smtp_send, SmtpOptions, SmtpServer, SmtpTls};
 
 const BOB: (&str, &str) = ("bob@example.org", "bob-secret");
 const ALICE: (&str, &str) = ("alice@example.org", "alice pass \"quoted\"");
@@ -160,7 +160,7 @@ fn smtp_plain_receives_and_survives_restart() {
 
     drop(s);
     assert!(
-        super::port_is_free(port),
+        crate::harness::port_is_free(port),
         "the receiver outlived its handle"
     );
 }
@@ -226,10 +226,10 @@ fn smtp_auth_accepts_good_and_rejects_bad_credentials() {
     last(&mut r);
     w.write_all(b"AUTH LOGIN\r\n").unwrap();
     assert!(last(&mut r).starts_with("334"));
-    w.write_all(format!("{}\r\n", super::base64_encode(b"bob")).as_bytes())
+    w.write_all(format!("{}\r\n", crate::harness::base64_encode(b"bob")).as_bytes())
         .unwrap();
     assert!(last(&mut r).starts_with("334"));
-    w.write_all(format!("{}\r\n", super::base64_encode(b"pw 1")).as_bytes())
+    w.write_all(format!("{}\r\n", crate::harness::base64_encode(b"pw 1")).as_bytes())
         .unwrap();
     let l = last(&mut r);
     assert!(l.starts_with("235"), "{l}");
@@ -238,9 +238,11 @@ fn smtp_auth_accepts_good_and_rejects_bad_credentials() {
 #[test]
 fn smtp_starttls_verifies_against_ca_only() {
     let s = SmtpServer::start(SmtpOptions::default().with_tls(SmtpTls::StartTls));
-    super::openssl_tls_check(s.port, Some("smtp"), &s.ca_pem())
+    crate::harness::openssl_tls_check(s.port, Some("smtp"), &s.ca_pem())
         .unwrap_or_else(|t| panic!("STARTTLS handshake did not verify:\n{t}\n{}", s.log()));
-    assert!(super::openssl_tls_check(s.port, Some("smtp"), &s.certs.other_ca_pem).is_err());
+    assert!(
+        crate::harness::openssl_tls_check(s.port, Some("smtp"), &s.certs.other_ca_pem).is_err()
+    );
     // STARTTLS is required before MAIL.
     let err = smtp_send(s.port, None, "a@example.org", &["b@example.org"], b"x\r\n").unwrap_err();
     assert!(err.contains("STARTTLS"), "{err}");
@@ -253,9 +255,9 @@ fn smtp_implicit_tls_verifies_against_ca_only() {
             .with_tls(SmtpTls::Implicit)
             .with_auth("u", "p"),
     );
-    super::openssl_tls_check(s.port, None, &s.ca_pem())
+    crate::harness::openssl_tls_check(s.port, None, &s.ca_pem())
         .unwrap_or_else(|t| panic!("implicit TLS handshake did not verify:\n{t}\n{}", s.log()));
-    assert!(super::openssl_tls_check(s.port, None, &s.certs.other_ca_pem).is_err());
+    assert!(crate::harness::openssl_tls_check(s.port, None, &s.certs.other_ca_pem).is_err());
     // No plain-text greeting on the TLS port: the server waits for a ClientHello.
     use std::io::Read;
     let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
@@ -344,12 +346,17 @@ fn dovecot_logins_capabilities_and_delivery() {
 #[test]
 fn dovecot_tls_verifies_against_ca_only() {
     let dc = Dovecot::start(&[BOB]);
-    super::openssl_tls_check(dc.imap_port, Some("imap"), &dc.certs.ca_pem)
+    crate::harness::openssl_tls_check(dc.imap_port, Some("imap"), &dc.certs.ca_pem)
         .unwrap_or_else(|t| panic!("IMAP STARTTLS did not verify:\n{t}\n{}", dc.log()));
-    super::openssl_tls_check(dc.imaps_port, None, &dc.certs.ca_pem)
+    crate::harness::openssl_tls_check(dc.imaps_port, None, &dc.certs.ca_pem)
         .unwrap_or_else(|t| panic!("IMAPS did not verify:\n{t}\n{}", dc.log()));
-    assert!(super::openssl_tls_check(dc.imap_port, Some("imap"), &dc.certs.other_ca_pem).is_err());
-    assert!(super::openssl_tls_check(dc.imaps_port, None, &dc.certs.other_ca_pem).is_err());
+    assert!(
+        crate::harness::openssl_tls_check(dc.imap_port, Some("imap"), &dc.certs.other_ca_pem)
+            .is_err()
+    );
+    assert!(
+        crate::harness::openssl_tls_check(dc.imaps_port, None, &dc.certs.other_ca_pem).is_err()
+    );
     let pre = imap_raw(dc.imap_port, &["CAPABILITY"]);
     assert!(pre.contains("STARTTLS"), "{pre}");
 }
@@ -358,7 +365,9 @@ fn dovecot_tls_verifies_against_ca_only() {
 fn dovecot_xoauth2_checks_the_token_against_the_password() {
     let dc = Dovecot::start(&[BOB]);
     let token = |user: &str, bearer: &str| {
-        super::base64_encode(format!("user={user}\x01auth=Bearer {bearer}\x01\x01").as_bytes())
+        crate::harness::base64_encode(
+            format!("user={user}\x01auth=Bearer {bearer}\x01\x01").as_bytes(),
+        )
     };
     let ok = format!("AUTHENTICATE XOAUTH2 {}", token(BOB.0, BOB.1));
     let t = imap_raw(dc.imap_port, &[&ok, "STATUS INBOX (MESSAGES)"]);
@@ -384,7 +393,10 @@ fn dovecot_restart_keeps_mail_and_ports() {
     dc.stop();
     let stopped = t.elapsed();
     assert!(stopped < Duration::from_secs(1), "stop took {stopped:?}");
-    assert!(!super::wait_for_port(p1, Duration::from_millis(50)));
+    assert!(!crate::harness::wait_for_port(
+        p1,
+        Duration::from_millis(50)
+    ));
     dc.restart();
     assert_eq!((dc.imap_port, dc.imaps_port, dc.lmtp_port), (p1, p2, p3));
     assert_eq!(dc.folder_count(BOB.0, "INBOX"), 1);
@@ -393,7 +405,11 @@ fn dovecot_restart_keeps_mail_and_ports() {
     dc.append(BOB.0, "INBOX", &message("after"));
     assert_eq!(dc.folder_count(BOB.0, "INBOX"), 2);
     drop(dc);
-    assert!(super::port_is_free(p1) && super::port_is_free(p2) && super::port_is_free(p3));
+    assert!(
+        crate::harness::port_is_free(p1)
+            && crate::harness::port_is_free(p2)
+            && crate::harness::port_is_free(p3)
+    );
 }
 
 #[test]
