@@ -6,11 +6,7 @@
 /// address: `MAILTO:Alice@Example.com` → `alice@example.com`.
 pub fn bare(addr: &str) -> String {
     let a = addr.trim();
-    let a = if a.len() >= 7 && a[..7].eq_ignore_ascii_case("mailto:") {
-        &a[7..]
-    } else {
-        a
-    };
+    let a = strip_mailto(a).unwrap_or(a);
     a.trim().trim_matches(['<', '>']).to_lowercase()
 }
 
@@ -18,12 +14,22 @@ pub fn bare(addr: &str) -> String {
 /// address gets the scheme, other URIs are only lower-cased.
 pub fn canonical(addr: &str) -> String {
     let a = addr.trim();
-    if a.len() >= 7 && a[..7].eq_ignore_ascii_case("mailto:") {
+    if strip_mailto(a).is_some() {
         format!("mailto:{}", bare(a))
     } else if looks_like_email(a) {
         format!("mailto:{}", a.to_lowercase())
     } else {
         a.to_lowercase()
+    }
+}
+
+/// The address after a `mailto:` scheme (any case), if it has one.
+fn strip_mailto(a: &str) -> Option<&str> {
+    // Byte-wise: a multi-byte character must not be cut.
+    if a.as_bytes().get(..7)?.eq_ignore_ascii_case(b"mailto:") {
+        a.get(7..)
+    } else {
+        None
     }
 }
 
@@ -100,6 +106,14 @@ mod tests {
         assert_eq!(canonical("Alice@Example.com"), "mailto:alice@example.com");
         assert_eq!(canonical("mailto:A@B.c"), "mailto:a@b.c");
         assert_eq!(canonical("urn:uuid:ABC"), "urn:uuid:abc");
+    }
+
+    #[test]
+    fn regression_fuzz_multibyte_at_the_scheme_boundary() {
+        // Found by the fuzzer: slicing at byte 7 inside a multi-byte character.
+        assert_eq!(bare("mailtoé@x"), "mailtoé@x");
+        assert_eq!(canonical("abcdefé"), "abcdefé");
+        assert_eq!(bare("mailto:é@x"), "é@x");
     }
 
     #[test]

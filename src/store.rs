@@ -253,7 +253,8 @@ pub fn scan_uids(text: &[u8]) -> Vec<String> {
     while let Some(line) = lines.next() {
         let line = line.trim_end_matches('\r');
         if line.len() < 4
-            || !line[..4].eq_ignore_ascii_case("UID:") && !line[..4].eq_ignore_ascii_case("UID;")
+            || !line.as_bytes()[..4].eq_ignore_ascii_case(b"UID:")
+                && !line.as_bytes()[..4].eq_ignore_ascii_case(b"UID;")
         {
             continue;
         }
@@ -342,6 +343,11 @@ mod tests {
         }
         assert_eq!(safe_name("abc@google.com"), "abc@google.com.ics");
         assert_ne!(safe_name("a/b"), safe_name("a_b"));
+    }
+
+    #[test]
+    fn regression_fuzz_multibyte_uid_prefix() {
+        assert!(scan_uids("UIé:x\r\nUI€\r\n".as_bytes()).is_empty());
     }
 
     #[test]

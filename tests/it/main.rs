@@ -6,6 +6,7 @@ mod harness;
 mod harness_selftest;
 mod support;
 
+mod chaos;
 mod classify_fixtures;
 mod cli;
 mod crash;

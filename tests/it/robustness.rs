@@ -213,3 +213,24 @@ fn mutated_corpus_never_panics_through_classify_and_process() {
         assert!(n.ends_with(".ics") && !n.starts_with('.'), "{n}");
     }
 }
+
+/// Every input the fuzzer ever crashed on (`tests/fixtures/fuzz/`, added by
+/// `scripts/fuzz`), through classification and processing.
+#[test]
+fn regression_fuzz_crashers_are_handled() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let files: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(!files.is_empty());
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
+    cfg.store = scratch.path().join("calendar");
+    cfg.state = scratch.path().join("state");
+    let mut p = Processor::open(&cfg, false).unwrap();
+    for f in files {
+        let raw = std::fs::read(&f).unwrap();
+        let r = classify(&raw, "crasher.eml", &cfg.limits).report;
+        assert!((r.valid && !r.suspicious) || !r.problems.is_empty(), "{}", f.display());
+        let out = p.process(&raw, "crasher.eml");
+        assert!(out.error.is_none(), "{}: {:?}", f.display(), out.error);
+    }
+}
