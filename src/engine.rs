@@ -429,10 +429,33 @@ fn invitation(input: &Input<'_>, rids: Vec<Option<String>>) -> Option<Invitation
         .comps
         .iter()
         .find_map(|c| my_address(c, input.identity))?;
+    // Answer only for the components that name me: an invitation to one
+    // instance of a series I am otherwise not part of is answered for that
+    // instance alone.
+    let names_me = |rid: &Option<String>| {
+        input
+            .comps
+            .iter()
+            .filter(|c| c.recurrence_id() == *rid)
+            .any(|c| attendee_addresses(c).contains(&me))
+    };
+    let recurrence_ids: Vec<Option<String>> = if rids.contains(&None) && !names_me(&None) {
+        input
+            .comps
+            .iter()
+            .filter(|c| c.recurrence_id().is_some() && attendee_addresses(c).contains(&me))
+            .map(Node::recurrence_id)
+            .collect()
+    } else {
+        rids.into_iter().filter(|r| names_me(r)).collect()
+    };
+    if recurrence_ids.is_empty() {
+        return None;
+    }
     Some(Invitation {
         me,
         sequence: c.sequence(),
-        recurrence_ids: rids,
+        recurrence_ids,
     })
 }
 

@@ -457,7 +457,7 @@ impl<'a> Processor<'a> {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<String>> {
         let me_name = self.cfg.identity.name.as_deref();
-        let outgoing = match (d.role, method, d.effect) {
+        let built: anyhow::Result<reply::Outgoing> = match (d.role, method, d.effect) {
             (Role::Attendee, "REQUEST" | "ADD", _) => {
                 let Some(inv) = &d.invitation else {
                     return Ok(Some(match d.effect {
@@ -484,7 +484,7 @@ impl<'a> Processor<'a> {
                     comment: verdict.comment.as_deref(),
                     request: Some(mail),
                     now,
-                })?
+                })
             }
             (Role::Organizer, "COUNTER", Effect::Recorded) if partstat == "DECLINED" => {
                 let Some(stored) = self
@@ -502,7 +502,7 @@ impl<'a> Processor<'a> {
                     verdict.comment.as_deref(),
                     Some(mail),
                     now,
-                )?
+                )
             }
             (Role::Organizer, "REFRESH", Effect::Recorded) if partstat == "ACCEPTED" => {
                 let Some(stored) = self
@@ -512,7 +512,7 @@ impl<'a> Processor<'a> {
                     return Ok(None);
                 };
                 let me = stored_organizer(&stored).unwrap_or_default();
-                reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)?
+                reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)
             }
             (Role::Organizer, "REQUEST" | "ADD" | "PUBLISH" | "CANCEL", _) => {
                 return Ok(Some("not sent: I am the organizer of this event".into()))
@@ -523,6 +523,11 @@ impl<'a> Processor<'a> {
                     verdict.action.as_str()
                 )))
             }
+        };
+        // A message that cannot be answered is reported, not retried.
+        let outgoing = match built {
+            Ok(o) => o,
+            Err(e) => return Ok(Some(format!("not sent: {e:#}"))),
         };
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
             return Ok(Some(

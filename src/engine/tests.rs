@@ -62,6 +62,25 @@ fn new_request_is_created_and_is_an_invitation() {
 }
 
 #[test]
+fn regression_fuzz_invited_to_one_instance_only() {
+    // Found by the fuzzer: the master does not name me, one override does;
+    // the answer covers that instance alone.
+    let master = event(&format!(
+        "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
+    ))
+    .replace(
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.com\r\n",
+        "",
+    );
+    let over = event("RECURRENCE-ID:20261208T100000Z\r\nDTSTART:20261208T100000Z\r\nSEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n");
+    let d = run(None, "REQUEST", &format!("{master}{over}"), true);
+    assert_eq!(
+        d.invitation.unwrap().recurrence_ids,
+        vec![Some("20261208T100000Z".to_string())]
+    );
+}
+
+#[test]
 fn ordering_sequence_then_dtstamp() {
     let v1 = run(
         None,

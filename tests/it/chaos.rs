@@ -405,14 +405,18 @@ fn reference() -> &'static Reference {
     })
 }
 
-/// One chaos run: a Dovecot with the same mailbox, a receiver, and the
-/// bookkeeping of kills.
+/// One chaos run: a Dovecot that gets the same messages as the reference
+/// (40% at the start, the rest in chunks while the runs are being killed:
+/// mail keeps arriving), a receiver, and the bookkeeping of kills.
 struct Chaos {
     name: &'static str,
     d: Dovecot,
     smtp: SmtpServer,
     env: Env,
     rng: Rng,
+    /// Messages still to arrive, and how many arrive before each run.
+    pending: std::collections::VecDeque<String>,
+    chunk: usize,
     /// A kill comes `startup` plus a uniformly random part of `window`
     /// after the start of a run.
     startup: Duration,
@@ -432,16 +436,20 @@ impl Chaos {
         let r = reference();
         let d = Dovecot::start(&[BOB]);
         let smtp = SmtpServer::start(SmtpOptions::plain());
-        deliver_all(&d, &messages(r.count));
+        let mut pending: std::collections::VecDeque<String> = messages(r.count).into();
+        let first: Vec<String> = pending.drain(..r.count * 2 / 5).collect();
+        deliver_all(&d, &first);
         let env = Env::new(&config(&d, smtp.port));
-        let kills = env_usize("IMIPD_CHAOS_KILLS", 15).max(1) as u32;
+        let kills = env_usize("IMIPD_CHAOS_KILLS", 15).max(1);
+        // The rest arrives over the first half of the kills.
+        let chunk = pending.len().div_ceil((kills / 2).max(1));
         // Kills at uniformly random moments of the work: after the
         // start-up (process, TLS, login, SELECT), a random part of 1.6/K of
         // the uninterrupted run's work, so that K kills are spread over the
         // whole job (the messages, then the replies being sent) and most
         // often all land before the job is done.
         let work = r.duration.saturating_sub(r.warm);
-        let window = work * 8 / (5 * kills);
+        let window = work * 8 / (5 * kills as u32);
         let seed = std::env::var("IMIPD_CHAOS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -455,6 +463,8 @@ impl Chaos {
             smtp,
             env,
             rng: Rng(seed | 1),
+            pending,
+            chunk,
             startup: r.warm,
             window,
             kills: 0,
@@ -470,9 +480,23 @@ impl Chaos {
         self.startup + Duration::from_micros(self.rng.below(self.window.as_micros() as u64 + 1))
     }
 
-    /// Start `once`, wait a random moment, SIGKILL it if it is still
-    /// running. `Some(exit code)` when it ended by itself first.
+    /// The next chunk of mail arrives.
+    fn arrive(&mut self) {
+        if !self.d.is_running() {
+            return; // no delivery while Dovecot is down
+        }
+        for _ in 0..self.chunk {
+            match self.pending.pop_front() {
+                Some(m) => self.d.deliver_lmtp(BOB.0, m.as_bytes()),
+                None => break,
+            }
+        }
+    }
+
+    /// Mail arrives, `once` starts, and is SIGKILLed at a random moment if
+    /// it is still running. `Some(exit code)` when it ended by itself first.
     fn cycle(&mut self) -> Option<i32> {
+        self.arrive();
         let delay = self.random_delay();
         let out = self.scratch.join(format!("run-{}.jsonl", rand_suffix()));
         let received_before = self.smtp.received().len();
@@ -484,7 +508,26 @@ impl Chaos {
             }
             std::thread::sleep(Duration::from_micros(500).min(deadline - Instant::now()));
         }
-        match child.try_wait().unwrap() {
+        let result = child.try_wait().unwrap();
+        if result.is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        let lines = read_lines(&out);
+        let received = self.smtp.received().len();
+        if std::env::var("IMIPD_CHAOS_VERBOSE").is_ok_and(|v| v == "1") {
+            println!(
+                "{}: {} ms: {}, {} outcomes printed, receiver has {received}",
+                self.name,
+                delay.as_millis(),
+                match result {
+                    Some(s) => format!("ended by itself ({s})"),
+                    None => "killed".into(),
+                },
+                lines.outcomes,
+            );
+        }
+        match result {
             Some(status) => {
                 let code = status
                     .code()
@@ -500,13 +543,11 @@ impl Chaos {
                 Some(code)
             }
             None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
                 self.kills += 1;
-                if read_lines(&out).outcomes > 0 {
+                if lines.outcomes > 0 {
                     self.kills_processing += 1;
                 }
-                if self.smtp.received().len() > received_before {
+                if received > received_before {
                     self.kills_sending += 1;
                 }
                 None
@@ -514,19 +555,25 @@ impl Chaos {
         }
     }
 
-    /// Kill up to `n` runs; stop early when a run gets to its end by itself
-    /// (then only sending, or nothing, is left). Returns that run's exit code.
-    fn kill_runs(&mut self, n: usize) -> Option<i32> {
-        for _ in 0..n {
-            if let Some(code) = self.cycle() {
-                return Some(code);
+    /// Cycle until `n` runs were killed, or the job is done (a run ended
+    /// by itself with exit 0 and all mail has arrived), or a run ended by
+    /// itself with exit 3 (the receiver is down: only sending is left).
+    fn kill_runs(&mut self, n: usize) {
+        let target = self.kills + n;
+        while self.kills < target {
+            match self.cycle() {
+                Some(0) if self.pending.is_empty() => return,
+                Some(3) => return,
+                _ => {}
             }
         }
-        None
     }
 
     /// Run `once` undisturbed until it exits 0 (the outbox is empty then).
     fn finish(&mut self) {
+        while !self.pending.is_empty() {
+            self.arrive();
+        }
         for _ in 0..5 {
             let (status, _, err) = once_to_end(&self.env, &self.scratch);
             *self
@@ -555,10 +602,19 @@ impl Chaos {
             "{n}: a finished mailbox is not read again"
         );
         let state = self.env.path("state");
-        assert_eq!(
-            dir_files(&state.join("outbox")).len(),
-            0,
-            "{n}: the outbox is empty"
+        let (queued, temps): (Vec<String>, Vec<String>) = dir_files(&state.join("outbox"))
+            .into_keys()
+            .partition(|n| !n.starts_with('.'));
+        assert!(queued.is_empty(), "{n}: the outbox is empty: {queued:?}");
+        let store_temps: Vec<String> = self
+            .env
+            .store_files()
+            .into_keys()
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        figure(
+            &format!("chaos {n} temp files left by kills (outbox, store)"),
+            format!("{}, {}", temps.len(), store_temps.len()),
         );
         assert_eq!(
             dir_files(&state.join("outbox-rejected")).len(),
@@ -713,19 +769,20 @@ fn chaos_sigkill_with_the_smtp_receiver_down_for_a_while() {
     let mut c = Chaos::new("smtp-down", 0x2545_f491_4f6c_dd1d);
     let kills = env_usize("IMIPD_CHAOS_KILLS", 15).max(3);
     let down = Duration::from_secs(env_usize("IMIPD_CHAOS_SMTP_DOWN_SECS", 3) as u64);
-    c.kill_runs(kills / 4);
+    c.kill_runs(kills / 3);
     let sent_before = c.smtp.received().len();
     c.smtp.stop();
     let down_at = Instant::now();
-    // Kills while the receiver is down: replies pile up in the outbox.
-    c.kill_runs(kills / 2);
-    // Undisturbed runs keep trying (exit 3: nothing lost, all kept queued)
-    // until it is back.
+    // Kills while the receiver is down (mail keeps arriving): replies pile
+    // up in the outbox.
+    c.kill_runs(kills / 3);
+    // Undisturbed runs keep trying until it is back: exit 3, all kept.
     loop {
+        c.arrive();
         let (status, _, err) = once_to_end(&c.env, &c.scratch);
         let code = status.code().unwrap_or(-1);
-        assert!(
-            code == 3,
+        assert_eq!(
+            code, 3,
             "with the SMTP receiver down, once exits 3: {status} {err}"
         );
         *c.exit_codes.entry(code).or_default() += 1;
@@ -735,7 +792,10 @@ fn chaos_sigkill_with_the_smtp_receiver_down_for_a_while() {
         }
         std::thread::sleep(Duration::from_millis(1000).min(left));
     }
-    let queued = dir_files(&c.env.path("state/outbox")).len();
+    let queued = dir_files(&c.env.path("state/outbox"))
+        .into_keys()
+        .filter(|n| !n.starts_with('.'))
+        .count();
     assert_eq!(
         c.smtp.received().len(),
         sent_before,
@@ -752,7 +812,7 @@ fn chaos_sigkill_with_the_smtp_receiver_down_for_a_while() {
     );
     c.smtp.restart();
     // Kills while the backlog is being sent.
-    c.kill_runs(kills - kills / 4 - kills / 2);
+    c.kill_runs(kills - kills / 3 - kills / 3);
     c.finish();
     c.check(started);
 }
@@ -762,32 +822,50 @@ fn chaos_sigkill_with_dovecot_restarted_in_the_middle() {
     let started = Instant::now();
     let mut c = Chaos::new("dovecot-restart", 0x0123_4567_89ab_cdef);
     let kills = env_usize("IMIPD_CHAOS_KILLS", 15).max(2);
-    c.kill_runs(kills / 5);
+    c.kill_runs(kills / 4);
     let uidvalidity = c.d.uidvalidity(BOB.0, "INBOX");
-    // Dovecot dies under a running `once` and comes back: that run ends by
-    // itself (no hang, no crash), the next ones go on.
-    for _ in 0..2 {
+    // Dovecot dies under a running `once` (just after new mail arrived, so
+    // it is reading it) and comes back. The first time that run must end
+    // by itself (no hang, no crash); the second time it is killed too if
+    // it is still sending. While Dovecot is down the runs go on (and are
+    // killed): they can only send, and end with exit 3.
+    for round in 0..2 {
+        c.arrive();
         let out = c.scratch.join(format!("run-{}.jsonl", rand_suffix()));
         let mut child = spawn_once(&c.env, &out);
-        let delay = c.random_delay();
+        let delay = c.startup + Duration::from_millis(c.rng.below(100));
         std::thread::sleep(delay);
         c.d.stop();
-        let status = wait_with_timeout(&mut child, Duration::from_secs(60))
-            .expect("`imipd once` hangs when Dovecot dies under it");
-        let code = status
-            .code()
-            .unwrap_or_else(|| panic!("`imipd once` died of a signal: {status}"));
-        assert!(
-            [0, 1, 3].contains(&code),
-            "Dovecot killed under `once`: exit {code}: {}",
-            std::fs::read_to_string(out.with_extension("err")).unwrap_or_default()
-        );
-        *c.exit_codes.entry(code).or_default() += 1;
-        // While it is down: exit 3, nothing lost.
-        let (status, _, err) = once_to_end(&c.env, &c.scratch);
-        assert_eq!(status.code(), Some(3), "IMAP server down: exit 3: {err}");
+        if round == 1 {
+            let delay = c.random_delay();
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                c.kills += 1;
+            }
+        }
+        match wait_with_timeout(&mut child, Duration::from_secs(60)) {
+            None => panic!("`imipd once` hangs when Dovecot dies under it"),
+            Some(status) => match status.code() {
+                Some(code) => {
+                    assert!(
+                        [0, 1, 3].contains(&code),
+                        "Dovecot killed under `once`: exit {code}: {}",
+                        std::fs::read_to_string(out.with_extension("err")).unwrap_or_default()
+                    );
+                    *c.exit_codes.entry(code).or_default() += 1;
+                }
+                None => assert_eq!(round, 1, "`imipd once` died of a signal: {status}"),
+            },
+        }
+        for _ in 0..2 {
+            if let Some(code) = c.cycle() {
+                assert_eq!(code, 3, "with the IMAP server down, once exits 3");
+            }
+        }
         c.d.restart();
-        c.kill_runs(1);
+        c.kill_runs(kills / 4);
     }
     assert_eq!(
         c.d.uidvalidity(BOB.0, "INBOX"),

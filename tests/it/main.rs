@@ -10,6 +10,7 @@ mod chaos;
 mod classify_fixtures;
 mod cli;
 mod crash;
+mod hostile;
 mod imap;
 mod khal;
 mod replies;

@@ -219,7 +219,11 @@ fn mutated_corpus_never_panics_through_classify_and_process() {
 #[test]
 fn regression_fuzz_crashers_are_handled() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
-    let files: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert!(!files.is_empty());
     let scratch = tempfile::tempdir().unwrap();
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
@@ -229,7 +233,11 @@ fn regression_fuzz_crashers_are_handled() {
     for f in files {
         let raw = std::fs::read(&f).unwrap();
         let r = classify(&raw, "crasher.eml", &cfg.limits).report;
-        assert!((r.valid && !r.suspicious) || !r.problems.is_empty(), "{}", f.display());
+        assert!(
+            (r.valid && !r.suspicious) || !r.problems.is_empty(),
+            "{}",
+            f.display()
+        );
         let out = p.process(&raw, "crasher.eml");
         assert!(out.error.is_none(), "{}: {:?}", f.display(), out.error);
     }
