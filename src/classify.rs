@@ -59,27 +59,41 @@ pub struct Classified {
 /// Classify a raw message. Never fails: an unreadable message is a report
 /// with `valid: false` and the reason.
 pub fn classify(raw: &[u8], file: &str, limits: &Limits) -> Classified {
-    let mail = match mime::parse(raw, limits) {
-        Ok(m) => m,
-        Err(e) => {
-            return Classified {
-                report: Report {
-                    file: file.to_string(),
-                    message_id: None,
-                    from: None,
-                    imip: false,
-                    valid: false,
-                    suspicious: false,
-                    problems: vec![format!("cannot parse the message: {e}")],
-                    messages: Vec::new(),
-                },
-                mail: None,
-                objects: Vec::new(),
-                sender_problems: Vec::new(),
-            }
-        }
-    };
-    classify_mail(mail, file, limits)
+    // The parsers are third-party code: should one of them panic on some
+    // input (mail-parser has debug assertions that hostile MIME can trip in
+    // debug builds), that message is reported as unreadable and the rest
+    // goes on.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        classify_inner(raw, file, limits)
+    })) {
+        Ok(c) => c,
+        Err(_) => unreadable(file, "the MIME parser failed on it".to_string()),
+    }
+}
+
+fn unreadable(file: &str, reason: String) -> Classified {
+    Classified {
+        report: Report {
+            file: file.to_string(),
+            message_id: None,
+            from: None,
+            imip: false,
+            valid: false,
+            suspicious: false,
+            problems: vec![format!("cannot parse the message: {reason}")],
+            messages: Vec::new(),
+        },
+        mail: None,
+        objects: Vec::new(),
+        sender_problems: Vec::new(),
+    }
+}
+
+fn classify_inner(raw: &[u8], file: &str, limits: &Limits) -> Classified {
+    match mime::parse(raw, limits) {
+        Ok(mail) => classify_mail(mail, file, limits),
+        Err(e) => unreadable(file, e.to_string()),
+    }
 }
 
 /// Classify an already parsed message.

@@ -12,11 +12,12 @@ use libfuzzer_sys::fuzz_target;
 
 struct Scratch {
     dir: tempfile::TempDir,
+    cfg: &'static Config,
     processor: Processor<'static>,
     runs: usize,
 }
 
-fn config(dir: &std::path::Path) -> &'static Config {
+fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
     cfg.store = dir.join("calendar");
     cfg.state = dir.join("state");
@@ -39,14 +40,34 @@ fn config(dir: &std::path::Path) -> &'static Config {
         action: Action::Accept,
         comment: Some("fuzz".into()),
     }];
-    Box::leak(Box::new(cfg))
+    cfg
 }
 
 fn scratch() -> Scratch {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    // Made once for the whole run (the processor borrows it for 'static).
+    let cfg: &'static Config = Box::leak(Box::new(config(dir.path())));
     let processor = Processor::open(cfg, false).unwrap();
-    Scratch { dir, processor, runs: 0 }
+    Scratch {
+        dir,
+        cfg,
+        processor,
+        runs: 0,
+    }
+}
+
+impl Scratch {
+    /// Start again with an empty store and state, so they stay small.
+    fn reset(&mut self) {
+        for sub in ["calendar", "state"] {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(sub));
+        }
+        // The old processor (and its state lock) goes before the new one opens.
+        self.processor = Processor::open(self.cfg, false).unwrap_or_else(|_| {
+            let _ = std::fs::remove_dir_all(self.dir.path().join("state"));
+            Processor::open(self.cfg, false).unwrap()
+        });
+    }
 }
 
 static SCRATCH: OnceLock<Mutex<Scratch>> = OnceLock::new();
@@ -56,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
     // A fresh store now and then, so it stays small and fast.
     s.runs += 1;
     if s.runs % 5000 == 0 {
-        *s = scratch();
+        s.reset();
     }
     let out = s.processor.process(data, "fuzz.eml");
     assert!(out.error.is_none(), "processing failed: {:?}", out.error);
