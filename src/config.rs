@@ -1032,16 +1032,7 @@ impl Validator<'_> {
                 ))
             }
         };
-        const METHODS: [&str; 8] = [
-            "PUBLISH",
-            "REQUEST",
-            "REPLY",
-            "ADD",
-            "CANCEL",
-            "REFRESH",
-            "COUNTER",
-            "DECLINECOUNTER",
-        ];
+        use crate::itip::METHODS;
         let methods = match p.methods {
             None => None,
             Some(m) => {

@@ -100,7 +100,9 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 fn report(o: &MessageOutcome, opts: Options) {
     if opts.json {
-        crate::run::print_json(o);
+        crate::run::report(o, opts);
+    } else if o.failed() {
+        tracing::warn!("{o}");
     } else {
         tracing::info!("{o}");
     }

@@ -486,33 +486,28 @@ impl<'a> Processor<'a> {
                     now,
                 })
             }
-            (Role::Organizer, "COUNTER", Effect::Recorded) if partstat == "DECLINED" => {
-                let Some(stored) = self
-                    .store
-                    .get(comps[0].uid().as_deref().unwrap_or_default())?
-                else {
+            (Role::Organizer, "COUNTER" | "REFRESH", Effect::Recorded)
+                if (method == "COUNTER" && partstat == "DECLINED")
+                    || (method == "REFRESH" && partstat == "ACCEPTED") =>
+            {
+                let uid = comps[0].uid().unwrap_or_default();
+                let Some(stored) = self.store.get(&uid)? else {
                     return Ok(None);
                 };
                 let me = stored_organizer(&stored).unwrap_or_default();
-                reply::build_declinecounter(
-                    &stored,
-                    &comps[0],
-                    &me,
-                    me_name,
-                    verdict.comment.as_deref(),
-                    Some(mail),
-                    now,
-                )
-            }
-            (Role::Organizer, "REFRESH", Effect::Recorded) if partstat == "ACCEPTED" => {
-                let Some(stored) = self
-                    .store
-                    .get(comps[0].uid().as_deref().unwrap_or_default())?
-                else {
-                    return Ok(None);
-                };
-                let me = stored_organizer(&stored).unwrap_or_default();
-                reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)
+                if method == "COUNTER" {
+                    reply::build_declinecounter(
+                        &stored,
+                        &comps[0],
+                        &me,
+                        me_name,
+                        verdict.comment.as_deref(),
+                        Some(mail),
+                        now,
+                    )
+                } else {
+                    reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)
+                }
             }
             (Role::Organizer, "REQUEST" | "ADD" | "PUBLISH" | "CANCEL", _) => {
                 return Ok(Some("not sent: I am the organizer of this event".into()))

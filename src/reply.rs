@@ -146,9 +146,8 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
         .unwrap_or_else(|| r.me.trim_start_matches("mailto:").to_string());
     let instance = find(r.object, rids[0].as_deref()).unwrap_or(&src);
     let summary = format!("{who} {verb}: {title}, {}", when(instance));
-    let from = r.me.trim_start_matches("mailto:").to_string();
-    let message = mail(MailParts {
-        from: &from,
+    outgoing(MailParts {
+        from: r.me.trim_start_matches("mailto:"),
         from_name: r.my_name,
         to: &to,
         subject: &format!("{subject_verb}: {title}"),
@@ -159,14 +158,6 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
         key: &key,
         request: r.request,
         now: r.now,
-    })?;
-    Ok(Outgoing {
-        key,
-        from,
-        to: vec![to.clone()],
-        counterpart: to,
-        summary,
-        message,
     })
 }
 
@@ -273,9 +264,8 @@ pub fn build_declinecounter(
         "{who} declined the proposed change to: {title}, {}",
         when(src)
     );
-    let from = me.trim_start_matches("mailto:").to_string();
-    let message = mail(MailParts {
-        from: &from,
+    outgoing(MailParts {
+        from: me.trim_start_matches("mailto:"),
         from_name: my_name,
         to: &to,
         subject: &format!("Proposal declined: {title}"),
@@ -286,14 +276,6 @@ pub fn build_declinecounter(
         key: &key,
         request,
         now,
-    })?;
-    Ok(Outgoing {
-        key,
-        from,
-        to: vec![to.clone()],
-        counterpart: to,
-        summary,
-        message,
     })
 }
 
@@ -337,9 +319,8 @@ pub fn build_refresh_answer(
     let uid = src.uid().unwrap_or_default();
     let key = key(&["REFRESH", &uid, &refresh.dtstamp(), &to]);
     let summary = format!("Invitation (refreshed): {title}, {}", when(src));
-    let from = me.trim_start_matches("mailto:").to_string();
-    let message = mail(MailParts {
-        from: &from,
+    outgoing(MailParts {
+        from: me.trim_start_matches("mailto:"),
         from_name: my_name,
         to: &to,
         subject: &format!("Invitation: {title}"),
@@ -350,14 +331,6 @@ pub fn build_refresh_answer(
         key: &key,
         request,
         now,
-    })?;
-    Ok(Outgoing {
-        key,
-        from,
-        to: vec![to.clone()],
-        counterpart: to,
-        summary,
-        message,
     })
 }
 
@@ -375,8 +348,21 @@ struct MailParts<'a> {
     now: DateTime<Utc>,
 }
 
+/// The message and what the outbox needs to know about it.
+fn outgoing(p: MailParts<'_>) -> anyhow::Result<Outgoing> {
+    let message = mail(&p)?;
+    Ok(Outgoing {
+        key: p.key.to_string(),
+        from: p.from.to_string(),
+        to: vec![p.to.to_string()],
+        counterpart: p.to.to_string(),
+        summary: p.text.to_string(),
+        message,
+    })
+}
+
 /// The CalConnect best-practice structure around an iTIP object.
-fn mail(p: MailParts<'_>) -> anyhow::Result<String> {
+fn mail(p: &MailParts<'_>) -> anyhow::Result<String> {
     let from: Mailbox = Mailbox::new(
         p.from_name.map(str::to_string),
         p.from

@@ -32,9 +32,13 @@ pub fn print_json(value: &impl serde::Serialize) {
     let _ = lock.flush();
 }
 
-fn report(o: &MessageOutcome, opts: Options) {
+pub fn report(o: &MessageOutcome, opts: Options) {
     if opts.json {
         print_json(o);
+        // Messages left for the next pass are named on stderr in any case.
+        if let Some(e) = &o.error {
+            eprintln!("imipd: {}: {e}", o.source);
+        }
     } else {
         eprintln!("{o}");
     }
