@@ -238,6 +238,7 @@ fn naive(d: &Dovecot, dir: &Path) -> (f64, u64, usize) {
                     account: Some("bob"),
                     folder: Some("INBOX"),
                     can_move: false,
+                    problems: &[],
                 },
             );
             if o.imip {

@@ -315,6 +315,7 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     };
     let mut changed = false;
     let mut stale = Vec::new();
+    let mut unchanged: Vec<Option<String>> = Vec::new();
     let mut rids = Vec::new();
 
     if has_master {
@@ -337,11 +338,16 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 );
             }
             if iv == ov {
-                return Decision::new(
+                // Already applied. The invitation is still reported: if a
+                // crash came between filing it and queueing its answer, the
+                // answer is queued now (the outbox key stops a second one).
+                let mut d = Decision::new(
                     Effect::Unchanged,
                     Role::Attendee,
                     "this version is already in the store",
                 );
+                d.invitation = invitation(input, vec![None]);
+                return d;
             }
         }
         // The whole object is replaced: the incoming master and overrides.
@@ -363,7 +369,11 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             if let Some(old) = existing {
                 let (iv, ov) = (version(inc), version(old));
                 let same_instance = old.recurrence_id() == rid;
-                if iv < ov || (same_instance && iv == ov) {
+                if same_instance && iv == ov {
+                    unchanged.push(rid.clone());
+                    continue;
+                }
+                if iv < ov {
                     stale.push(rid.clone().unwrap_or_default());
                     continue;
                 }
@@ -385,6 +395,15 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             }
             changed = true;
             rids.push(rid);
+        }
+        if !changed && !unchanged.is_empty() && stale.is_empty() {
+            let mut d = Decision::new(
+                Effect::Unchanged,
+                Role::Attendee,
+                "these instances are already in the store",
+            );
+            d.invitation = invitation(input, unchanged);
+            return d;
         }
         if !changed {
             return Decision::new(

@@ -559,15 +559,48 @@ impl Connection {
             return Ok(true); // handled before (a crash after marking, or a rescan)
         }
         let header = f.header().unwrap_or_default().to_vec();
-        let parts = f.bodystructure().map(calendar_parts).unwrap_or_default();
-        if parts.is_empty() {
+        let structure = f
+            .bodystructure()
+            .map(|b| calendar_parts(b, ctx.limits.max_depth))
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        if structure.too_deep {
+            problems.push(format!(
+                "MIME parts are nested deeper than {} levels (limits.max_depth); the deeper parts were not read",
+                ctx.limits.max_depth
+            ));
+        }
+        // Past the depth limit the server's view of the structure is not to
+        // be trusted either (Dovecot flattens what it will not parse): such a
+        // message is reported and nothing of it is fetched or acted on.
+        let parts = if structure.too_deep {
+            Vec::new()
+        } else {
+            structure.parts
+        };
+        if parts.is_empty() && problems.is_empty() {
             return Ok(true); // no calendar: nothing to do, nothing to mark
         }
-        rep.with_calendar += 1;
-        let wanted: Vec<&CalPart> = parts
-            .iter()
-            .filter(|p| p.size as usize <= ctx.limits.max_message_bytes)
-            .collect();
+        if !parts.is_empty() {
+            rep.with_calendar += 1;
+        }
+        // BODYSTRUCTURE gives the encoded size: allow for base64's 4/3.
+        let limit = ctx.limits.max_part_bytes;
+        let too_big = |p: &CalPart| {
+            let decoded = if p.encoding == "base64" {
+                p.size as usize / 4 * 3
+            } else {
+                p.size as usize
+            };
+            decoded > limit
+        };
+        for p in parts.iter().filter(|p| too_big(p)) {
+            problems.push(format!(
+                "a {} part of {} bytes is larger than the limit of {limit} bytes (limits.max_part_bytes) and was not read",
+                p.content_type, p.size
+            ));
+        }
+        let wanted: Vec<&CalPart> = parts.iter().filter(|p| !too_big(p)).collect();
         let sections: Vec<String> = wanted
             .iter()
             .map(|p| format!("BODY.PEEK[{}]", p.section()))
@@ -600,6 +633,7 @@ impl Connection {
                     account: Some(ctx.account),
                     folder: Some(folder),
                     can_move: ctx.cfg.quarantine_folder.is_some(),
+                    problems: &problems,
                 },
             )
         };
@@ -730,28 +764,40 @@ impl CalPart {
 }
 
 /// The calendar parts (text/calendar, application/ics) of a BODYSTRUCTURE.
-pub fn calendar_parts(bs: &BodyStructure<'_>) -> Vec<CalPart> {
-    let mut out = Vec::new();
-    walk(bs, &mut Vec::new(), false, true, 0, &mut out);
-    out
+pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
+    let mut s = Structure::default();
+    walk(bs, &mut Vec::new(), false, true, 0, max_depth, &mut s);
+    s
 }
 
+/// What a BODYSTRUCTURE says about calendar data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Structure {
+    pub parts: Vec<CalPart>,
+    /// Parts are nested deeper than `limits.max_depth` (not walked further).
+    pub too_deep: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn walk(
     bs: &BodyStructure<'_>,
     path: &mut Vec<u32>,
     forwarded: bool,
     top: bool,
     depth: usize,
-    out: &mut Vec<CalPart>,
+    max_depth: usize,
+    s: &mut Structure,
 ) {
-    if depth > 64 {
+    // The same depth rule as the MIME walker of `process`.
+    if depth > max_depth {
+        s.too_deep = true;
         return;
     }
     match bs {
         BodyStructure::Multipart { bodies, .. } => {
             for (i, b) in bodies.iter().enumerate() {
                 path.push(i as u32 + 1);
-                walk(b, path, forwarded, false, depth + 1, out);
+                walk(b, path, forwarded, false, depth + 1, max_depth, s);
                 path.pop();
             }
         }
@@ -760,10 +806,10 @@ fn walk(
             // a non-multipart body of it is part 1.
             let inner_multipart = matches!(**body, BodyStructure::Multipart { .. });
             if inner_multipart {
-                walk(body, path, true, false, depth + 1, out);
+                walk(body, path, true, false, depth + 1, max_depth, s);
             } else {
                 path.push(1);
-                walk(body, path, true, false, depth + 1, out);
+                walk(body, path, true, false, depth + 1, max_depth, s);
                 path.pop();
             }
         }
@@ -772,7 +818,7 @@ fn walk(
             let sub = common.ty.subtype.to_ascii_lowercase();
             if (ty == "text" && sub == "calendar") || (ty == "application" && sub == "ics") {
                 let p = if top { vec![1] } else { path.clone() };
-                out.push(CalPart {
+                s.parts.push(CalPart {
                     path: p,
                     content_type: format!("{ty}/{sub}"),
                     params: common

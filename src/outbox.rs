@@ -71,6 +71,7 @@ impl Outbox {
         let dir = state.join("outbox");
         fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
+        crate::store::remove_temp_files(&dir);
         let ledger = state.join("answered.log");
         let mut answered = HashMap::new();
         match fs::File::open(&ledger) {
@@ -222,12 +223,13 @@ impl Sender {
         respect_backoff: bool,
     ) -> anyhow::Result<Vec<SendReport>> {
         let mut reports = Vec::new();
+        let mut session = transport.session();
         for mut entry in self.pending()? {
             if respect_backoff && entry.next_attempt > now.timestamp() {
                 continue;
             }
             let name = entry_name(entry.seq, &entry.message.key);
-            let result = transport.send(&entry).await;
+            let result = session.send(&entry).await;
             let mut report = SendReport {
                 key: entry.message.key.clone(),
                 to: entry.message.to.clone(),
@@ -268,6 +270,7 @@ impl Sender {
                 }
             }
         }
+        session.close().await;
         Ok(reports)
     }
 }
@@ -292,8 +295,29 @@ impl Transport {
         }
     }
 
-    pub async fn send(&self, e: &Entry) -> Result<(), SendError> {
-        match self {
+    /// A sending session: for SMTP one connection, opened on first use and
+    /// reused for every message of a flush.
+    pub fn session(&self) -> Session<'_> {
+        if let Transport::File(dir) = self {
+            crate::store::remove_temp_files(dir);
+        }
+        Session {
+            transport: self,
+            smtp: None,
+        }
+    }
+}
+
+/// Sends messages one after the other over one connection.
+pub struct Session<'t> {
+    transport: &'t Transport,
+    smtp: Option<lettre::transport::smtp::client::AsyncSmtpConnection>,
+}
+
+impl Session<'_> {
+    /// Send one entry; `Ok` once the server accepted it (SMTP 250).
+    pub async fn send(&mut self, e: &Entry) -> Result<(), SendError> {
+        match self.transport {
             Transport::File(dir) => {
                 fs::create_dir_all(dir).map_err(|err| {
                     SendError::Transient(format!("cannot create {}: {err}", dir.display()))
@@ -302,7 +326,24 @@ impl Transport {
                 write_atomic(dir, &name, e.message.message.as_bytes())
                     .map_err(|err| SendError::Transient(format!("{err:#}")))
             }
-            Transport::Smtp(cfg) => send_smtp(cfg, e).await,
+            Transport::Smtp(cfg) => {
+                if self.smtp.as_ref().is_none_or(|c| c.has_broken()) {
+                    self.smtp = Some(smtp_connect(cfg).await?);
+                }
+                let conn = self.smtp.as_mut().expect("connected above");
+                let r = smtp_send(cfg, conn, e).await;
+                if r.is_err() {
+                    self.smtp = None;
+                }
+                r
+            }
+        }
+    }
+
+    /// Say goodbye (SMTP QUIT), after the messages are accounted for.
+    pub async fn close(mut self) {
+        if let (Some(mut c), Transport::Smtp(cfg)) = (self.smtp.take(), self.transport) {
+            let _ = tokio::time::timeout(cfg.timeout, c.quit()).await;
         }
     }
 }
@@ -324,56 +365,155 @@ fn tls_parameters(
         .map_err(|e| SendError::Login(format!("cannot set up TLS for {}: {e}", cfg.host)))
 }
 
-/// Connect and log in without sending anything (`check --connect`).
-pub async fn test_smtp(cfg: &SmtpConfig) -> Result<(), SendError> {
-    let transport = smtp_transport(cfg)?;
-    let server = format!("{}:{}", cfg.host, cfg.port);
-    match tokio::time::timeout(
-        cfg.timeout + Duration::from_secs(5),
-        transport.test_connection(),
-    )
-    .await
-    {
-        Err(_) => Err(SendError::Transient(format!(
-            "cannot connect to SMTP server {server}: timed out"
-        ))),
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(SendError::Transient(format!(
-            "cannot connect to SMTP server {server}: it did not answer"
-        ))),
-        Ok(Err(e)) => Err(SendError::Login(format!(
-            "cannot connect to SMTP server {server}: {e}"
-        ))),
+/// Implicit TLS under lettre's SMTP client, with imipd's own rustls setup.
+#[derive(Debug)]
+struct TlsTcp(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for TlsTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-fn smtp_transport(
+impl tokio::io::AsyncWrite for TlsTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for TlsTcp {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+/// Connect (TCP_NODELAY: the end of a message goes out at once, so the time
+/// between the server accepting it and imipd knowing so stays tiny), secure,
+/// and log in.
+async fn smtp_connect(
     cfg: &SmtpConfig,
-) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, SendError> {
-    use lettre::transport::smtp::authentication::Credentials;
-    use lettre::transport::smtp::client::Tls as LTls;
-    use lettre::{AsyncSmtpTransport, Tokio1Executor};
-    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
-        .port(cfg.port)
-        .timeout(Some(cfg.timeout));
-    b = match cfg.tls {
-        Tls::Implicit => b.tls(LTls::Wrapper(tls_parameters(cfg)?)),
-        Tls::StartTls => b.tls(LTls::Required(tls_parameters(cfg)?)),
-        Tls::None => b.tls(LTls::None),
+) -> Result<lettre::transport::smtp::client::AsyncSmtpConnection, SendError> {
+    use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+    use lettre::transport::smtp::client::AsyncSmtpConnection;
+    use lettre::transport::smtp::extension::ClientId;
+
+    let server = format!("{}:{}", cfg.host, cfg.port);
+    let t = cfg.timeout;
+    let down =
+        |e: String| SendError::Transient(format!("cannot connect to SMTP server {server}: {e}"));
+    let tcp = match tokio::time::timeout(
+        t,
+        tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port)),
+    )
+    .await
+    {
+        Err(_) => return Err(down("timed out".into())),
+        Ok(Err(e)) => return Err(down(e.to_string())),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let hello = ClientId::default();
+    let refused =
+        |e: String| SendError::Login(format!("cannot connect to SMTP server {server}: {e}"));
+    let mut conn = match cfg.tls {
+        Tls::Implicit => {
+            let config = crate::tls::client_config(cfg.ca_file.as_deref())
+                .map_err(|e| refused(format!("{e:#}")))?;
+            let name = rustls_pki_types::ServerName::try_from(cfg.host.clone())
+                .map_err(|e| refused(format!("invalid server name: {e}")))?;
+            let tls = match tokio::time::timeout(
+                t,
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
+            .await
+            {
+                Err(_) => return Err(down("TLS handshake timed out".into())),
+                Ok(Err(e)) => return Err(refused(e.to_string())),
+                Ok(Ok(s)) => s,
+            };
+            timed(
+                t,
+                AsyncSmtpConnection::connect_with_transport(Box::new(TlsTcp(tls)), &hello),
+            )
+            .await
+            .map_err(down)?
+        }
+        Tls::StartTls | Tls::None => {
+            let mut c = timed(
+                t,
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
+            )
+            .await
+            .map_err(down)?;
+            if cfg.tls == Tls::StartTls {
+                let params = tls_parameters(cfg)?;
+                timed(t, c.starttls(params, &hello))
+                    .await
+                    .map_err(refused)?;
+            }
+            c
+        }
     };
     if let (Some(user), Some(secret)) = (&cfg.username, &cfg.secret) {
         let password = secret
             .resolve()
             .map_err(|err| SendError::Login(format!("cannot get the SMTP password: {err:#}")))?;
-        b = b.credentials(Credentials::new(user.clone(), password));
+        let creds = Credentials::new(user.clone(), password);
+        timed(t, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))
+            .await
+            .map_err(|e| {
+                SendError::Login(format!(
+                    "cannot log in to SMTP server {server} as {user}: {e}"
+                ))
+            })?;
     }
-    Ok(b.build())
+    Ok(conn)
 }
 
-async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
-    use lettre::AsyncTransport;
+async fn timed<T, E: std::fmt::Display>(
+    t: Duration,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(t, f).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// Connect and log in without sending anything (`check --connect`).
+pub async fn test_smtp(cfg: &SmtpConfig) -> Result<(), SendError> {
+    let mut c = smtp_connect(cfg).await?;
+    let _ = tokio::time::timeout(cfg.timeout, c.quit()).await;
+    Ok(())
+}
+
+async fn smtp_send(
+    cfg: &SmtpConfig,
+    conn: &mut lettre::transport::smtp::client::AsyncSmtpConnection,
+    e: &Entry,
+) -> Result<(), SendError> {
     let server = format!("{}:{}", cfg.host, cfg.port);
-    let transport = smtp_transport(cfg)?;
     let from = e.message.from.parse().map_err(|err| {
         SendError::Permanent(format!("cannot use sender {}: {err}", e.message.from))
     })?;
@@ -386,26 +526,21 @@ async fn send_smtp(cfg: &SmtpConfig, e: &Entry) -> Result<(), SendError> {
         .map_err(|err| SendError::Permanent(format!("cannot use recipient: {err}")))?;
     let envelope = lettre::address::Envelope::new(Some(from), to)
         .map_err(|err| SendError::Permanent(format!("cannot build envelope: {err}")))?;
-    let send = transport.send_raw(&envelope, e.message.message.as_bytes());
-    match tokio::time::timeout(cfg.timeout + Duration::from_secs(5), send).await {
+    match tokio::time::timeout(
+        cfg.timeout,
+        conn.send(&envelope, e.message.message.as_bytes()),
+    )
+    .await
+    {
         Err(_) => Err(SendError::Transient(format!(
             "cannot send via SMTP server {server}: timed out"
         ))),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => {
-            let text = format!("cannot send via SMTP server {server}: {err}");
-            let code = err.status().map(|c| c.to_string());
-            let auth = text.contains("authentication")
-                || code
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with("535") || c.starts_with("530"));
-            if auth {
-                Err(SendError::Login(text))
-            } else if err.is_permanent() {
-                Err(SendError::Permanent(text))
-            } else {
-                Err(SendError::Transient(text))
-            }
-        }
+        Ok(Err(err)) if err.is_permanent() => Err(SendError::Permanent(format!(
+            "cannot send via SMTP server {server}: {err}"
+        ))),
+        Ok(Err(err)) => Err(SendError::Transient(format!(
+            "cannot send via SMTP server {server}: {err}"
+        ))),
     }
 }

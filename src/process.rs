@@ -38,6 +38,9 @@ pub struct Origin<'a> {
     /// The source can move quarantined mail itself (IMAP); otherwise a copy
     /// is kept in `STATE/quarantine/`.
     pub can_move: bool,
+    /// What the source found wrong before the message got here (a part over
+    /// a limit that was not fetched): each makes the message invalid.
+    pub problems: &'a [String],
 }
 
 /// What happened to one message.
@@ -200,7 +203,13 @@ impl<'a> Processor<'a> {
 
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
-        let c = classify::classify(raw, origin.source, &self.cfg.limits);
+        let mut c = classify::classify(raw, origin.source, &self.cfg.limits);
+        if !origin.problems.is_empty() {
+            c.report.valid = false;
+            c.report
+                .problems
+                .splice(0..0, origin.problems.iter().cloned());
+        }
         let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
         if let Err(e) = self.apply_all(&c, raw, origin, &mut out) {
             out.error = Some(format!("{e:#}"));
@@ -468,8 +477,17 @@ impl<'a> Processor<'a> {
                         _ => "not sent: I am not an attendee of this event".into(),
                     }));
                 };
-                let Some(object) = &d.object else {
-                    return Ok(None);
+                // Already filed (a replayed message): answer from the store.
+                let stored;
+                let object = match &d.object {
+                    Some(o) => o,
+                    None => match self.store.get(&inv_uid(comps))? {
+                        Some(s) => {
+                            stored = s;
+                            &stored
+                        }
+                        None => return Ok(None),
+                    },
                 };
                 if let Some(reason) = self.never_answer(inv, comps) {
                     return Ok(Some(format!("not sent: {reason}")));
@@ -643,6 +661,10 @@ impl<'a> Processor<'a> {
         );
         d.object
     }
+}
+
+fn inv_uid(comps: &[Node]) -> String {
+    comps.first().and_then(Node::uid).unwrap_or_default()
 }
 
 fn stored_organizer(root: &Node) -> Option<String> {

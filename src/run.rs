@@ -317,6 +317,7 @@ pub fn once_maildir(
                     account: Some(account),
                     folder: None,
                     can_move: false,
+                    problems: &[],
                 },
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile

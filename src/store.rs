@@ -197,6 +197,18 @@ pub fn render(root: &Node, tz_source: Option<&ICalendar>) -> String {
     ical::to_string(&ical)
 }
 
+/// Remove the temp files a killed run left in a folder imipd writes into
+/// (only ours: `.NAME.PID.tmp`, see [`write_atomic`]).
+pub fn remove_temp_files(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for entry in rd.flatten() {
+            if is_our_temp_file(&entry.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// `.NAME.PID.tmp`, as [`write_atomic`] names its temp files.
 fn is_our_temp_file(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else {

@@ -13,6 +13,7 @@ mod crash;
 mod hostile;
 mod imap;
 mod khal;
+mod load;
 mod replies;
 mod robustness;
 mod scenarios;

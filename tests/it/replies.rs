@@ -106,7 +106,7 @@ fn accepted_invitation_is_answered_once_with_a_conforming_reply() {
     // DTSTAMP): no second reply.
     let resent = invite("p1@example.com", 0, "20261121T100000Z", &[]);
     let out = run(&env, &[&v1, &resent]);
-    assert!(reply_of(&out[0]).contains("already handled"), "{}", out[0]);
+    assert!(reply_of(&out[0]).contains("already answered"), "{}", out[0]);
     assert!(reply_of(&out[1]).contains("already answered"), "{}", out[1]);
     assert_eq!(sent(&env).len(), 1);
     // A new version (SEQUENCE 1) is answered again.
@@ -400,4 +400,32 @@ fn answering_policy_without_outgoing_is_a_configuration_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[outgoing]"));
+}
+
+/// Found by the chaos suite: a kill after the event was filed and before its
+/// answer was queued lost the answer, because the replay saw the event
+/// already in the store. The replay must queue it (once).
+#[test]
+fn regression_chaos_kill_between_filing_and_queueing_keeps_the_answer() {
+    let env = Env::new(
+        ACCEPT_ALL
+            .replace("path = \"outbox\"", "path = \"sent\"")
+            .as_str(),
+    );
+    let raw = invite("k1@example.com", 0, "20261120T100000Z", &[]);
+    // The state a kill leaves: the event filed with my answer, nothing queued.
+    let dry = Env::new(ACCEPT_ALL);
+    run(&dry, &[&raw]);
+    std::fs::create_dir_all(env.store()).unwrap();
+    for (name, text) in dry.store_files() {
+        std::fs::write(env.store().join(name), text).unwrap();
+    }
+    let out = run(&env, &[&raw]);
+    assert_eq!(out[0]["results"][0]["effect"], "unchanged");
+    assert!(reply_of(&out[0]).starts_with("queued"), "{}", out[0]);
+    assert_eq!(dir_files(&env.path("sent")).len(), 1);
+    // And only once.
+    let out = run(&env, &[&raw]);
+    assert!(reply_of(&out[0]).contains("already answered"), "{}", out[0]);
+    assert_eq!(dir_files(&env.path("sent")).len(), 1);
 }

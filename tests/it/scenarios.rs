@@ -194,7 +194,7 @@ fn naked_instance_invitation_is_filed_and_extended() {
         &instance("20261208T100000Z", "two"),
         &instance("20261201T100000Z", "one"),
     ]);
-    assert_eq!(effects, ["created", "updated", "stale"]);
+    assert_eq!(effects, ["created", "updated", "unchanged"]);
     let text = stored(&env, "series-7@example.com").unwrap();
     assert_eq!(text.matches("BEGIN:VEVENT").count(), 2, "{text}");
     assert!(!text.contains("RRULE"));
