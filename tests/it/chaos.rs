@@ -916,7 +916,10 @@ fn a_kill_at_every_durable_step_loses_no_answer() {
     // scripts/test installs strace; without it this test fails, it never
     // passes by skipping.
     assert!(
-        std::process::Command::new("strace").arg("-V").output().is_ok(),
+        std::process::Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok(),
         "strace is not installed (apt-get install strace; scripts/test does it)"
     );
     let cfg = "[outgoing]\ntransport = \"file\"\npath = \"sent\"\n\
