@@ -40,36 +40,20 @@ enum Command {
     },
     /// Treat each message (a file, or `-` for standard input) like one found in a mailbox.
     Process {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Decide and report everything, but write nothing, send nothing, mark nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print one JSON object per message outcome on standard output.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(value_name = "FILE", default_value = "-")]
         files: Vec<String>,
     },
     /// One pass over every account and folder, then exit.
     Once {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// The service: every account, every folder, forever (IDLE where the server has it).
     Run {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Decide and report everything, but write nothing, send nothing, mark nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print one JSON object per message outcome on standard output.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Validate the configuration.
     Check {
@@ -79,6 +63,29 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+}
+
+/// The options `process`, `once` and `run` share.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Decide and report everything, but write nothing, send nothing, mark nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object per message outcome on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn options(&self) -> run::Options {
+        run::Options {
+            dry_run: self.dry_run,
+            json: self.json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -100,40 +107,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
         Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
-        Command::Process {
-            config,
-            dry_run,
-            json,
-            files,
-        } => with_config(config.as_deref(), |cfg| {
-            run::process_files(cfg, &files, run::Options { dry_run, json })
+        Command::Process { run: r, files } => with_config(r.config.as_deref(), |cfg| {
+            run::process_files(cfg, &files, r.options())
         }),
-        Command::Run {
-            config,
-            dry_run,
-            json,
-        } => {
-            let path = config::default_path(config.as_deref());
-            match config::load(&path) {
-                Ok(cfg) => match imipd::daemon::run(cfg, run::Options { dry_run, json }) {
-                    Ok(code) => ExitCode::from(code),
-                    Err(e) => {
-                        eprintln!("imipd: {e:#}");
-                        ExitCode::from(1)
-                    }
-                },
-                Err(e) => {
-                    eprintln!("imipd: {e}");
-                    ExitCode::from(2)
-                }
-            }
+        Command::Once { run: r } => {
+            with_config(r.config.as_deref(), |cfg| run::once(cfg, r.options()))
         }
-        Command::Once {
-            config,
-            dry_run,
-            json,
-        } => with_config(config.as_deref(), |cfg| {
-            run::once(cfg, run::Options { dry_run, json })
+        Command::Run { run: r } => with_config(r.config.as_deref(), |cfg| {
+            imipd::daemon::run(cfg.clone(), r.options())
         }),
     }
 }
