@@ -481,3 +481,23 @@ fn full_loop_attendee_replies_and_organizer_records_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_broken_account_never_stops_the_others() {
+    let d = Dovecot::start(&[BOB, ALICE]);
+    let broken = account(&d, "implicit", "")
+        .replace("name = \"bob\"", "name = \"broken\"")
+        .replace(&format!("password = \"{}\"", BOB.1), "password = \"wrong\"");
+    let env = Env::new(&format!(
+        "[outgoing]\ntransport = \"file\"\npath = \"outbox\"\n[[policy]]\nname = \"yes\"\nmethods = [\"REQUEST\"]\naction = \"accept\"\n{broken}{}",
+        account(&d, "implicit", "")
+    ));
+    let service = Service::start(&env);
+    d.deliver_lmtp(BOB.0, invitation("broken-1@example.com", 0, "20261120T100000Z").as_bytes());
+    wait_until("the good account's reply", Duration::from_secs(15), || {
+        dir_files(&env.path("outbox")).len() == 1
+    });
+    let (code, err) = service.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("cannot log in to IMAP server"), "the broken account is reported: {err}");
+}
