@@ -493,11 +493,17 @@ fn a_broken_account_never_stops_the_others() {
         account(&d, "implicit", "")
     ));
     let service = Service::start(&env);
-    d.deliver_lmtp(BOB.0, invitation("broken-1@example.com", 0, "20261120T100000Z").as_bytes());
+    d.deliver_lmtp(
+        BOB.0,
+        invitation("broken-1@example.com", 0, "20261120T100000Z").as_bytes(),
+    );
     wait_until("the good account's reply", Duration::from_secs(15), || {
         dir_files(&env.path("outbox")).len() == 1
     });
     let (code, err) = service.stop();
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("cannot log in to IMAP server"), "the broken account is reported: {err}");
+    assert!(
+        err.contains("cannot log in to IMAP server"),
+        "the broken account is reported: {err}"
+    );
 }
