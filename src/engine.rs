@@ -1007,7 +1007,7 @@ fn derive_override(root: &Node, inc: &Node) -> Option<Node> {
             let date_only = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none());
             let utc = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.tz_hour == Some(0));
             end.values = vec![ICalendarValue::PartialDateTime(Box::new(pdt(
-                ns + (oe - os),
+                ns.checked_add_signed(oe - os).unwrap_or(ns),
                 utc,
                 date_only,
             )))];

@@ -482,7 +482,7 @@ impl Connection {
                 || matches!(f, Flag::Custom(k) if k.eq_ignore_ascii_case(&ctx.cfg.keyword))
         });
         let end = if uidnext > 0 { uidnext - 1 } else { u32::MAX };
-        let mut start = st.last_uid + 1;
+        let mut start = st.last_uid.saturating_add(1);
         let mut contiguous = true;
         let mut any_failed = false;
         while start <= end {

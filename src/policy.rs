@@ -166,7 +166,10 @@ fn matches(r: &PolicyConfig, f: &Facts) -> Option<Vec<String>> {
     }
     if let Some(window) = r.booking_window {
         let start = f.start?;
-        let limit = f.now + chrono::Duration::from_std(window).ok()?;
+        let limit = chrono::Duration::from_std(window)
+            .ok()
+            .and_then(|w| f.now.checked_add_signed(w))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if start > limit {
             return None;
         }
@@ -418,6 +421,13 @@ mod tests {
         assert!(check(r.clone(), &facts()));
         r.booking_window = Some(Duration::from_secs(86400));
         assert!(!check(r, &facts()));
+    }
+
+    #[test]
+    fn a_huge_booking_window_does_not_overflow() {
+        let mut r = rule("r", Action::Accept);
+        r.booking_window = Some(Duration::from_secs(u64::MAX / 4));
+        assert!(check(r, &facts()));
     }
 
     #[test]

@@ -455,7 +455,9 @@ pub fn when(c: &Node) -> String {
         .or_else(|| {
             let d = c.prop(&P::Duration)?;
             match d.values.first()? {
-                ICalendarValue::Duration(d) => d.to_time_delta().map(|t| start + t),
+                ICalendarValue::Duration(d) => {
+                    d.to_time_delta().and_then(|t| start.checked_add_signed(t))
+                }
                 _ => None,
             }
         });

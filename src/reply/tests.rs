@@ -331,3 +331,13 @@ fn when_reads_like_a_person_wrote_it() {
     };
     assert_eq!(when(&all_day), "Sat 21 Nov 2026 (all day)");
 }
+
+#[test]
+fn a_huge_duration_does_not_overflow() {
+    let text = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20261201T100000Z\r\nDURATION:P99999999W\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let calcard::Entry::ICalendar(i) = calcard::Parser::new(text).entry() else {
+        panic!()
+    };
+    let root = Node::from_ical(&i);
+    assert!(when(&root.children[0]).starts_with("Tue 1 Dec 2026 10:00"));
+}
