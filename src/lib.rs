@@ -49,5 +49,15 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
+/// `println!` for reports on standard output that does not panic when the
+/// reader went away (`imipd check | head`): the write error is ignored.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The PRODID imipd writes into the calendars it produces.
 pub const PRODID: &str = "-//imipd//imipd 0.1//EN";

@@ -200,16 +200,16 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!(
+    imipd::say!(
         "configuration {} is valid",
         cfg.file.as_deref().unwrap_or(Path::new("?")).display()
     );
-    println!("identity: {}", cfg.identity.addresses.join(", "));
-    println!("store: {}", cfg.store.display());
-    println!("state: {}", cfg.state.display());
+    imipd::say!("identity: {}", cfg.identity.addresses.join(", "));
+    imipd::say!("store: {}", cfg.store.display());
+    imipd::say!("state: {}", cfg.state.display());
     for a in &cfg.accounts {
         match &a.source {
-            config::Source::Imap(i) => println!(
+            config::Source::Imap(i) => imipd::say!(
                 "account {}: imap {}@{}:{} folders {}",
                 a.name,
                 i.username,
@@ -218,11 +218,11 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
                 i.folders.join(", ")
             ),
             config::Source::Maildir { path, .. } => {
-                println!("account {}: maildir {}", a.name, path.display())
+                imipd::say!("account {}: maildir {}", a.name, path.display())
             }
         }
     }
-    println!("policies: {}", cfg.policies.len());
+    imipd::say!("policies: {}", cfg.policies.len());
     if connect {
         return ExitCode::from(run::check_connect(&cfg));
     }

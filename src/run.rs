@@ -239,7 +239,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
         };
         let r: Result<(), imap::ImapError> = rt.block_on(async {
             let mut conn = imap::connect(icfg).await?;
-            println!(
+            crate::say!(
                 "account {}: logged in to {} as {} (IDLE: {}, CONDSTORE: {}, MOVE: {})",
                 account.name,
                 conn.server,
@@ -250,7 +250,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
             );
             for folder in &icfg.folders {
                 let m = conn.select(folder).await?;
-                println!(
+                crate::say!(
                     "  folder {folder}: {} messages, UIDVALIDITY {}, watched with {}",
                     m.exists,
                     m.uid_validity.unwrap_or(0),
@@ -275,9 +275,10 @@ pub fn check_connect(cfg: &Config) -> u8 {
     }
     if let Some(crate::config::Outgoing::Smtp(s)) = &cfg.outgoing {
         match rt.block_on(crate::outbox::test_smtp(s)) {
-            Ok(()) => println!(
+            Ok(()) => crate::say!(
                 "outgoing: SMTP server {}:{} accepts the connection and login",
-                s.host, s.port
+                s.host,
+                s.port
             ),
             Err(e) => {
                 eprintln!("imipd: outgoing: {e}");
