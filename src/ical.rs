@@ -138,10 +138,6 @@ pub fn attendees(c: &ICalendarComponent) -> impl Iterator<Item = (String, &ICale
     props(c, &P::Attendee).filter_map(|e| cal_address(e).map(|a| (a, e)))
 }
 
-pub fn find_attendee<'a>(c: &'a ICalendarComponent, addr: &str) -> Option<&'a ICalendarEntry> {
-    attendees(c).find(|(a, _)| a == addr).map(|(_, e)| e)
-}
-
 /// Set (or add) a parameter on an entry.
 pub fn set_param(e: &mut ICalendarEntry, name: Pn, value: ICalendarParameterValue) {
     if let Some(p) = e.params.iter_mut().find(|p| p.name == name) {
@@ -153,26 +149,6 @@ pub fn set_param(e: &mut ICalendarEntry, name: Pn, value: ICalendarParameterValu
 
 pub fn remove_param(e: &mut ICalendarEntry, name: &Pn) {
     e.params.retain(|p| &p.name != name);
-}
-
-/// Replace every occurrence of a property with one entry (or add it).
-pub fn set_prop(c: &mut ICalendarComponent, entry: ICalendarEntry) {
-    if let Some(pos) = c.entries.iter().position(|e| e.name == entry.name) {
-        c.entries[pos] = entry.clone();
-        let name = entry.name;
-        let mut seen = false;
-        c.entries.retain(|e| {
-            if e.name == name {
-                if seen {
-                    return false;
-                }
-                seen = true;
-            }
-            true
-        });
-    } else {
-        c.entries.push(entry);
-    }
 }
 
 pub fn text_entry(name: P, value: impl Into<String>) -> ICalendarEntry {
@@ -399,15 +375,6 @@ impl Node {
         let mut components = Vec::new();
         push(self, &mut components);
         ICalendar { components }
-    }
-
-    /// A leaf-only view as a component, for the read helpers above.
-    pub fn as_component(&self) -> ICalendarComponent {
-        ICalendarComponent {
-            component_type: self.kind.clone(),
-            entries: self.entries.clone(),
-            component_ids: Vec::new(),
-        }
     }
 
     pub fn prop(&self, p: &P) -> Option<&ICalendarEntry> {
