@@ -54,12 +54,15 @@ pub struct Verdict {
 pub struct Needs {
     pub conflict: bool,
     pub known_sender: bool,
+    /// The next start (RRULEs expanded), for `booking_window`.
+    pub start: bool,
 }
 
 pub fn needs(rules: &[PolicyConfig]) -> Needs {
     Needs {
         conflict: rules.iter().any(|r| r.conflict.is_some()),
         known_sender: rules.iter().any(|r| r.known_sender.is_some()),
+        start: rules.iter().any(|r| r.booking_window.is_some()),
     }
 }
 

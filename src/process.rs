@@ -339,7 +339,12 @@ impl<'a> Processor<'a> {
         let first = comps.first();
         let master = comps.iter().find(|c| c.recurrence_id().is_none()).or(first);
         let organizer = comps.iter().find_map(Node::organizer);
-        let occurrences = conflict::occurrences(root, uid, now);
+        // Expanding recurrences costs; only the rules that look at time need it.
+        let occurrences = if self.needs.start || self.needs.conflict {
+            conflict::occurrences(root, uid, now)
+        } else {
+            Vec::new()
+        };
         let mut facts = Facts {
             method: obj.method.clone().unwrap_or_default(),
             component: first

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::support::imipd;
 
-fn corpus() -> Vec<PathBuf> {
+/// The fixture messages, sorted (also the robustness test's seed corpus).
+pub fn corpus() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classify");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -177,15 +177,10 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_corpus_never_panics_through_classify_and_process() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classify");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+    let corpus: Vec<Vec<u8>> = crate::classify_fixtures::corpus()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
         .collect();
-    files.sort();
-    let corpus: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
 
     let scratch = tempfile::tempdir().unwrap();
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
