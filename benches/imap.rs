@@ -27,8 +27,13 @@ use harness::dovecot::Dovecot;
 
 const USER: (&str, &str) = ("bob@example.com", "bench-secret");
 
+/// The fixtures' events lie in December 2026: run at a fixed instant before them.
+const BENCH_NOW: &str = "2026-11-21T10:00:00Z";
+
 fn imipd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imipd"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imipd"));
+    c.env("IMIPD_NOW", BENCH_NOW);
+    c
 }
 
 /// The invitation fixtures, by client style.
@@ -155,6 +160,7 @@ fn once(cfg: &Path) -> OnceRun {
     let out = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(env!("CARGO_BIN_EXE_imipd"))
+        .env("IMIPD_NOW", BENCH_NOW)
         .args(["once", "--json", "--config"])
         .arg(cfg)
         .output()

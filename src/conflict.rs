@@ -101,8 +101,9 @@ pub fn conflicts(
     uid: &str,
     occ: &[(i64, i64)],
     identity: &Identity,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
-    let now = crate::process::now().timestamp();
+    let now = now.timestamp();
     let horizon = now + HORIZON_DAYS * 86400;
     let mine: Vec<(i64, i64)> = occ
         .iter()
@@ -151,7 +152,7 @@ mod tests {
              DTEND;TZID=\"W. Europe Standard Time\":20261201T110000\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n\
              EXDATE;TZID=\"W. Europe Standard Time\":20261208T100000\r\nEND:VEVENT\r\n",
         );
-        let o = occurrences(&r, "w", Utc::now());
+        let o = occurrences(&r, "w", DateTime::<Utc>::UNIX_EPOCH);
         assert_eq!(o.len(), 2);
         // 10:00 Berlin in December is 09:00 UTC.
         assert_eq!(

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{Account, Config, Source};
 use crate::imap::{self, PassContext};
 use crate::outbox::Transport;
-use crate::process::{self, MessageOutcome, Processor};
+use crate::process::{MessageOutcome, Processor};
 use crate::run::{self, Options};
 
 /// IDLE is re-issued after this long at most (servers drop it after 30 minutes).
@@ -262,7 +262,10 @@ async fn outbox_task(
             p.outbox.sender()
         };
         if sender.pending().map(|v| !v.is_empty()).unwrap_or(false) {
-            match sender.flush(&transport, process::now(), !stop_now).await {
+            match sender
+                .flush(&transport, crate::clock::now(), !stop_now)
+                .await
+            {
                 Ok(reports) => {
                     for r in reports {
                         match &r.error {

@@ -8,6 +8,7 @@
 //! source ──► mime ──► itip ──► classify ──► policy ──► plan ──► execute
 //! ```
 //!
+//! - [`clock`]: the one clock (`IMIPD_NOW` moves it, for tests and replays).
 //! - [`config`]: the TOML configuration, validated once; secrets.
 //! - [`address`]: when two calendar addresses are the same person; globs.
 //! - [`mime`]: raw message → headers and decoded calendar parts.
@@ -31,6 +32,7 @@
 
 pub mod address;
 pub mod classify;
+pub mod clock;
 pub mod config;
 pub mod conflict;
 pub mod daemon;

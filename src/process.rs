@@ -167,15 +167,6 @@ pub struct Processor<'a> {
     address_book: Option<HashSet<String>>,
 }
 
-/// The current time; `IMIPD_NOW` (RFC 3339) overrides it for tests.
-pub fn now() -> DateTime<Utc> {
-    std::env::var("IMIPD_NOW")
-        .ok()
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map(|d| d.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now)
-}
-
 impl<'a> Processor<'a> {
     pub fn open(cfg: &'a Config, dry_run: bool) -> anyhow::Result<Processor<'a>> {
         let state = State::open(&cfg.state)?;
@@ -225,7 +216,7 @@ impl<'a> Processor<'a> {
         out: &mut MessageOutcome,
     ) -> anyhow::Result<()> {
         let Some(mail) = &c.mail else { return Ok(()) };
-        let now = now();
+        let now = crate::clock::now();
         let authenticated = policy::authenticated(
             &mail.authentication_results,
             &self.cfg.trusted_authserv_ids,
@@ -388,6 +379,7 @@ impl<'a> Processor<'a> {
                 uid,
                 &occurrences,
                 &self.cfg.identity,
+                now,
             )?);
         }
         Ok(facts)

@@ -10,7 +10,7 @@ use crate::config::{Config, ImapConfig, Source};
 use crate::imap::{self, PassContext};
 use crate::maildir;
 use crate::outbox::{SendReport, Transport};
-use crate::process::{self, MessageOutcome, Origin, Processor};
+use crate::process::{MessageOutcome, Origin, Processor};
 
 /// How to run and report.
 #[derive(Debug, Clone, Copy, Default)]
@@ -101,7 +101,7 @@ pub fn flush(p: &mut Processor<'_>, opts: Options) -> anyhow::Result<u8> {
     }
     let transport = Transport::from_config(outgoing);
     let rt = runtime()?;
-    let reports = rt.block_on(p.outbox.flush(&transport, process::now(), false))?;
+    let reports = rt.block_on(p.outbox.flush(&transport, crate::clock::now(), false))?;
     let mut status = EXIT_OK;
     for r in &reports {
         print_send(r, opts);

@@ -72,7 +72,7 @@ impl State {
         calendar_text: &str,
     ) -> anyhow::Result<PathBuf> {
         let d = self.sub("attention")?;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+        let stamp = crate::clock::now().format("%Y%m%dT%H%M%S");
         let name = format!("{stamp}-{}-{}", method.to_ascii_lowercase(), safe_name(uid));
         write_atomic(&d, &name, calendar_text.as_bytes())?;
         Ok(d.join(name))
@@ -81,7 +81,7 @@ impl State {
     /// Keep a copy of a quarantined message; returns where.
     pub fn quarantine(&self, source: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
         let d = self.sub("quarantine")?;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+        let stamp = crate::clock::now().format("%Y%m%dT%H%M%S");
         let name = format!("{stamp}-{}", safe_name(source).trim_end_matches(".ics"));
         let name = format!("{name}.eml");
         write_atomic(&d, &name, raw)?;

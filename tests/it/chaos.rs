@@ -984,6 +984,7 @@ fn a_kill_at_every_durable_step_loses_no_answer() {
                 .arg("-e")
                 .arg(format!("inject={syscall}:signal=KILL:when={k}"))
                 .arg(env!("CARGO_BIN_EXE_imipd"))
+                .env("IMIPD_NOW", TEST_NOW)
                 .args(["process", "--config"])
                 .arg(&env.config)
                 .args(&files)

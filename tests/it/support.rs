@@ -9,8 +9,16 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// The instant every test runs at (`IMIPD_NOW`): the test events lie in
+/// the weeks after it, whatever the real date is.
+pub const TEST_NOW: &str = "2026-11-21T10:00:00Z";
+
+/// The `imipd` binary, with the test clock set (overriding any `IMIPD_NOW`
+/// of the environment).
 pub fn imipd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_imipd"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imipd"));
+    c.env("IMIPD_NOW", TEST_NOW);
+    c
 }
 
 /// A scratch folder with a configuration for bob@example.com.
