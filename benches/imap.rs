@@ -132,7 +132,7 @@ fn config(dir: &Path, d: &Dovecot, poll: u64) -> PathBuf {
         &cfg,
         format!(
             "[identity]\naddresses = [\"bob@example.com\"]\n[store]\npath = \"calendar\"\n[state]\npath = \"state\"\n\
-             [outgoing]\ntransport = \"file\"\npath = \"outbox\"\nmax_replies_per_hour = 100000\n\
+             [outgoing]\ntransport = \"file\"\npath = \"outbox\"\nmax_replies_per_hour = 100000\nmax_answers_per_hour = 100000\n\
              [[policy]]\nname = \"yes\"\nmethods = [\"REQUEST\"]\naction = \"accept\"\n\
              [[account]]\nname = \"bob\"\nsource = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\n\
              username = \"{}\"\npassword = \"{}\"\nca_file = \"{}\"\npoll_interval = {poll}\n",

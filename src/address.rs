@@ -45,6 +45,20 @@ pub fn looks_like_email(a: &str) -> bool {
         && !a.contains(':')
 }
 
+/// The person behind an address, for counting answers against the caps:
+/// lower-cased, without `mailto:`, and without a sub-address (`alice+x@`
+/// and `Alice@` are one organizer).
+pub fn cap_key(addr: &str) -> String {
+    let a = bare(addr);
+    match a.rsplit_once('@') {
+        Some((local, domain)) => {
+            let local = local.split('+').next().unwrap_or(local);
+            format!("{local}@{domain}")
+        }
+        None => a,
+    }
+}
+
 /// The domain of an e-mail address, lower-cased.
 pub fn domain(addr: &str) -> Option<String> {
     bare(addr).rsplit_once('@').map(|(_, d)| d.to_string())
@@ -114,6 +128,12 @@ mod tests {
         assert_eq!(bare("mailtoé@x"), "mailtoé@x");
         assert_eq!(canonical("abcdefé"), "abcdefé");
         assert_eq!(bare("mailto:é@x"), "é@x");
+    }
+
+    #[test]
+    fn cap_keys_fold_case_and_sub_addresses() {
+        assert_eq!(cap_key("mailto:Alice+x@Example.com"), "alice@example.com");
+        assert_eq!(cap_key("alice@example.com"), "alice@example.com");
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::Limits;
-use crate::ical;
+use crate::ical::{self, Node};
 use crate::itip::{self, CalObject, Sender};
 use crate::mime::{self, Mail};
+use crate::originator::{self, MailIdentity};
 
 /// One line of `imipd classify` output.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -188,72 +189,34 @@ pub fn summarize(o: &CalObject) -> MessageSummary {
     }
 }
 
-/// The addresses entitled to send this object: for each component, the
-/// ORGANIZER or the answering ATTENDEE(s), with their SENT-BY.
-pub fn entitled_addresses(o: &CalObject) -> Vec<Vec<String>> {
-    let Some(who) = o.method.as_deref().and_then(itip::entitled_sender) else {
-        return Vec::new();
-    };
-    o.components
-        .iter()
-        .map(|&i| {
-            let c = &o.ical.components[i];
-            let mut out = Vec::new();
-            let entries: Vec<_> = match who {
-                Sender::Organizer => {
-                    ical::props(c, &calcard::icalendar::ICalendarProperty::Organizer).collect()
-                }
-                Sender::Attendee => {
-                    ical::props(c, &calcard::icalendar::ICalendarProperty::Attendee).collect()
-                }
-            };
-            for e in entries {
-                out.extend(ical::cal_address(e));
-                out.extend(ical::sent_by(e));
-            }
-            out
-        })
-        .collect()
-}
-
-/// Why the mail's sender (From or Sender) is not the calendar user entitled
-/// to send this object's method; `None` when it is.
+/// Why the mail's sender (From or Sender, or a SENT-BY the calendar data
+/// names) is not the calendar user entitled to send this object's method;
+/// `None` when it is. The same check, in [`crate::originator`], decides what
+/// the message may change.
 pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
-    let method = o.method.as_deref()?;
-    let who = itip::entitled_sender(method)?;
-    let role = match who {
-        Sender::Organizer => "its organizer",
-        Sender::Attendee => "the attendee who answers",
-    };
-    let senders: Vec<String> = [&mail.from, &mail.sender]
-        .into_iter()
-        .flatten()
-        .map(|a| format!("mailto:{a}"))
-        .collect();
-    if senders.is_empty() {
-        return Some(format!(
-            "the mail has no From address, so the sender of this {method} cannot be checked"
-        ));
-    }
-    for entitled in entitled_addresses(o) {
-        if entitled.is_empty() {
+    let method = o.kind?;
+    let who = MailIdentity::of(mail, &[]);
+    for &i in &o.components {
+        let c = &o.ical.components[i];
+        let node = Node {
+            kind: c.component_type.clone(),
+            entries: c.entries.clone(),
+            children: Vec::new(),
+        };
+        let names = match method.entitled_sender() {
+            Sender::Organizer => ical::count(c, &calcard::icalendar::ICalendarProperty::Organizer),
+            Sender::Attendee => ical::count(c, &calcard::icalendar::ICalendarProperty::Attendee),
+        };
+        if names == 0 {
             continue; // missing ORGANIZER/ATTENDEE: reported as invalid
         }
-        if !entitled.iter().any(|e| senders.contains(e)) {
-            let names: Vec<&str> = entitled
-                .iter()
-                .map(|e| e.trim_start_matches("mailto:"))
-                .collect();
+        if let Err(why) = originator::originator(method, &node, &who) {
             let forwarded = if o.forwarded {
                 " (forwarded inside another mail)"
             } else {
                 ""
             };
-            return Some(format!(
-                "the sender {} is not entitled to send this {method}{forwarded}: only {role} ({}) may",
-                mail.from.as_deref().unwrap_or("(none)"),
-                names.join(", ")
-            ));
+            return Some(format!("{why}{forwarded}"));
         }
     }
     None

@@ -140,6 +140,9 @@ pub struct Identity {
     /// Lower-cased e-mail addresses, without `mailto:`.
     pub addresses: Vec<String>,
     pub name: Option<String>,
+    /// Globs of addresses trusted to act for an organizer or attendee
+    /// (SENT-BY) even when the stored event does not already name them.
+    pub trusted_sent_by: Vec<String>,
 }
 
 impl Identity {
@@ -216,6 +219,9 @@ pub struct PolicyConfig {
     pub authenticated: Option<bool>,
     pub conflict: Option<bool>,
     pub recurring: Option<bool>,
+    /// Matches on whether the calendar data is valid (an invalid object
+    /// changes nothing; a policy may quarantine it).
+    pub valid: Option<bool>,
     pub max_duration: Option<Duration>,
     pub booking_window: Option<Duration>,
     pub accounts: Option<Vec<String>>,
@@ -262,6 +268,8 @@ pub struct Config {
     pub limits: Limits,
     /// Replies to one organizer within one hour, at most.
     pub max_replies_per_hour: u32,
+    /// Automatic answers to anyone within one hour, at most.
+    pub max_answers_per_hour: u32,
     pub address_book: Option<PathBuf>,
     pub trusted_authserv_ids: Vec<String>,
 }
@@ -275,6 +283,7 @@ impl Config {
             identity: Identity {
                 addresses: addresses.iter().map(|a| address::bare(a)).collect(),
                 name: None,
+                trusted_sent_by: Vec::new(),
             },
             store: PathBuf::from("calendar"),
             state: PathBuf::from("state"),
@@ -283,6 +292,7 @@ impl Config {
             policies: Vec::new(),
             limits: Limits::default(),
             max_replies_per_hour: 10,
+            max_answers_per_hour: 30,
             address_book: None,
             trusted_authserv_ids: Vec::new(),
         }
@@ -313,6 +323,7 @@ struct RawConfig {
 struct RawIdentity {
     addresses: Spanned<Vec<Spanned<String>>>,
     name: Option<String>,
+    trusted_sent_by: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +374,7 @@ struct RawOutgoing {
     path: Option<Spanned<String>>,
     timeout: Option<Spanned<u64>>,
     max_replies_per_hour: Option<u32>,
+    max_answers_per_hour: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +416,7 @@ struct RawPolicy {
     authenticated: Option<bool>,
     conflict: Option<bool>,
     recurring: Option<bool>,
+    valid: Option<bool>,
     max_duration: Option<Spanned<String>>,
     booking_window: Option<Spanned<String>>,
     account: Option<Spanned<OneOrMany>>,
@@ -646,6 +659,13 @@ impl Validator<'_> {
         let identity = Identity {
             addresses,
             name: raw.identity.name.filter(|n| !n.trim().is_empty()),
+            trusted_sent_by: raw
+                .identity
+                .trusted_sent_by
+                .unwrap_or_default()
+                .iter()
+                .map(|g| address::bare(g))
+                .collect(),
         };
 
         if raw.store.path.get_ref().trim().is_empty() {
@@ -695,11 +715,15 @@ impl Validator<'_> {
         }
 
         let mut max_replies_per_hour = 10;
+        let mut max_answers_per_hour = 30;
         let outgoing = match raw.outgoing {
             None => None,
             Some(o) => {
                 if let Some(m) = o.max_replies_per_hour {
                     max_replies_per_hour = m;
+                }
+                if let Some(m) = o.max_answers_per_hour {
+                    max_answers_per_hour = m;
                 }
                 Some(self.outgoing(o)?)
             }
@@ -776,6 +800,7 @@ impl Validator<'_> {
             policies,
             limits,
             max_replies_per_hour,
+            max_answers_per_hour,
             address_book,
             trusted_authserv_ids,
         })
@@ -1125,6 +1150,7 @@ impl Validator<'_> {
             authenticated: p.authenticated,
             conflict: p.conflict,
             recurring: p.recurring,
+            valid: p.valid,
             max_duration,
             booking_window,
             accounts: account_list,
@@ -1194,6 +1220,7 @@ fn covers(first: &PolicyConfig, later: &PolicyConfig) -> bool {
         && same(&first.authenticated, &later.authenticated)
         && same(&first.conflict, &later.conflict)
         && same(&first.recurring, &later.recurring)
+        && same(&first.valid, &later.valid)
         && match (first.max_duration, later.max_duration) {
             (None, _) => true,
             (Some(_), None) => false,

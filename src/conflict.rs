@@ -11,7 +11,6 @@ use calcard::icalendar::{ICalendarComponentType as Ct, ICalendarProperty as P, I
 use chrono::{DateTime, Utc};
 
 use crate::config::Identity;
-use crate::engine;
 use crate::ical::{self, Node};
 use crate::store::Store;
 
@@ -59,11 +58,11 @@ fn spans(root: &Node, uid: &str, keep: impl Fn(&Node) -> bool) -> Vec<(i64, i64)
 /// a day for a date without end, else nothing.
 pub fn duration(c: &Node) -> Option<Duration> {
     let start_e = c.prop(&P::Dtstart)?;
-    let start = engine::to_naive(start_e)?;
+    let start = crate::time::to_naive(start_e)?;
     if let Some(end) = c
         .prop(&P::Dtend)
         .or_else(|| c.prop(&P::Due))
-        .and_then(engine::to_naive)
+        .and_then(crate::time::to_naive)
     {
         return (end - start).to_std().ok();
     }
@@ -177,6 +176,7 @@ mod tests {
         let id = Identity {
             addresses: vec!["bob@example.com".into()],
             name: None,
+            trusted_sent_by: Vec::new(),
         };
         let r = root(
             "BEGIN:VEVENT\r\nUID:a\r\nTRANSP:TRANSPARENT\r\nEND:VEVENT\r\n\

@@ -3,26 +3,40 @@
 //! Pure: no I/O; [`apply`] returns a [`Decision`] that the caller executes.
 //!
 //! The rules that matter most:
-//! - identity is UID plus RECURRENCE-ID; higher SEQUENCE wins, equal SEQUENCE
-//!   then later DTSTAMP; older messages change nothing (§2.1.5);
+//! - identity is UID plus RECURRENCE-ID, and an instance is a point in time:
+//!   `20270119T090000Z`, `TZID=Europe/Berlin:20270119T100000` and a Windows
+//!   zone name for the same moment are one instance (RFC 5545 §3.8.4.4);
+//!   DATE instances match DATE instances;
+//! - higher SEQUENCE wins, equal SEQUENCE then later DTSTAMP; older messages
+//!   change nothing (§2.1.5); an update that moves the event in time is a
+//!   new question to me even when its SEQUENCE did not rise (§2.1.4);
 //! - a REQUEST with the master replaces the whole object; instance-only
 //!   REQUESTs and CANCELs touch only their instances; CANCEL of an instance
 //!   without an override adds an EXDATE; RANGE=THISANDFUTURE truncates;
-//! - only the organizer (or its SENT-BY) may change or cancel an event, and a
-//!   changed ORGANIZER is refused; a REPLY changes only the replying attendee,
-//!   who must be in the event, and only if newer than that attendee's last one;
+//! - only the organizer may change or cancel an event: a SENT-BY counts only
+//!   when the stored event already names it or the configuration trusts it;
+//!   a changed ORGANIZER is refused; mail that merely claims to come from my
+//!   own address changes nothing already stored; a new invitation from
+//!   someone else (forwarded, relayed) is filed, marked and never answered;
+//! - a REPLY changes only the attendee who sent it, per component, who must
+//!   be in the event (or be the delegate a delegator named), and only if
+//!   newer than that attendee's last answer;
 //! - the user's own data (VALARM, TRANSP, CLASS, CATEGORIES, X- properties)
 //!   survives updates.
 
+use calcard::common::timezone::Tz;
 use calcard::icalendar::{
-    ICalendarComponentType as Ct, ICalendarEntry, ICalendarParameterName as Pn,
+    ICalendarComponentType as Ct, ICalendarEntry, ICalendarParameter, ICalendarParameterName as Pn,
     ICalendarParameterValue, ICalendarProperty as P, ICalendarStatus, ICalendarValue,
 };
-use chrono::{NaiveDate, NaiveDateTime, TimeZone};
 use serde::Serialize;
 
+use crate::address;
 use crate::config::Identity;
 use crate::ical::{self, Node};
+use crate::itip::Method;
+use crate::originator::{Originator, Via};
+use crate::time::{self, Form, Instant, Zones};
 
 /// Which side of the event the user is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,7 +58,8 @@ pub enum Effect {
     Cancelled,
     /// An attendee's answer was recorded in an event I organize.
     PartstatUpdated,
-    /// A CANCEL for an unknown event, kept until its REQUEST arrives.
+    /// Kept until what it refers to arrives (a CANCEL for an unknown
+    /// event, a delegate's REPLY before its delegator's).
     Held,
     /// Kept for a person to act on (COUNTER, REFRESH, DECLINECOUNTER).
     Recorded,
@@ -83,16 +98,42 @@ impl Effect {
     }
 }
 
+/// The root property that marks an object filed from a sender who was not
+/// shown to be its organizer: it is never answered, and the organizer's own
+/// message replaces it whatever its version.
+pub const UNVERIFIED: &str = "X-IMIPD-UNVERIFIED";
+
+/// Who may speak for others (SENT-BY) without the stored event naming them.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust<'a> {
+    /// Globs of SENT-BY addresses the user trusts (`[identity] trusted_sent_by`).
+    pub sent_by: &'a [String],
+}
+
 /// An incoming iTIP message, restricted to the components of one UID.
 pub struct Input<'a> {
-    pub method: &'a str,
+    pub method: Method,
     pub uid: &'a str,
     /// The scheduling components with this UID (with their VALARMs).
     pub comps: Vec<Node>,
-    /// Whether the mail's sender is the calendar user entitled to send
-    /// this method (classify's sender check, SENT-BY included).
-    pub sender_entitled: bool,
+    /// The time zones the message defines.
+    pub zones: &'a Zones,
+    /// Who the mail shows is speaking (the ORGANIZER or the replying
+    /// ATTENDEE), or why nobody entitled is.
+    pub originator: &'a Result<Originator, String>,
+    /// The mail's From (and Sender) addresses, bare: who forwarded a
+    /// delegated request.
+    pub sender_mail: &'a [String],
     pub identity: &'a Identity,
+    pub trust: Trust<'a>,
+}
+
+/// One component of an invitation to me.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// `None` for the master (the whole series), else the instance.
+    pub rid: Option<Instant>,
+    pub sequence: i64,
 }
 
 /// An invitation addressed to me that a policy may answer.
@@ -100,9 +141,14 @@ pub struct Input<'a> {
 pub struct Invitation {
     /// My calendar address as the event names it.
     pub me: String,
-    pub sequence: i64,
-    /// `None` for the whole event, else the instances concerned.
-    pub recurrence_ids: Vec<Option<String>>,
+    /// The components that ask me, master first; an answer covers them all.
+    pub asked: Vec<Asked>,
+}
+
+impl Invitation {
+    pub fn rids(&self) -> Vec<Option<Instant>> {
+        self.asked.iter().map(|a| a.rid).collect()
+    }
 }
 
 /// The engine's verdict for one UID.
@@ -113,11 +159,12 @@ pub struct Decision {
     pub reason: String,
     /// The whole new calendar object (root VCALENDAR) to store.
     pub object: Option<Node>,
-    /// After storing, look for a held CANCEL of this UID.
-    pub release_held: bool,
     /// Set when the message is an invitation to me that is new or changed
-    /// (not stale, not a duplicate): what an answer would refer to.
+    /// (not stale), or a replay of one: what an answer would refer to.
     pub invitation: Option<Invitation>,
+    /// Why an invitation to me must not be answered, whatever the policy
+    /// says (the sender is not proven to be the organizer, ...).
+    pub no_answer: Option<String>,
 }
 
 impl Decision {
@@ -127,34 +174,154 @@ impl Decision {
             role,
             reason: reason.into(),
             object: None,
-            release_held: false,
             invitation: None,
+            no_answer: None,
         }
     }
 }
 
 /// SEQUENCE and DTSTAMP: the version of a component (§2.1.5).
-fn version(c: &Node) -> (i64, String) {
+pub fn version(c: &Node) -> (i64, String) {
     (c.sequence(), c.dtstamp())
+}
+
+/// The newest version among components.
+pub fn newest(comps: &[Node]) -> (i64, String) {
+    comps.iter().map(version).max().unwrap_or_default()
 }
 
 fn scheduling(root: &Node) -> impl Iterator<Item = &Node> {
     root.children.iter().filter(|c| c.is_scheduling())
 }
 
-fn find<'a>(root: &'a Node, rid: Option<&str>) -> Option<&'a Node> {
-    scheduling(root).find(|c| c.recurrence_id().as_deref() == rid)
+/// How instances of one stored object are told apart: its time zones and
+/// the form of its master's DTSTART (the zone floating times are read in,
+/// and whether it is an all-day series).
+#[derive(Debug, Clone)]
+pub struct Instances {
+    zones: Zones,
+    floating: Tz,
+    all_day: bool,
+    /// The form values imipd writes itself take (the master's DTSTART).
+    form: Option<Form>,
 }
 
-fn find_mut<'a>(root: &'a mut Node, rid: Option<&str>) -> Option<&'a mut Node> {
-    root.children
-        .iter_mut()
-        .find(|c| c.is_scheduling() && c.recurrence_id().as_deref() == rid)
+impl Instances {
+    /// For a stored object (or the incoming components of a new one), with
+    /// the message's VTIMEZONEs as well.
+    pub fn of(root: Option<&Node>, incoming: &[Node], extra: &Zones) -> Instances {
+        let mut zones = extra.clone();
+        if let Some(r) = root {
+            zones.add(r);
+        }
+        let master = root
+            .and_then(|r| scheduling(r).find(|c| c.prop(&P::RecurrenceId).is_none()))
+            .or_else(|| incoming.iter().find(|c| c.prop(&P::RecurrenceId).is_none()));
+        let start = master.and_then(|m| m.prop(&P::Dtstart));
+        let form = start.map(|s| Form::of(s, &zones));
+        Instances {
+            floating: form.as_ref().map(Form::zone).unwrap_or(Tz::UTC),
+            all_day: matches!(form, Some(Form::Date)),
+            form,
+            zones,
+        }
+    }
+
+    /// The instance a RECURRENCE-ID (or EXDATE/RDATE value) names.
+    pub fn instant(&self, e: &ICalendarEntry) -> Option<Instant> {
+        self.normalize(e, time::entry_instant(e, &self.zones, self.floating)?)
+    }
+
+    /// Every instant of a multi-valued date property.
+    pub fn instants(&self, e: &ICalendarEntry) -> Vec<Instant> {
+        time::entry_instants(e, &self.zones, self.floating)
+            .into_iter()
+            .filter_map(|i| self.normalize(e, i))
+            .collect()
+    }
+
+    /// In an all-day series, a DATE-TIME at midnight names that day.
+    fn normalize(&self, e: &ICalendarEntry, i: Instant) -> Option<Instant> {
+        match i {
+            Instant::At(t) if self.all_day => {
+                let zone = Form::of(e, &self.zones).zone();
+                let utc = chrono::DateTime::from_timestamp(t, 0)?;
+                let local = if zone.is_floating() {
+                    utc.naive_utc()
+                } else {
+                    utc.with_timezone(&zone).naive_local()
+                };
+                Some(Instant::Date(local.date()))
+            }
+            other => Some(other),
+        }
+    }
+
+    /// The instance of a component (`None` for a master).
+    pub fn rid(&self, c: &Node) -> Option<Instant> {
+        c.prop(&P::RecurrenceId).and_then(|e| self.instant(e))
+    }
+
+    /// A date property for an instant, written as the master's DTSTART is.
+    fn entry(&self, name: P, at: Instant) -> Option<ICalendarEntry> {
+        self.form.as_ref().unwrap_or(&Form::Utc).entry(name, at)
+    }
+
+    pub fn find<'a>(&self, root: &'a Node, rid: Option<Instant>) -> Option<&'a Node> {
+        scheduling(root).find(|c| self.matches(c, rid))
+    }
+
+    fn find_mut<'a>(&self, root: &'a mut Node, rid: Option<Instant>) -> Option<&'a mut Node> {
+        root.children
+            .iter_mut()
+            .find(|c| c.is_scheduling() && self.matches(c, rid))
+    }
+
+    fn matches(&self, c: &Node, rid: Option<Instant>) -> bool {
+        match (c.prop(&P::RecurrenceId), rid) {
+            (None, None) => true,
+            (Some(e), Some(r)) => self.instant(e) == Some(r),
+            _ => false,
+        }
+    }
+
+    fn has_exdate(&self, master: &Node, at: Instant) -> bool {
+        master
+            .entries
+            .iter()
+            .filter(|e| e.name == P::Exdate)
+            .any(|e| self.instants(e).contains(&at))
+    }
+
+    fn remove_exdate(&self, master: &mut Node, at: Instant) {
+        let mut out = Vec::with_capacity(master.entries.len());
+        for mut e in std::mem::take(&mut master.entries) {
+            if e.name == P::Exdate {
+                let keep: Vec<ICalendarValue> = e
+                    .values
+                    .iter()
+                    .filter(|v| {
+                        time::value_instant(&e, v, &self.zones, self.floating)
+                            .and_then(|i| self.normalize(&e, i))
+                            != Some(at)
+                    })
+                    .cloned()
+                    .collect();
+                if keep.is_empty() {
+                    continue;
+                }
+                e.values = keep;
+            }
+            out.push(e);
+        }
+        master.entries = out;
+    }
 }
 
 /// The organizer of a stored object (master first).
-fn stored_organizer(root: &Node) -> Option<String> {
-    find(root, None)
+pub fn stored_organizer(root: &Node) -> Option<String> {
+    scheduling(root)
+        .find(|c| c.prop(&P::RecurrenceId).is_none())
         .and_then(Node::organizer)
         .or_else(|| scheduling(root).find_map(Node::organizer))
 }
@@ -167,10 +334,34 @@ fn attendee_addresses(c: &Node) -> Vec<String> {
         .collect()
 }
 
+fn attendee<'a>(c: &'a Node, who: &str) -> Option<&'a ICalendarEntry> {
+    c.entries
+        .iter()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(who))
+}
+
+fn attendee_mut<'a>(c: &'a mut Node, who: &str) -> Option<&'a mut ICalendarEntry> {
+    c.entries
+        .iter_mut()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(who))
+}
+
 fn my_address(c: &Node, identity: &Identity) -> Option<String> {
     attendee_addresses(c)
         .into_iter()
         .find(|a| identity.is_me(a))
+}
+
+/// The addresses a parameter (DELEGATED-TO, DELEGATED-FROM) names, canonical.
+fn param_addresses(e: &ICalendarEntry, name: &Pn) -> Vec<String> {
+    e.params
+        .iter()
+        .filter(|p| &p.name == name)
+        .filter_map(|p| p.value.as_text())
+        .flat_map(|v| v.split(','))
+        .map(|v| address::canonical(v.trim().trim_matches('"')))
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn is_cancelled(c: &Node) -> bool {
@@ -178,159 +369,412 @@ fn is_cancelled(c: &Node) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("CANCELLED"))
 }
 
+/// Whether a stored object was filed from a sender not shown to be its organizer.
+pub fn is_unverified(root: &Node) -> bool {
+    root.prop(&P::Other(UNVERIFIED.into())).is_some()
+}
+
+fn mark_unverified(root: &mut Node, why: &str) {
+    root.set(ical::text_entry(P::Other(UNVERIFIED.into()), why));
+}
+
+fn bare(a: &str) -> &str {
+    a.trim_start_matches("mailto:")
+}
+
 /// Decide what an incoming message does to the stored object for its UID.
 pub fn apply(stored: Option<&Node>, input: &Input<'_>) -> Decision {
-    let method = input.method;
-    let Some(first) = input.comps.first() else {
+    if input.comps.is_empty() {
         return Decision::new(
             Effect::Ignored,
             Role::Attendee,
             "no component with this UID",
         );
-    };
-    let inc_org = first.organizer();
-    let me_organizer_incoming = inc_org.as_deref().is_some_and(|o| input.identity.is_me(o));
-    let stored_org = stored.and_then(stored_organizer);
-    let me_organizer_stored = stored_org
-        .as_deref()
-        .is_some_and(|o| input.identity.is_me(o));
+    }
+    match input.method {
+        Method::Reply | Method::Counter | Method::Refresh => from_attendee(stored, input),
+        Method::Request
+        | Method::Publish
+        | Method::Add
+        | Method::Cancel
+        | Method::DeclineCounter => from_organizer(stored, input),
+    }
+}
 
-    match method {
-        "REPLY" | "COUNTER" | "REFRESH" => {
-            let Some(stored) = stored else {
-                return Decision::new(
-                    Effect::Ignored,
-                    Role::Organizer,
-                    format!("no event with UID {} is in the store", input.uid),
-                );
-            };
-            if !me_organizer_stored {
-                return Decision::new(
-                    Effect::Ignored,
-                    Role::Attendee,
-                    format!("a {method} is for the organizer, and I do not organize this event"),
-                );
-            }
-            if !input.sender_entitled {
-                return Decision::new(
-                    Effect::Refused,
-                    Role::Organizer,
-                    format!("the sender is not the attendee this {method} speaks for"),
-                );
-            }
-            if method == "REPLY" {
-                apply_reply(stored, input)
-            } else {
-                let who = first
-                    .prop(&P::Attendee)
-                    .and_then(ical::cal_address)
-                    .unwrap_or_default();
-                if !scheduling(stored).any(|c| attendee_addresses(c).contains(&who)) {
-                    return Decision::new(
-                        Effect::Refused,
-                        Role::Organizer,
-                        format!(
-                            "{} is not an attendee of this event",
-                            who.trim_start_matches("mailto:")
-                        ),
-                    );
-                }
-                Decision::new(
-                    Effect::Recorded,
-                    Role::Organizer,
-                    format!(
-                        "{method} from {} kept for a person to act on",
-                        who.trim_start_matches("mailto:")
-                    ),
-                )
-            }
-        }
-        "REQUEST" | "PUBLISH" | "ADD" | "CANCEL" | "DECLINECOUNTER" => {
-            let role = if me_organizer_incoming || me_organizer_stored {
+/// REPLY, COUNTER, REFRESH: an attendee speaks to the organizer.
+fn from_attendee(stored: Option<&Node>, input: &Input<'_>) -> Decision {
+    let method = input.method;
+    let Some(stored) = stored else {
+        return Decision::new(
+            Effect::Ignored,
+            Role::Organizer,
+            format!("no event with UID {} is in the store", input.uid),
+        );
+    };
+    let me_organizer = stored_organizer(stored).is_some_and(|o| input.identity.is_me(&o));
+    let who = match input.originator {
+        Ok(o) => o,
+        Err(why) => {
+            let role = if me_organizer {
                 Role::Organizer
             } else {
                 Role::Attendee
             };
-            let Some(inc_org_addr) = &inc_org else {
+            return Decision::new(
+                Effect::Refused,
+                role,
+                format!("the sender is not the attendee this {method} speaks for: {why}"),
+            );
+        }
+    };
+    if !me_organizer {
+        // As delegator: the delegate's copy of its REPLY to me (RFC 5546 §4.2.6).
+        if method == Method::Reply {
+            if let Some(d) = delegate_reply_to_delegator(stored, input, who) {
+                return d;
+            }
+        }
+        return Decision::new(
+            Effect::Ignored,
+            Role::Attendee,
+            format!("a {method} is for the organizer, and I do not organize this event"),
+        );
+    }
+    if who.via == Via::SentBy && !sent_by_allowed(Some(stored), who, input.trust) {
+        return Decision::new(
+            Effect::Refused,
+            Role::Organizer,
+            format!(
+                "{} answers for {} (SENT-BY), but the event does not name it as acting for them and [identity] trusted_sent_by does not trust it",
+                who.mail,
+                bare(&who.address)
+            ),
+        );
+    }
+    if method == Method::Reply {
+        return apply_reply(stored, input, who);
+    }
+    let inst = Instances::of(Some(stored), &input.comps, input.zones);
+    let known = scheduling(stored).any(|c| attendee(c, &who.address).is_some());
+    let _ = &inst;
+    if !known {
+        return Decision::new(
+            Effect::Refused,
+            Role::Organizer,
+            format!("{} is not an attendee of this event", bare(&who.address)),
+        );
+    }
+    Decision::new(
+        Effect::Recorded,
+        Role::Organizer,
+        format!(
+            "{method} from {} kept for a person to act on",
+            bare(&who.address)
+        ),
+    )
+}
+
+/// Whether a SENT-BY may act for the calendar user it names: the stored
+/// event already names that SENT-BY for that user, or the user trusts it.
+fn sent_by_allowed(stored: Option<&Node>, who: &Originator, trust: Trust<'_>) -> bool {
+    let Some(sent_by) = &who.sent_by else {
+        return true;
+    };
+    if trust
+        .sent_by
+        .iter()
+        .any(|g| address::glob_matches(g, sent_by))
+    {
+        return true;
+    }
+    stored.into_iter().flat_map(scheduling).any(|c| {
+        c.entries
+            .iter()
+            .filter(|e| e.name == P::Organizer || e.name == P::Attendee)
+            .any(|e| {
+                ical::cal_address(e).as_deref() == Some(who.address.as_str())
+                    && ical::sent_by(e).as_deref() == Some(sent_by.as_ref())
+            })
+    })
+}
+
+/// PUBLISH, REQUEST, ADD, CANCEL, DECLINECOUNTER: the organizer speaks.
+fn from_organizer(stored: Option<&Node>, input: &Input<'_>) -> Decision {
+    let method = input.method;
+    let inc_org = {
+        let mut orgs: Vec<String> = input.comps.iter().filter_map(Node::organizer).collect();
+        orgs.dedup();
+        if orgs.len() > 1 {
+            return Decision::new(
+                Effect::Refused,
+                Role::Attendee,
+                format!(
+                    "the components of this {method} name different organizers ({})",
+                    orgs.iter().map(|o| bare(o)).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        orgs.pop()
+    };
+    let stored_org = stored.and_then(stored_organizer);
+    let me_organizer = inc_org
+        .as_deref()
+        .or(stored_org.as_deref())
+        .is_some_and(|o| input.identity.is_me(o));
+    let role = if me_organizer {
+        Role::Organizer
+    } else {
+        Role::Attendee
+    };
+    let Some(inc_org) = inc_org else {
+        return Decision::new(
+            Effect::Refused,
+            role,
+            format!("this {method} names no ORGANIZER, so nobody can be entitled to send it"),
+        );
+    };
+    if let Some(s) = &stored_org {
+        if *s != inc_org {
+            return Decision::new(
+                Effect::Refused,
+                role,
+                format!(
+                    "the organizer would change from {} to {}; RFC 5546 does not allow that in an update",
+                    bare(s),
+                    bare(&inc_org)
+                ),
+            );
+        }
+    }
+    // Is the sender the organizer (or someone the organizer may act through)?
+    let unverified_copy = stored.is_some_and(is_unverified);
+    let entitled: Result<&Originator, String> = match input.originator {
+        Ok(o) if o.address != inc_org => Err(format!(
+            "the sender speaks for {}, not for the organizer {}",
+            bare(&o.address),
+            bare(&inc_org)
+        )),
+        Ok(o) if o.via == Via::SentBy && !sent_by_allowed(stored, o, input.trust) => Err(format!(
+            "{} sends for {} (SENT-BY), but {} and [identity] trusted_sent_by does not trust it",
+            o.mail,
+            bare(&o.address),
+            if stored.is_some() {
+                "the stored event does not name it as acting for them"
+            } else {
+                "nothing shows it may act for them"
+            }
+        )),
+        Ok(o) => Ok(o),
+        Err(e) => Err(e.clone()),
+    };
+    // Mail from my own address proves nothing unless the receiving server
+    // verified it: it may only teach imipd a new event I organize.
+    let from_me_unproven = me_organizer
+        && entitled
+            .as_ref()
+            .map(|o| !o.proof.is_proven())
+            .unwrap_or(true);
+    if me_organizer {
+        if let Some(s) = stored {
+            if from_me_unproven && !is_unverified(s) {
                 return Decision::new(
                     Effect::Refused,
                     role,
                     format!(
-                        "this {method} names no ORGANIZER, so nobody can be entitled to send it"
+                        "this {method} claims to come from my own address {}, which anyone can write; without a verified signature (DKIM/DMARC from a trusted server) it changes nothing in the store",
+                        bare(&inc_org)
                     ),
                 );
-            };
-            if let (Some(s), i) = (&stored_org, inc_org_addr) {
-                if s != i {
-                    return Decision::new(
-                        Effect::Refused,
-                        role,
-                        format!(
-                            "the organizer would change from {} to {}; RFC 5546 does not allow that in an update",
-                            s.trim_start_matches("mailto:"),
-                            i.trim_start_matches("mailto:")
-                        ),
-                    );
-                }
             }
-            if !input.sender_entitled {
+        }
+    }
+    if let Err(why) = &entitled {
+        {
+            // Updates and cancels of a stored event come only from its organizer.
+            if stored.is_some() && !unverified_copy {
                 return Decision::new(
                     Effect::Refused,
                     role,
-                    format!("the sender is not the organizer of this event, so its {method} changes nothing"),
+                    format!("the sender is not the organizer of this event, so its {method} changes nothing ({why})"),
                 );
             }
-            if method == "DECLINECOUNTER" {
+            if stored.is_some() {
                 return Decision::new(
-                    Effect::Recorded,
+                    Effect::Refused,
                     role,
-                    "the organizer declined a counter proposal",
+                    format!("the event was filed from an unproven sender and this {method} is not from its organizer either ({why})"),
                 );
             }
-            let mut d = match method {
-                "CANCEL" => apply_cancel(stored, input),
-                "ADD" => apply_add(stored, input),
-                _ => apply_request(stored, input),
-            };
-            d.role = role;
-            if role == Role::Organizer {
-                d.invitation = None;
+            match method {
+                Method::Request | Method::Publish => {
+                    // A new invitation forwarded by an attendee or relayed by
+                    // a platform: filed, marked, never answered. A REQUEST a
+                    // delegator forwarded to me is a proper invitation.
+                    if let Some(d) = delegated_to_me(input) {
+                        return d;
+                    }
+                    let mut d = apply_request(None, input, role);
+                    if let Some(o) = d.object.as_mut() {
+                        mark_unverified(o, why);
+                    }
+                    d.reason = format!(
+                        "{} filed, but its sender is not shown to be the organizer ({why}); it will not be answered automatically",
+                        method
+                    );
+                    d.no_answer = Some(format!("the sender is not shown to be its organizer: {why}"));
+                    return d;
+                }
+                _ => {
+                    return Decision::new(
+                        Effect::Refused,
+                        role,
+                        format!("the sender is not the organizer of this event, so its {method} changes nothing ({why})"),
+                    )
+                }
             }
-            d
         }
-        other => Decision::new(
-            Effect::Ignored,
-            Role::Attendee,
-            format!("METHOD:{other} is not handled"),
-        ),
     }
+    if method == Method::DeclineCounter {
+        return Decision::new(
+            Effect::Recorded,
+            role,
+            "the organizer declined a counter proposal",
+        );
+    }
+    // The organizer's own invitation replaces a copy filed from an unproven
+    // sender, whatever versions the two carry.
+    let replace = unverified_copy && matches!(method, Method::Request | Method::Publish);
+    let base = if replace { None } else { stored };
+    let mut d = match method {
+        Method::Cancel => apply_cancel(base, input),
+        Method::Add => apply_add(base, input),
+        _ => apply_request(base, input, role),
+    };
+    if replace && d.effect == Effect::Created {
+        d.effect = Effect::Updated;
+        d.reason =
+            format!("{method} from the organizer replaces the copy filed from an unproven sender");
+    }
+    d.role = role;
+    if let (true, Some(o)) = (from_me_unproven, d.object.as_mut()) {
+        mark_unverified(
+            o,
+            "my own address in From, not verified by the receiving server",
+        );
+    }
+    if role == Role::Organizer {
+        d.invitation = None;
+    }
+    d
+}
+
+/// A new REQUEST a delegator forwarded to me (RFC 5546 §3.2.2.3): the
+/// request shows the sender as an ATTENDEE delegating to me, and me as
+/// delegated from the sender.
+fn delegated_to_me(input: &Input<'_>) -> Option<Decision> {
+    if input.method != Method::Request {
+        return None;
+    }
+    let from = delegator_in(input)?;
+    let mut d = apply_request(None, input, Role::Attendee);
+    d.reason = format!(
+        "REQUEST filed: {} delegated this event to me (RFC 5546 §3.2.2.3)",
+        bare(&from)
+    );
+    Some(d)
+}
+
+/// The delegator of a forwarded request: an ATTENDEE the sender is (From),
+/// with DELEGATED-TO naming me, while my ATTENDEE has DELEGATED-FROM it.
+fn delegator_in(input: &Input<'_>) -> Option<String> {
+    let sender_mail = input.sender_mail;
+    for c in &input.comps {
+        let me = my_address(c, input.identity)?;
+        let my_entry = attendee(c, &me)?;
+        for from in param_addresses(my_entry, &Pn::DelegatedFrom) {
+            if !sender_mail.iter().any(|m| format!("mailto:{m}") == from) {
+                continue;
+            }
+            let Some(delegator) = attendee(c, &from) else {
+                continue;
+            };
+            if param_addresses(delegator, &Pn::DelegatedTo).contains(&me) {
+                return Some(from);
+            }
+        }
+    }
+    None
+}
+
+/// As delegator: the delegate's REPLY, copied to me, updates the delegate's
+/// PARTSTAT in my copy of the event.
+fn delegate_reply_to_delegator(
+    stored: &Node,
+    input: &Input<'_>,
+    who: &Originator,
+) -> Option<Decision> {
+    let inst = Instances::of(Some(stored), &input.comps, input.zones);
+    let mut root = stored.clone();
+    let mut changed = Vec::new();
+    for inc in &input.comps {
+        let rid = inst.rid(inc);
+        let target = inst.find_mut(&mut root, rid).or(None)?;
+        let me = my_address(target, input.identity)?;
+        let delegated = attendee(target, &me)
+            .map(|e| param_addresses(e, &Pn::DelegatedTo))
+            .unwrap_or_default();
+        if !delegated.contains(&who.address) {
+            return None;
+        }
+        let partstat = attendee(inc, &who.address).map(ical::partstat)?;
+        match attendee_mut(target, &who.address) {
+            Some(e) => set_partstat(e, &partstat),
+            None => {
+                let mut e = attendee(inc, &who.address)?.clone();
+                strip_private(&mut e);
+                target.entries.push(e);
+            }
+        }
+        changed.push(format!("{} {partstat}", bare(&who.address)));
+    }
+    if changed.is_empty() {
+        return None;
+    }
+    Some(Decision {
+        effect: Effect::PartstatUpdated,
+        role: Role::Attendee,
+        reason: format!("recorded the answer of my delegate: {}", changed.join(", ")),
+        object: Some(root),
+        invitation: None,
+        no_answer: None,
+    })
 }
 
 /// A REQUEST or PUBLISH.
-fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
-    let has_master = input.comps.iter().any(|c| c.recurrence_id().is_none());
+fn apply_request(stored: Option<&Node>, input: &Input<'_>, role: Role) -> Decision {
+    let inst = Instances::of(stored, &input.comps, input.zones);
+    let has_master = input
+        .comps
+        .iter()
+        .any(|c| c.prop(&P::RecurrenceId).is_none());
     let mut new_root = match stored {
         Some(s) => s.clone(),
         None => empty_root(),
     };
-    let mut changed = false;
-    let mut stale = Vec::new();
-    let mut unchanged: Vec<Option<String>> = Vec::new();
-    let mut rids = Vec::new();
-
+    new_root.remove(&P::Other(UNVERIFIED.into()));
     if has_master {
         let inc_master = input
             .comps
             .iter()
-            .find(|c| c.recurrence_id().is_none())
-            .cloned();
-        let inc_master = inc_master.unwrap_or_else(|| input.comps[0].clone());
-        if let Some(old) = stored.and_then(|s| find(s, None)) {
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .cloned()
+            .unwrap_or_else(|| input.comps[0].clone());
+        if let Some(old) = stored.and_then(|s| inst.find(s, None)) {
             let (iv, ov) = (version(&inc_master), version(old));
             if iv < ov {
                 return Decision::new(
                     Effect::Stale,
-                    Role::Attendee,
+                    role,
                     format!(
                         "this {} (SEQUENCE {}, DTSTAMP {}) is older than the stored event (SEQUENCE {}, DTSTAMP {})",
                         input.method, iv.0, iv.1, ov.0, ov.1
@@ -343,10 +787,10 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 // answer is queued now (the outbox key stops a second one).
                 let mut d = Decision::new(
                     Effect::Unchanged,
-                    Role::Attendee,
+                    role,
                     "this version is already in the store",
                 );
-                d.invitation = invitation(input, vec![None]);
+                d.invitation = invitation(input, &inst, None);
                 return d;
             }
         }
@@ -354,70 +798,75 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         let old_root = stored.cloned();
         new_root.children.retain(|c| !c.is_scheduling());
         for inc in &input.comps {
-            let rid = inc.recurrence_id();
+            let rid = inst.rid(inc);
             let mut comp = inc.clone();
-            if let Some(old) = old_root.as_ref().and_then(|s| find(s, rid.as_deref())) {
-                keep_local_data(old, &mut comp, input.identity);
+            if let Some(old) = old_root.as_ref().and_then(|s| inst.find(s, rid)) {
+                keep_local_data(old, &mut comp, input.identity, &inst);
             }
             new_root.children.push(comp);
         }
-        rids.push(None);
     } else {
+        let mut changed = false;
+        let mut stale = Vec::new();
+        let mut unchanged = false;
         for inc in &input.comps {
-            let rid = inc.recurrence_id();
-            let existing = find(&new_root, rid.as_deref()).or_else(|| find(&new_root, None));
+            let rid = inst.rid(inc);
+            let existing = inst
+                .find(&new_root, rid)
+                .or_else(|| inst.find(&new_root, None));
             if let Some(old) = existing {
                 let (iv, ov) = (version(inc), version(old));
-                let same_instance = old.recurrence_id() == rid;
+                let same_instance = inst.rid(old) == rid;
                 if same_instance && iv == ov {
-                    unchanged.push(rid.clone());
+                    unchanged = true;
                     continue;
                 }
                 if iv < ov {
-                    stale.push(rid.clone().unwrap_or_default());
+                    stale.push(
+                        rid.map(|r| r.canonical())
+                            .unwrap_or_else(|| "the master".into()),
+                    );
                     continue;
                 }
             }
             let mut comp = inc.clone();
-            if let Some(old) = find(&new_root, rid.as_deref()).cloned() {
-                keep_local_data(&old, &mut comp, input.identity);
-                if let Some(slot) = find_mut(&mut new_root, rid.as_deref()) {
+            if let Some(old) = inst.find(&new_root, rid).cloned() {
+                keep_local_data(&old, &mut comp, input.identity, &inst);
+                if let Some(slot) = inst.find_mut(&mut new_root, rid) {
                     *slot = comp;
                 }
             } else {
                 new_root.children.push(comp);
             }
             // An instance that was excluded comes back when re-invited.
-            if let Some(r) = &rid {
-                if let Some(master) = find_mut(&mut new_root, None) {
-                    remove_exdate(master, r);
+            if let Some(r) = rid {
+                if let Some(master) = inst.find_mut(&mut new_root, None) {
+                    inst.remove_exdate(master, r);
                 }
             }
             changed = true;
-            rids.push(rid);
-        }
-        if !changed && !unchanged.is_empty() && stale.is_empty() {
-            let mut d = Decision::new(
-                Effect::Unchanged,
-                Role::Attendee,
-                "these instances are already in the store",
-            );
-            d.invitation = invitation(input, unchanged);
-            return d;
         }
         if !changed {
-            return Decision::new(
-                if stored.is_some() {
-                    Effect::Stale
-                } else {
+            let mut d = Decision::new(
+                if unchanged || stored.is_none() {
                     Effect::Unchanged
+                } else {
+                    Effect::Stale
                 },
-                Role::Attendee,
-                format!(
-                    "the instance(s) {} are not newer than the store",
-                    stale.join(", ")
-                ),
+                role,
+                if stale.is_empty() {
+                    "these instances are already in the store".to_string()
+                } else {
+                    format!(
+                        "the instance(s) {} are not newer than the store",
+                        stale.join(", ")
+                    )
+                },
             );
+            if unchanged && stale.is_empty() {
+                d.invitation = invitation(input, &inst, None);
+            }
+            return d;
         }
     }
     let effect = if stored.is_some() {
@@ -425,57 +874,53 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     } else {
         Effect::Created
     };
-    let invitation = invitation(input, rids);
-    Decision {
+    let mut d = Decision::new(
         effect,
-        role: Role::Attendee,
-        reason: match effect {
+        role,
+        match effect {
             Effect::Created => format!("{} filed", input.method),
             _ => format!("{} applied", input.method),
         },
-        object: Some(new_root),
-        release_held: true,
-        invitation,
-    }
+    );
+    d.invitation = invitation(input, &inst, Some(&new_root));
+    d.object = Some(new_root);
+    d
 }
 
-fn invitation(input: &Input<'_>, rids: Vec<Option<String>>) -> Option<Invitation> {
-    if input.method != "REQUEST" && input.method != "ADD" {
+/// The components of a REQUEST or ADD that ask me (name me as ATTENDEE), as
+/// an invitation; `None` when none does.
+fn invitation(input: &Input<'_>, inst: &Instances, _new: Option<&Node>) -> Option<Invitation> {
+    if !matches!(input.method, Method::Request | Method::Add) {
         return None;
     }
-    let c = input.comps.first()?;
     let me = input
         .comps
         .iter()
         .find_map(|c| my_address(c, input.identity))?;
-    // Answer only for the components that name me: an invitation to one
-    // instance of a series I am otherwise not part of is answered for that
-    // instance alone.
-    let names_me = |rid: &Option<String>| {
-        input
-            .comps
-            .iter()
-            .filter(|c| c.recurrence_id() == *rid)
-            .any(|c| attendee_addresses(c).contains(&me))
-    };
-    let recurrence_ids: Vec<Option<String>> = if rids.contains(&None) && !names_me(&None) {
-        input
-            .comps
-            .iter()
-            .filter(|c| c.recurrence_id().is_some() && attendee_addresses(c).contains(&me))
-            .map(Node::recurrence_id)
-            .collect()
-    } else {
-        rids.into_iter().filter(|r| names_me(r)).collect()
-    };
-    if recurrence_ids.is_empty() {
+    let mut asked: Vec<Asked> = Vec::new();
+    for c in &input.comps {
+        if !attendee_addresses(c).contains(&me) {
+            continue;
+        }
+        let rid = if input.method == Method::Add {
+            // ADD names its instances by DTSTART.
+            c.prop(&P::Dtstart).and_then(|e| inst.instant(e))
+        } else {
+            inst.rid(c)
+        };
+        if asked.iter().any(|a| a.rid == rid) {
+            continue;
+        }
+        asked.push(Asked {
+            rid,
+            sequence: c.sequence(),
+        });
+    }
+    asked.sort_by_key(|a| a.rid.is_some());
+    if asked.is_empty() {
         return None;
     }
-    Some(Invitation {
-        me,
-        sequence: c.sequence(),
-        recurrence_ids,
-    })
+    Some(Invitation { me, asked })
 }
 
 /// ADD: new instances of an existing recurring event (§3.2.4).
@@ -487,21 +932,26 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             "an ADD for an event that is not in the store (the organizer must send the whole event)",
         );
     };
+    let inst = Instances::of(Some(stored), &input.comps, input.zones);
     let mut root = stored.clone();
-    if find(&root, None).is_none() {
+    if inst.find(&root, None).is_none() {
         return Decision::new(
             Effect::Ignored,
             Role::Attendee,
             "an ADD for an event without a master component",
         );
     }
-    let mut rids = Vec::new();
+    let mut added = 0;
+    let mut already = 0;
     for inc in &input.comps {
         let Some(start) = inc.prop(&P::Dtstart).cloned() else {
             continue;
         };
-        let rid_text = ical::date_string(&start).unwrap_or_default();
-        if find(&root, Some(&rid_text)).is_some() {
+        let Some(at) = inst.instant(&start) else {
+            continue;
+        };
+        if inst.find(&root, Some(at)).is_some() {
+            already += 1;
             continue; // already added
         }
         let mut comp = inc.clone();
@@ -511,7 +961,7 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         comp.remove(&P::Rrule);
         comp.remove(&P::Rdate);
         comp.remove(&P::Exdate);
-        if let Some(master) = find_mut(&mut root, None) {
+        if let Some(master) = inst.find_mut(&mut root, None) {
             let mut rdate = start.clone();
             rdate.name = P::Rdate;
             master.entries.push(rdate);
@@ -520,23 +970,27 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             }
         }
         root.children.push(comp);
-        rids.push(Some(rid_text));
+        added += 1;
     }
-    if rids.is_empty() {
-        return Decision::new(
+    if added == 0 {
+        let mut d = Decision::new(
             Effect::Unchanged,
             Role::Attendee,
             "these instances were already added",
         );
+        if already > 0 {
+            d.invitation = invitation(input, &inst, None);
+        }
+        return d;
     }
-    Decision {
-        effect: Effect::Updated,
-        role: Role::Attendee,
-        reason: format!("ADD of {} instance(s) applied", rids.len()),
-        invitation: invitation(input, rids.clone()),
-        object: Some(root),
-        release_held: false,
-    }
+    let mut d = Decision::new(
+        Effect::Updated,
+        Role::Attendee,
+        format!("ADD of {added} instance(s) applied"),
+    );
+    d.invitation = invitation(input, &inst, Some(&root));
+    d.object = Some(root);
+    d
 }
 
 fn status_cancelled() -> ICalendarEntry {
@@ -554,6 +1008,18 @@ fn stamp_from(target: &mut Node, inc: &Node) {
     }
 }
 
+/// Whether a RECURRENCE-ID says RANGE=THISANDFUTURE (calcard reads it as a
+/// true boolean).
+fn this_and_future(e: &ICalendarEntry) -> bool {
+    e.params.iter().any(|p| {
+        p.name == Pn::Range
+            && (matches!(&p.value, ICalendarParameterValue::Bool(true))
+                || p.value
+                    .as_text()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("THISANDFUTURE")))
+    })
+}
+
 /// CANCEL: the whole event, one instance, or this-and-future (§3.2.5).
 fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
     let Some(stored) = stored else {
@@ -563,24 +1029,16 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             "a CANCEL for an event not in the store; kept in case its REQUEST arrives later (RFC 5546 §5.2.1)",
         );
     };
+    let inst = Instances::of(Some(stored), &input.comps, input.zones);
     let mut root = stored.clone();
     let mut changed = false;
     let mut stale = false;
     for inc in &input.comps {
-        let rid = inc.recurrence_id();
-        // calcard reads RANGE=THISANDFUTURE as a true boolean.
-        let range_future = inc.prop(&P::RecurrenceId).is_some_and(|e| {
-            e.params.iter().any(|p| {
-                p.name == Pn::Range
-                    && (matches!(&p.value, ICalendarParameterValue::Bool(true))
-                        || p.value
-                            .as_text()
-                            .is_some_and(|t| t.eq_ignore_ascii_case("THISANDFUTURE")))
-            })
-        });
-        match rid {
-            None => {
-                let master_version = find(&root, None).map(version).unwrap_or_default();
+        let rid_entry = inc.prop(&P::RecurrenceId).cloned();
+        let rid = inst.rid(inc);
+        match (rid_entry, rid) {
+            (None, _) => {
+                let master_version = inst.find(&root, None).map(version).unwrap_or_default();
                 if version(inc) < master_version {
                     stale = true;
                     continue;
@@ -591,42 +1049,46 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
                 }
                 for c in root.children.iter_mut().filter(|c| c.is_scheduling()) {
                     c.set(status_cancelled());
-                    if c.recurrence_id().is_none() {
+                    if c.prop(&P::RecurrenceId).is_none() {
                         stamp_from(c, inc);
                     }
                 }
                 changed = true;
             }
-            Some(rid) => {
-                let reference = find(&root, Some(&rid))
-                    .or_else(|| find(&root, None))
+            (Some(_), None) => continue, // an unreadable RECURRENCE-ID
+            (Some(e), Some(at)) => {
+                let reference = inst
+                    .find(&root, Some(at))
+                    .or_else(|| inst.find(&root, None))
                     .map(version);
                 if reference.is_some_and(|v| version(inc) < v) {
                     stale = true;
                     continue;
                 }
-                let rid_entry = inc.prop(&P::RecurrenceId).cloned();
-                if range_future {
-                    if let Some(e) = &rid_entry {
-                        changed |= truncate(&mut root, e);
-                    }
+                if this_and_future(&e) {
+                    changed |= truncate(&mut root, at, &inst);
                     continue;
                 }
-                if let Some(over) = find_mut(&mut root, Some(&rid)) {
-                    if is_cancelled(over) && version(over) == version(inc) {
+                if let Some(over) = inst.find_mut(&mut root, Some(at)) {
+                    if is_cancelled(over) && version(over) >= version(inc) {
                         continue;
                     }
                     over.set(status_cancelled());
                     stamp_from(over, inc);
                     changed = true;
-                } else if let (Some(master), Some(e)) = (find_mut(&mut root, None), rid_entry) {
-                    if has_exdate(master, &rid) {
+                } else if inst.find(&root, None).is_some() {
+                    if inst
+                        .find(&root, None)
+                        .is_some_and(|m| inst.has_exdate(m, at))
+                    {
                         continue;
                     }
-                    let mut ex = e.clone();
-                    ex.name = P::Exdate;
-                    ical::remove_param(&mut ex, &Pn::Range);
-                    master.entries.push(ex);
+                    let Some(ex) = inst.entry(P::Exdate, at) else {
+                        continue;
+                    };
+                    if let Some(m) = inst.find_mut(&mut root, None) {
+                        m.entries.push(ex);
+                    }
                     changed = true;
                 } else {
                     // Neither an override nor a master: keep the cancelled instance.
@@ -649,170 +1111,130 @@ fn apply_cancel(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             Decision::new(Effect::Unchanged, Role::Attendee, "already cancelled")
         };
     }
-    Decision {
-        effect: Effect::Cancelled,
-        role: Role::Attendee,
-        reason: "CANCEL applied".into(),
-        object: Some(root),
-        release_held: false,
-        invitation: None,
-    }
-}
-
-fn has_exdate(master: &Node, rid: &str) -> bool {
-    master
-        .entries
-        .iter()
-        .filter(|e| e.name == P::Exdate)
-        .any(|e| {
-            e.values
-                .iter()
-                .any(|v| value_date(e, v).as_deref() == Some(rid))
-        })
-}
-
-fn value_date(e: &ICalendarEntry, v: &ICalendarValue) -> Option<String> {
-    match v {
-        ICalendarValue::PartialDateTime(dt) => Some(ical::format_date(
-            dt,
-            dt.hour.is_none()
-                || ical::param(e, &Pn::Value).is_some_and(|x| x.eq_ignore_ascii_case("DATE")),
-        )),
-        _ => None,
-    }
-}
-
-fn remove_exdate(master: &mut Node, rid: &str) {
-    for e in master.entries.iter_mut().filter(|e| e.name == P::Exdate) {
-        let keep: Vec<ICalendarValue> = e
-            .values
-            .iter()
-            .filter(|v| value_date(e, v).as_deref() != Some(rid))
-            .cloned()
-            .collect();
-        e.values = keep;
-    }
-    master
-        .entries
-        .retain(|e| e.name != P::Exdate || !e.values.is_empty());
+    let mut d = Decision::new(Effect::Cancelled, Role::Attendee, "CANCEL applied");
+    d.object = Some(root);
+    d
 }
 
 /// RANGE=THISANDFUTURE: end the series before the given instance.
-fn truncate(root: &mut Node, rid_entry: &ICalendarEntry) -> bool {
-    let Some(rid) = ical::date_string(rid_entry) else {
+fn truncate(root: &mut Node, cut: Instant, inst: &Instances) -> bool {
+    let zone = inst.floating;
+    let Some(cut_ts) = cut.timestamp(zone) else {
         return false;
     };
-    let Some(cut) = to_naive(rid_entry) else {
-        return false;
+    let at_or_after = |e: &ICalendarEntry| {
+        inst.instant(e)
+            .and_then(|i| i.timestamp(zone))
+            .is_some_and(|t| t >= cut_ts)
     };
-    let tzid = rid_entry.tz_id().map(str::to_string);
     let mut changed = false;
     // Overrides at or after the cut go.
     let before = root.children.len();
-    root.children.retain(|c| {
-        !(c.is_scheduling()
-            && c.prop(&P::RecurrenceId)
-                .and_then(to_naive)
-                .is_some_and(|d| d >= cut))
-    });
+    root.children
+        .retain(|c| !(c.is_scheduling() && c.prop(&P::RecurrenceId).is_some_and(at_or_after)));
     changed |= root.children.len() != before;
-    if let Some(master) = find_mut(root, None) {
-        if master
-            .prop(&P::Dtstart)
-            .and_then(to_naive)
-            .is_some_and(|s| s >= cut)
-        {
-            // The whole series is at or after the cut.
-            master.set(status_cancelled());
-            return true;
-        }
-        let until_local = cut - chrono::Duration::seconds(1);
-        let date_only = rid.len() == 8;
-        let until = if date_only {
-            ICalendarValue::PartialDateTime(Box::new(pdt(until_local, false, true)))
-        } else {
-            let utc = match tzid.as_deref().and_then(resolve_tz) {
-                Some(tz) => tz
-                    .from_local_datetime(&until_local)
-                    .earliest()
-                    .map(|d| d.naive_utc())
-                    .unwrap_or(until_local),
-                None => until_local,
-            };
-            ICalendarValue::PartialDateTime(Box::new(pdt(utc, true, false)))
-        };
+    let Some(master) = inst.find_mut(root, None) else {
+        return changed;
+    };
+    if master.prop(&P::Dtstart).is_some_and(at_or_after) {
+        // The whole series is at or after the cut.
+        master.set(status_cancelled());
+        return true;
+    }
+    // UNTIL is the last instant before the cut: a DATE for all-day series,
+    // else UTC (RFC 5545 §3.3.10 requires UTC when DTSTART has a zone).
+    let until = match cut {
+        Instant::Date(d) => d
+            .pred_opt()
+            .map(|p| time::pdt(p.and_hms_opt(0, 0, 0).unwrap_or_default(), false, true)),
+        Instant::At(t) => chrono::DateTime::from_timestamp(t - 1, 0)
+            .map(|d| time::pdt(d.naive_utc(), inst.form != Some(Form::Floating), false)),
+    };
+    if let Some(until) = until {
         for e in master.entries.iter_mut().filter(|e| e.name == P::Rrule) {
             for v in e.values.iter_mut() {
                 if let ICalendarValue::RecurrenceRule(rule) = v {
-                    if let ICalendarValue::PartialDateTime(u) = &until {
-                        rule.until = Some((**u).clone());
-                        rule.count = None;
-                        changed = true;
-                    }
+                    rule.until = Some(until.clone());
+                    rule.count = None;
+                    changed = true;
                 }
             }
         }
-        for e in master.entries.iter_mut().filter(|e| e.name == P::Rdate) {
+    }
+    let mut out = Vec::with_capacity(master.entries.len());
+    for mut e in std::mem::take(&mut master.entries) {
+        if e.name == P::Rdate {
+            let before = e.values.len();
             let keep: Vec<ICalendarValue> = e
                 .values
                 .iter()
-                .filter(|v| match v {
-                    ICalendarValue::PartialDateTime(d) => pdt_naive(d).is_none_or(|d| d < cut),
-                    _ => true,
+                .filter(|v| {
+                    time::value_instant(&e, v, &inst.zones, inst.floating)
+                        .and_then(|i| i.timestamp(zone))
+                        .is_none_or(|t| t < cut_ts)
                 })
                 .cloned()
                 .collect();
-            if keep.len() != e.values.len() {
-                changed = true;
+            changed |= keep.len() != before;
+            if keep.is_empty() {
+                continue;
             }
             e.values = keep;
         }
-        master
-            .entries
-            .retain(|e| e.name != P::Rdate || !e.values.is_empty());
+        out.push(e);
     }
+    master.entries = out;
     changed
 }
 
-/// A TZID (IANA, Windows or vendor-prefixed) as a time zone.
-pub fn resolve_tz(tzid: &str) -> Option<calcard::common::timezone::Tz> {
-    tzid.parse::<calcard::common::timezone::Tz>().ok()
-}
+/// The properties that say when an event happens: a change to any of them
+/// reschedules it (RFC 5546 §3.2.2.1), and my earlier answer no longer holds.
+const TIMING: [P; 7] = [
+    P::Dtstart,
+    P::Dtend,
+    P::Due,
+    P::Duration,
+    P::Rrule,
+    P::Rdate,
+    P::Exdate,
+];
 
-fn pdt_naive(d: &calcard::common::PartialDateTime) -> Option<NaiveDateTime> {
-    let date = NaiveDate::from_ymd_opt(d.year? as i32, d.month? as u32, d.day? as u32)?;
-    date.and_hms_opt(
-        d.hour.unwrap_or(0) as u32,
-        d.minute.unwrap_or(0) as u32,
-        d.second.unwrap_or(0) as u32,
-    )
-}
-
-/// A date or date-time value as a naive (local or UTC) date-time.
-pub fn to_naive(e: &ICalendarEntry) -> Option<NaiveDateTime> {
-    match e.values.first()? {
-        ICalendarValue::PartialDateTime(d) => pdt_naive(d),
-        _ => None,
+/// A fingerprint of when a component happens, comparing instants rather
+/// than how they are written.
+pub fn timing(c: &Node, inst: &Instances) -> String {
+    let mut parts = Vec::new();
+    for p in TIMING {
+        let mut vals: Vec<String> = c
+            .entries
+            .iter()
+            .filter(|e| e.name == p)
+            .flat_map(|e| match p {
+                P::Dtstart | P::Dtend | P::Due | P::Rdate | P::Exdate => {
+                    let v = inst.instants(e);
+                    if v.is_empty() {
+                        vec![ical::entry_text(e).unwrap_or_default()]
+                    } else {
+                        v.iter().map(Instant::canonical).collect()
+                    }
+                }
+                _ => vec![ical::to_string(
+                    &Node {
+                        kind: Ct::VEvent,
+                        entries: vec![e.clone()],
+                        children: Vec::new(),
+                    }
+                    .into_ical(),
+                )],
+            })
+            .collect();
+        vals.sort();
+        parts.push(format!("{}={}", p.as_str(), vals.join(",")));
     }
-}
-
-fn pdt(d: NaiveDateTime, utc: bool, date_only: bool) -> calcard::common::PartialDateTime {
-    use chrono::{Datelike, Timelike};
-    calcard::common::PartialDateTime {
-        year: Some(d.year() as u16),
-        month: Some(d.month() as u8),
-        day: Some(d.day() as u8),
-        hour: (!date_only).then_some(d.hour() as u8),
-        minute: (!date_only).then_some(d.minute() as u8),
-        second: (!date_only).then_some(d.second() as u8),
-        tz_hour: utc.then_some(0),
-        tz_minute: utc.then_some(0),
-        tz_minus: false,
-    }
+    parts.join(";")
 }
 
 /// Carry the user's own data from the stored component into its update.
-fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity) {
+fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity, inst: &Instances) {
     // Alarms: the user's, when there are any.
     let old_alarms: Vec<Node> = old
         .children
@@ -845,19 +1267,16 @@ fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity) {
             }
         }
     }
-    // My answer stays while the organizer's version (SEQUENCE) is the same.
-    if new.sequence() == old.sequence() {
+    // My answer stays while the organizer's version (SEQUENCE) is the same
+    // and the event was not moved (RFC 5546 §2.1.4: SEQUENCE alone is not
+    // to be relied on).
+    if new.sequence() == old.sequence() && timing(new, inst) == timing(old, inst) {
         if let Some(me) = my_address(old, identity) {
-            let old_ps = old
-                .entries
-                .iter()
-                .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(&me))
+            let old_ps = attendee(old, &me)
                 .and_then(|e| e.params.iter().find(|p| p.name == Pn::Partstat).cloned());
             if let Some(ps) = old_ps {
-                for e in new.entries.iter_mut() {
-                    if e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(&me) {
-                        ical::set_param(e, Pn::Partstat, ps.value.clone());
-                    }
+                if let Some(e) = attendee_mut(new, &me) {
+                    ical::set_param(e, Pn::Partstat, ps.value.clone());
                 }
             }
         }
@@ -873,73 +1292,103 @@ fn reply_version(e: &ICalendarEntry) -> Option<(i64, String)> {
     Some((seq, stamp))
 }
 
-/// REPLY: record one attendee's PARTSTAT in an event I organize (§3.2.3).
-fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
+fn set_partstat(e: &mut ICalendarEntry, partstat: &str) {
+    ical::set_param(
+        e,
+        Pn::Partstat,
+        ICalendarParameterValue::Text(partstat.to_string()),
+    );
+}
+
+/// Parameters imipd keeps for itself, which never travel.
+pub fn strip_private(e: &mut ICalendarEntry) {
+    e.params.retain(
+        |p| !matches!(&p.name, Pn::Other(n) if n.to_ascii_uppercase().starts_with("X-IMIPD")),
+    );
+}
+
+/// REPLY: record the answer of the attendee who sent it, per component, in
+/// an event I organize (§3.2.3). Nobody else's entry changes, whatever the
+/// REPLY lists.
+fn apply_reply(stored: &Node, input: &Input<'_>, who: &Originator) -> Decision {
+    let inst = Instances::of(Some(stored), &input.comps, input.zones);
     let mut root = stored.clone();
     let mut changed = Vec::new();
-    let mut refusal = None;
+    let mut refusal: Option<String> = None;
     let mut stale = false;
+    let mut held = false;
     for inc in &input.comps {
-        let Some(att) = inc.entries.iter().find(|e| e.name == P::Attendee) else {
-            continue;
-        };
-        let Some(who) = ical::cal_address(att) else {
+        let Some(att) = attendee(inc, &who.address) else {
             continue;
         };
         let partstat = ical::partstat(att);
-        let rid = inc.recurrence_id();
-        let in_master = find(&root, None).is_some_and(|m| attendee_addresses(m).contains(&who));
-        if rid.is_some() && find(&root, rid.as_deref()).is_none() {
+        let rid = inst.rid(inc);
+        if inc.prop(&P::RecurrenceId).is_some() && rid.is_none() {
+            refusal = Some("the REPLY names an instance that cannot be read".into());
+            continue;
+        }
+        // The instance answered may have no override yet: derive one.
+        if rid.is_some() && inst.find(&root, rid).is_none() {
+            let in_master = inst
+                .find(&root, None)
+                .is_some_and(|m| known_or_delegate(m, &who.address, att));
             if !in_master {
                 refusal = Some(format!(
                     "{} is not an attendee of this event",
-                    who.trim_start_matches("mailto:")
+                    bare(&who.address)
                 ));
                 continue;
             }
-            if let Some(over) = derive_override(&root, inc) {
-                root.children.push(over);
+            match derive_override(&root, rid, &inst) {
+                Some(over) => root.children.push(over),
+                None => {
+                    refusal = Some("the instance this REPLY answers is not in the event".into());
+                    continue;
+                }
             }
         }
-        let Some(target) = find_mut(&mut root, rid.as_deref()).or(None) else {
+        let Some(target) = inst.find_mut(&mut root, rid) else {
             refusal = Some("the instance this REPLY answers is not in the event".into());
             continue;
         };
-        let Some(entry) = target
-            .entries
-            .iter_mut()
-            .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(&who))
-        else {
-            refusal = Some(format!(
-                "{} is not an attendee of this event (a party crasher); the REPLY changes nothing",
-                who.trim_start_matches("mailto:")
-            ));
-            continue;
-        };
-        let inc_v = version(inc);
-        if let Some(last) = reply_version(entry) {
-            if inc_v <= last {
-                stale = true;
-                continue;
+        if attendee(target, &who.address).is_none() {
+            // A delegate answers: accepted once its delegator said so.
+            match delegated_by(target, &who.address) {
+                Some(delegator) => {
+                    let mut e = att.clone();
+                    strip_private(&mut e);
+                    ical::remove_param(&mut e, &Pn::DelegatedFrom);
+                    e.params.push(ICalendarParameter {
+                        name: Pn::DelegatedFrom,
+                        value: ICalendarParameterValue::Text(delegator),
+                    });
+                    target.entries.push(e);
+                }
+                None if !param_addresses(att, &Pn::DelegatedFrom).is_empty() => {
+                    // RFC 5546 §5.2.2: a delegate's answer may arrive before
+                    // its delegator's; keep it until then.
+                    held = true;
+                    continue;
+                }
+                None => {
+                    refusal = Some(format!(
+                        "{} is not an attendee of this event (a party crasher); the REPLY changes nothing",
+                        bare(&who.address)
+                    ));
+                    continue;
+                }
             }
         }
+        let inc_v = version(inc);
         let event_seq = target.sequence();
-        let Some(entry) = target
-            .entries
-            .iter_mut()
-            .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(&who))
-        else {
+        let Some(entry) = attendee_mut(target, &who.address) else {
             continue;
         };
-        if inc_v.0 < event_seq {
+        if reply_version(entry).is_some_and(|last| inc_v <= last) || inc_v.0 < event_seq {
             stale = true;
             continue;
         }
-        ical::set_param(
-            entry,
-            Pn::Partstat,
-            ICalendarParameterValue::Text(partstat.clone()),
-        );
+        set_partstat(entry, &partstat);
         ical::set_param(
             entry,
             Pn::Other(REPLY_SEQ.into()),
@@ -951,14 +1400,72 @@ fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
             ICalendarParameterValue::Text(inc_v.1.clone()),
         );
         ical::remove_param(entry, &Pn::Rsvp);
+        // Delegation: the delegator names the delegate, who joins the event.
+        let mut joined = Vec::new();
+        if partstat == "DELEGATED" {
+            let to = param_addresses(att, &Pn::DelegatedTo);
+            ical::remove_param(entry, &Pn::DelegatedTo);
+            for d in &to {
+                entry.params.push(ICalendarParameter {
+                    name: Pn::DelegatedTo,
+                    value: ICalendarParameterValue::Text(d.clone()),
+                });
+            }
+            for d in to {
+                if attendee(target, &d).is_some() {
+                    if let Some(e) = attendee_mut(target, &d) {
+                        if param_addresses(e, &Pn::DelegatedFrom).is_empty() {
+                            e.params.push(ICalendarParameter {
+                                name: Pn::DelegatedFrom,
+                                value: ICalendarParameterValue::Text(who.address.clone()),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                let mut e = inc
+                    .entries
+                    .iter()
+                    .find(|e| {
+                        e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(d.as_str())
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| ical::text_entry(P::Attendee, d.clone()));
+                strip_private(&mut e);
+                ical::remove_param(&mut e, &Pn::DelegatedFrom);
+                ical::remove_param(&mut e, &Pn::Partstat);
+                e.params.push(ICalendarParameter {
+                    name: Pn::DelegatedFrom,
+                    value: ICalendarParameterValue::Text(who.address.clone()),
+                });
+                set_partstat(&mut e, "NEEDS-ACTION");
+                target.entries.push(e);
+                joined.push(bare(&d).to_string());
+            }
+        }
         changed.push(format!(
-            "{} {}{}",
-            who.trim_start_matches("mailto:"),
+            "{} {}{}{}",
+            bare(&who.address),
             partstat,
-            rid.map(|r| format!(" (instance {r})")).unwrap_or_default()
+            rid.map(|r| format!(" (instance {r})")).unwrap_or_default(),
+            if joined.is_empty() {
+                String::new()
+            } else {
+                format!(", delegate {} added", joined.join(", "))
+            }
         ));
     }
     if changed.is_empty() {
+        if held {
+            return Decision::new(
+                Effect::Held,
+                Role::Organizer,
+                format!(
+                    "{} answers as a delegate, but its delegator has not said so yet; kept until then (RFC 5546 §5.2.2)",
+                    bare(&who.address)
+                ),
+            );
+        }
         if let Some(r) = refusal {
             return Decision::new(Effect::Refused, Role::Organizer, r);
         }
@@ -972,47 +1479,64 @@ fn apply_reply(stored: &Node, input: &Input<'_>) -> Decision {
             "this REPLY is not newer than the attendee's last answer or the event",
         );
     }
-    Decision {
-        effect: Effect::PartstatUpdated,
-        role: Role::Organizer,
-        reason: format!("recorded: {}", changed.join(", ")),
-        object: Some(root),
-        release_held: false,
-        invitation: None,
-    }
+    let mut d = Decision::new(
+        Effect::PartstatUpdated,
+        Role::Organizer,
+        format!("recorded: {}", changed.join(", ")),
+    );
+    d.object = Some(root);
+    d
 }
 
-/// An override for one instance, copied from the master (for a REPLY about
-/// an instance that has no override yet).
-fn derive_override(root: &Node, inc: &Node) -> Option<Node> {
-    let master = find(root, None)?;
-    let rid_entry = inc.prop(&P::RecurrenceId)?.clone();
+/// Whether an address is an attendee of a component, or the delegate one of
+/// its attendees named.
+fn known_or_delegate(c: &Node, who: &str, _att: &ICalendarEntry) -> bool {
+    attendee(c, who).is_some() || delegated_by(c, who).is_some()
+}
+
+/// The attendee of a component that delegated to `who` (DELEGATED-TO).
+fn delegated_by(c: &Node, who: &str) -> Option<String> {
+    c.entries
+        .iter()
+        .filter(|e| e.name == P::Attendee)
+        .find(|e| {
+            param_addresses(e, &Pn::DelegatedTo)
+                .iter()
+                .any(|d| d == who)
+        })
+        .and_then(ical::cal_address)
+}
+
+/// An override for one instance that has none yet (a REPLY or CANCEL for
+/// it): a copy of the master without its recurrence, starting at the
+/// instance's original start written as the master's DTSTART is, and
+/// lasting as long as the master (RFC 5545 §3.8.5.3).
+pub fn derive_override(root: &Node, rid: Option<Instant>, inst: &Instances) -> Option<Node> {
+    let rid = rid?;
+    let master = inst.find(root, None)?;
     let mut over = master.clone();
     over.children.retain(|c| c.kind != Ct::VAlarm);
     for p in [P::Rrule, P::Rdate, P::Exdate, P::Exrule] {
         over.remove(&p);
     }
-    let mut rid = rid_entry.clone();
-    ical::remove_param(&mut rid, &Pn::Range);
-    over.set(rid.clone());
-    let old_start = master.prop(&P::Dtstart).and_then(to_naive);
-    let mut start = rid.clone();
-    start.name = P::Dtstart;
-    if let (Some(os), Some(oe), Some(ns)) = (
-        old_start,
-        master.prop(&P::Dtend).and_then(to_naive),
-        to_naive(&rid),
-    ) {
-        if let Some(mut end) = master.prop(&P::Dtend).cloned() {
-            let date_only = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none());
-            let utc = matches!(end.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.tz_hour == Some(0));
-            end.values = vec![ICalendarValue::PartialDateTime(Box::new(pdt(
-                ns.checked_add_signed(oe - os).unwrap_or(ns),
-                utc,
-                date_only,
-            )))];
-            over.set(end);
-        }
+    over.set(inst.entry(P::RecurrenceId, rid)?);
+    let start_entry = master.prop(&P::Dtstart)?;
+    let zone = inst.floating;
+    let old_start = inst.instant(start_entry)?;
+    let start = inst.entry(P::Dtstart, rid)?;
+    if let Some(end_entry) = master.prop(&P::Dtend).or_else(|| master.prop(&P::Due)) {
+        let end_form = Form::of(end_entry, &inst.zones);
+        let old_end = time::entry_instant(end_entry, &inst.zones, inst.floating)?;
+        let end = match (old_start, old_end, rid) {
+            (Instant::Date(s), Instant::Date(e), Instant::Date(r)) => {
+                Instant::Date(r.checked_add_signed(e - s)?)
+            }
+            _ => {
+                let len = old_end.timestamp(zone)? - old_start.timestamp(zone)?;
+                Instant::At(rid.timestamp(zone)?.checked_add(len)?)
+            }
+        };
+        over.set(end_form.entry(end_entry.name.clone(), end)?);
     }
     over.set(start);
     Some(over)

@@ -10,7 +10,7 @@ use crate::config::Limits;
 use crate::ical;
 use crate::mime::CalendarPart;
 
-/// The iTIP methods of RFC 5546.
+/// The iTIP methods of RFC 5546, as written.
 pub const METHODS: [&str; 8] = [
     "PUBLISH",
     "REQUEST",
@@ -22,6 +22,72 @@ pub const METHODS: [&str; 8] = [
     "DECLINECOUNTER",
 ];
 
+/// An iTIP method (RFC 5546 §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Publish,
+    Request,
+    Reply,
+    Add,
+    Cancel,
+    Refresh,
+    Counter,
+    DeclineCounter,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::Publish,
+        Method::Request,
+        Method::Reply,
+        Method::Add,
+        Method::Cancel,
+        Method::Refresh,
+        Method::Counter,
+        Method::DeclineCounter,
+    ];
+
+    /// A METHOD value, any case.
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Publish => "PUBLISH",
+            Method::Request => "REQUEST",
+            Method::Reply => "REPLY",
+            Method::Add => "ADD",
+            Method::Cancel => "CANCEL",
+            Method::Refresh => "REFRESH",
+            Method::Counter => "COUNTER",
+            Method::DeclineCounter => "DECLINECOUNTER",
+        }
+    }
+
+    /// Who is entitled to send this method: the organizer, or the attendee
+    /// who answers (RFC 5546 §1.4, RFC 6047 §3).
+    pub fn entitled_sender(self) -> Sender {
+        match self {
+            Method::Publish
+            | Method::Request
+            | Method::Add
+            | Method::Cancel
+            | Method::DeclineCounter => Sender::Organizer,
+            Method::Reply | Method::Counter | Method::Refresh => Sender::Attendee,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who is entitled to send a method: the organizer, or the attendee who
 /// answers (RFC 5546 §1.4, RFC 6047 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +97,7 @@ pub enum Sender {
 }
 
 pub fn entitled_sender(method: &str) -> Option<Sender> {
-    match method {
-        "PUBLISH" | "REQUEST" | "ADD" | "CANCEL" | "DECLINECOUNTER" => Some(Sender::Organizer),
-        "REPLY" | "COUNTER" | "REFRESH" => Some(Sender::Attendee),
-        _ => None,
-    }
+    Method::parse(method).map(Method::entitled_sender)
 }
 
 /// One iCalendar object found in a calendar part.
@@ -43,6 +105,8 @@ pub fn entitled_sender(method: &str) -> Option<Sender> {
 pub struct CalObject {
     /// METHOD, upper-cased; `None`: a plain calendar, not iTIP.
     pub method: Option<String>,
+    /// The METHOD when it is an iTIP method.
+    pub kind: Option<Method>,
     pub ical: ICalendar,
     /// Indexes of the scheduling components (VEVENT, VTODO, ...) in `ical`.
     pub components: Vec<usize>,
@@ -50,6 +114,10 @@ pub struct CalObject {
     pub problems: Vec<String>,
     /// Too broken or too large to act on safely.
     pub unusable: bool,
+    /// Breaks a rule that makes acting on it unsafe or ambiguous (method
+    /// mismatch, duplicate single-valued properties, two components for one
+    /// instance, ...): reported, changes nothing, never answered.
+    pub fatal: bool,
     /// Its BEGIN/END structure is broken: reported, but not summarized.
     pub broken: bool,
     pub forwarded: bool,
@@ -282,6 +350,26 @@ fn property(name: &str) -> P {
     }
 }
 
+/// Properties RFC 5545 §3.6.1/§3.6.2 allows at most once in a VEVENT or VTODO.
+const SINGLE: [&str; 16] = [
+    "CLASS",
+    "CREATED",
+    "DESCRIPTION",
+    "DTSTART",
+    "GEO",
+    "LAST-MODIFIED",
+    "LOCATION",
+    "ORGANIZER",
+    "PRIORITY",
+    "DTSTAMP",
+    "SEQUENCE",
+    "STATUS",
+    "SUMMARY",
+    "URL",
+    "RECURRENCE-ID",
+    "UID",
+];
+
 fn check_object(
     part: &CalendarPart,
     text: &str,
@@ -297,33 +385,44 @@ fn check_object(
             ));
             return CalObject {
                 method: None,
+                kind: None,
                 ical: ICalendar {
                     components: Vec::new(),
                 },
                 components: Vec::new(),
                 problems,
                 unusable: true,
+                fatal: true,
                 broken: true,
                 forwarded: part.forwarded,
             };
         }
     };
     let (method, method_lines) = ical::method(&ical);
+    let kind = method.as_deref().and_then(Method::parse);
     let components = ical::scheduling_components(&ical);
     if !problems.is_empty() {
         // Broken nesting: what calcard recovered cannot be trusted, so the
         // object is reported, not read further.
         return CalObject {
             method,
+            kind,
             ical,
             components,
             problems,
             unusable: true,
+            fatal: true,
             broken: true,
             forwarded: part.forwarded,
         };
     }
     let mut unusable = false;
+    let mut fatal = false;
+    // A problem that makes acting on the object unsafe.
+    let mut severe = |problems: &mut Vec<String>, p: String| {
+        problems.push(p);
+        fatal = true;
+    };
     if ical.components.len() > limits.max_components {
         problems.push(format!(
             "the calendar object has {} components, more than the limit of {} (limits.max_components)",
@@ -333,21 +432,25 @@ fn check_object(
         unusable = true;
     }
     if method_lines > 1 {
-        problems.push(format!(
-            "the calendar object has {method_lines} METHOD properties; RFC 5545 allows one"
-        ));
+        severe(
+            &mut problems,
+            format!(
+                "the calendar object has {method_lines} METHOD properties; RFC 5545 allows one"
+            ),
+        );
     }
     match (&method, &part.method_param) {
-        (Some(m), Some(p)) if m != p => problems.push(format!(
-            "the Content-Type says method={p} but the calendar object says METHOD:{m}"
-        )),
+        (Some(m), Some(p)) if m != p => severe(
+            &mut problems,
+            format!("the Content-Type says method={p} but the calendar object says METHOD:{m}"),
+        ),
         (None, Some(p)) => problems.push(format!(
             "the Content-Type says method={p} but the calendar object has no METHOD"
         )),
         _ => {}
     }
     if let Some(m) = &method {
-        if !METHODS.contains(&m.as_str()) {
+        if kind.is_none() {
             problems.push(format!("METHOD:{m} is not an iTIP method"));
             unusable = true;
         }
@@ -364,10 +467,13 @@ fn check_object(
         types.sort_unstable();
         types.dedup();
         if types.len() > 1 {
-            problems.push(format!(
-                "the {m} object mixes component types ({}); RFC 5546 allows one type per iTIP message",
-                types.join(", ")
-            ));
+            severe(
+                &mut problems,
+                format!(
+                    "the {m} object mixes component types ({}); RFC 5546 allows one type per iTIP message",
+                    types.join(", ")
+                ),
+            );
         }
         let mut ids: Vec<(Option<String>, Option<String>)> = Vec::new();
         for &i in &components {
@@ -382,15 +488,42 @@ fn check_object(
                         format!("a {t} in a {m} needs at least {min} {name}, it has {n}")
                     });
                 } else if max > 0 && n > max {
-                    problems.push(if m == "REPLY" || m == "REFRESH" {
-                        format!("a {t} in a {m} must name exactly one ATTENDEE (the one who answers), it names {n}")
-                    } else {
-                        format!("a {t} in a {m} has {n} {name} properties, RFC 5546 allows {max}")
-                    });
+                    if name == "ATTENDEE" {
+                        // A delegation REPLY names the delegator and the
+                        // delegate (RFC 5546 §4.2.5–4.2.6); anything else
+                        // is reported. Only the sender's answer is applied.
+                        if !delegation_pair(c) {
+                            problems.push(format!(
+                                "a {t} in a {m} must name exactly one ATTENDEE (the one who answers), it names {n}"
+                            ));
+                        }
+                    } else if name != "ORGANIZER"
+                        && name != "UID"
+                        && name != "DTSTAMP"
+                        && name != "DTSTART"
+                    {
+                        problems.push(format!(
+                            "a {t} in a {m} has {n} {name} properties, RFC 5546 allows {max}"
+                        ));
+                    }
+                }
+            }
+            if matches!(c.component_type, Ct::VEvent | Ct::VTodo | Ct::VJournal) {
+                for name in SINGLE {
+                    let n = ical::count(c, &property(name));
+                    if n > 1 {
+                        severe(
+                            &mut problems,
+                            format!("a {t} has {n} {name} properties; RFC 5545 allows one"),
+                        );
+                    }
                 }
             }
             if ical::prop(c, &P::Sequence).is_some() && ical::sequence(c).is_none() {
-                problems.push(format!("a {t} has a SEQUENCE that is not a whole number"));
+                severe(
+                    &mut problems,
+                    format!("a {t} has a SEQUENCE that is not a whole number"),
+                );
             }
             if let Some(e) = ical::prop(c, &P::Dtstamp) {
                 if !matches!(
@@ -402,10 +535,13 @@ fn check_object(
             }
             let id = (ical::uid(c), ical::recurrence_id(c));
             if id.0.is_some() && ids.contains(&id) {
-                problems.push(format!(
-                    "two {t}s share UID {} and the same RECURRENCE-ID",
-                    id.0.as_deref().unwrap_or_default()
-                ));
+                severe(
+                    &mut problems,
+                    format!(
+                        "two {t}s share UID {} and the same RECURRENCE-ID",
+                        id.0.as_deref().unwrap_or_default()
+                    ),
+                );
             }
             ids.push(id);
         }
@@ -418,13 +554,34 @@ fn check_object(
     }
     CalObject {
         method,
+        kind,
         ical,
         components,
         problems,
         unusable,
+        fatal: fatal || unusable,
         broken: false,
         forwarded: part.forwarded,
     }
+}
+
+/// Whether the ATTENDEEs of a component are a delegator and delegates
+/// naming each other (DELEGATED-TO / DELEGATED-FROM).
+fn delegation_pair(c: &calcard::icalendar::ICalendarComponent) -> bool {
+    use calcard::icalendar::ICalendarParameterName as Pn;
+    let atts: Vec<_> = ical::attendees(c).collect();
+    atts.len() > 1
+        && atts.iter().all(|(addr, e)| {
+            let linked = |name: Pn| {
+                e.params
+                    .iter()
+                    .filter(|p| p.name == name)
+                    .filter_map(|p| p.value.as_text())
+                    .map(crate::address::canonical)
+                    .any(|other| other != *addr && atts.iter().any(|(a, _)| *a == other))
+            };
+            linked(Pn::DelegatedTo) || linked(Pn::DelegatedFrom)
+        })
 }
 
 fn describe(e: &calcard::Entry) -> String {

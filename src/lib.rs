@@ -14,7 +14,9 @@
 //! - [`mime`]: raw message → headers and decoded calendar parts.
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
+//! - [`originator`]: who an iTIP object speaks for, and how that is proven.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
+//! - [`time`]: instants of DATE/DATE-TIME values, time zones, value forms.
 //! - [`conflict`]: occurrences, durations and overlaps, for the policies.
 //! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
@@ -42,6 +44,7 @@ pub mod imap;
 pub mod itip;
 pub mod maildir;
 pub mod mime;
+pub mod originator;
 pub mod outbox;
 pub mod policy;
 pub mod process;
@@ -49,6 +52,7 @@ pub mod reply;
 pub mod run;
 pub mod state;
 pub mod store;
+pub mod time;
 pub mod tls;
 
 /// `println!` for reports on standard output that does not panic when the

@@ -29,8 +29,12 @@ pub struct CalendarPart {
 pub struct Mail {
     /// With angle brackets, as written in the header.
     pub message_id: Option<String>,
-    /// The bare, lower-cased From address.
+    /// The bare, lower-cased From address (the first mailbox).
     pub from: Option<String>,
+    /// Every mailbox of every From field, bare and lower-cased.
+    pub from_all: Vec<String>,
+    /// How many From fields the header holds (RFC 5322 allows one).
+    pub from_fields: usize,
     pub from_name: Option<String>,
     /// The bare, lower-cased Sender address.
     pub sender: Option<String>,
@@ -42,6 +46,14 @@ pub struct Mail {
     /// Whether the mail says it was sent automatically (`Auto-Submitted`
     /// other than `no`): used to avoid mail loops.
     pub auto_submitted: bool,
+    /// The `Auto-Submitted` keyword, lower-cased (`auto-generated`,
+    /// `auto-replied`, ...), without parameters.
+    pub auto_submitted_value: Option<String>,
+    /// `List-Id` (the id between angle brackets, lower-cased) and the
+    /// `mailto:` addresses of `List-Post`: the mailing list the mail came
+    /// through, which an automatic answer must never go to (RFC 3834 §2).
+    pub list_id: Option<String>,
+    pub list_post: Vec<String>,
     pub parts: Vec<CalendarPart>,
     /// Problems with the MIME structure itself (each makes the mail invalid).
     pub problems: Vec<String>,
@@ -89,11 +101,52 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
         references: id_list(message.references()),
         ..Mail::default()
     };
+    for h in message.headers() {
+        if h.name == HeaderName::From {
+            mail.from_fields += 1;
+            if let Some(a) = h.value.as_address() {
+                mail.from_all.extend(
+                    a.iter()
+                        .filter_map(|a| a.address())
+                        .map(address::bare)
+                        .filter(|a| !a.is_empty()),
+                );
+            }
+        }
+    }
     for (name, value) in message.headers_raw() {
         if name.eq_ignore_ascii_case("Authentication-Results") {
             mail.authentication_results.push(unfold(value));
         } else if name.eq_ignore_ascii_case("Auto-Submitted") {
-            mail.auto_submitted = !value.trim().eq_ignore_ascii_case("no");
+            let keyword = unfold(value)
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mail.auto_submitted = keyword != "no";
+            mail.auto_submitted_value = Some(keyword);
+        } else if name.eq_ignore_ascii_case("List-Id") {
+            let v = unfold(value);
+            let id = match (v.rfind('<'), v.rfind('>')) {
+                (Some(a), Some(b)) if a < b => v[a + 1..b].to_string(),
+                _ => v.trim().to_string(),
+            };
+            mail.list_id = Some(id.to_ascii_lowercase()).filter(|s| !s.is_empty());
+        } else if name.eq_ignore_ascii_case("List-Post") {
+            for item in unfold(value).split(',') {
+                let item = item.trim().trim_start_matches('<').trim_end_matches('>');
+                if let Some(rest) = item
+                    .get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("mailto:"))
+                    .and_then(|_| item.get(7..))
+                {
+                    let addr = rest.split('?').next().unwrap_or("");
+                    if !addr.is_empty() {
+                        mail.list_post.push(address::bare(addr));
+                    }
+                }
+            }
         }
     }
     let mut walker = Walker {
@@ -142,6 +195,8 @@ fn parser() -> &'static MessageParser {
             .header_text(HeaderName::Subject)
             .header_raw(HeaderName::Other("Authentication-Results".into()))
             .header_raw(HeaderName::Other("Auto-Submitted".into()))
+            .header_raw(HeaderName::ListId)
+            .header_raw(HeaderName::ListPost)
             .default_header_ignore()
     })
 }
@@ -222,23 +277,24 @@ impl Walker<'_> {
             }
             PartType::Message(inner) => self.walk(inner, 0, depth + 1, true),
             PartType::Text(text) if is_calendar => {
-                let text = if part.is_encoding_problem
-                    && part
-                        .content_transfer_encoding()
-                        .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"))
-                {
-                    // mail-parser gives up on broken base64 (a truncated
-                    // message); recover what can be decoded.
-                    let bytes = lenient_base64(text.as_bytes());
-                    decode_charset(&bytes, ct.and_then(|c| c.attribute("charset")))
-                } else {
-                    text.to_string()
+                // RFC 5545 §3.1: unfold first, then decode. A fold may split
+                // a multi-byte character, so the bytes are unfolded before
+                // the charset is decoded (mail-parser decodes line by line).
+                let text = match calendar_bytes(msg, part) {
+                    Some(bytes) => decode_charset(
+                        &unfold_bytes(&bytes),
+                        ct.and_then(|c| c.attribute("charset")),
+                    ),
+                    None => text.to_string(),
                 };
                 self.calendar(part, ct, text, forwarded);
             }
             PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
                 if is_calendar {
-                    let text = decode_charset(bytes, ct.and_then(|c| c.attribute("charset")));
+                    let text = decode_charset(
+                        &unfold_bytes(bytes),
+                        ct.and_then(|c| c.attribute("charset")),
+                    );
                     self.calendar(part, ct, text, forwarded);
                 } else if ctype == "message" && (csub == "rfc822" || csub == "global") {
                     // Nested deeper than mail-parser decodes by itself.
@@ -290,6 +346,49 @@ impl Walker<'_> {
             forwarded,
         });
     }
+}
+
+/// The transfer-decoded bytes of a calendar part, from the raw message
+/// (`None`: an encoding imipd does not decode itself; mail-parser's text is
+/// used). Broken base64 (a truncated message) is recovered as far as it goes.
+fn calendar_bytes(msg: &Message<'_>, part: &mail_parser::MessagePart<'_>) -> Option<Vec<u8>> {
+    let raw = msg
+        .raw_message
+        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?;
+    let cte = part
+        .content_transfer_encoding()
+        .map(|e| e.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match cte.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Some(raw.to_vec()),
+        "base64" => Some(lenient_base64(raw)),
+        "quoted-printable" => mail_parser::decoders::quoted_printable::quoted_printable_decode(raw),
+        _ => None,
+    }
+}
+
+/// Remove the line folds of iCalendar text (CRLF or LF followed by a space
+/// or a tab), on bytes.
+fn unfold_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\r'
+            && bytes.get(i + 1) == Some(&b'\n')
+            && matches!(bytes.get(i + 2), Some(b' ' | b'\t'))
+        {
+            i += 3;
+            continue;
+        }
+        if b == b'\n' && matches!(bytes.get(i + 1), Some(b' ' | b'\t')) {
+            i += 2;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
 }
 
 /// Decode base64 as far as it goes: characters outside the alphabet are

@@ -111,13 +111,21 @@ impl Outbox {
         self.answered.contains_key(key)
     }
 
-    /// Answers to one counterpart queued within the last hour.
+    /// Answers to one counterpart queued within the last hour (counterparts
+    /// compared as [`crate::address::cap_key`]: sub-addresses and case folded).
     pub fn recent(&self, counterpart: &str, now: DateTime<Utc>) -> usize {
         let since = now.timestamp() - 3600;
+        let who = crate::address::cap_key(counterpart);
         self.answered
             .values()
-            .filter(|(c, t)| c == counterpart && *t > since)
+            .filter(|(c, t)| *t > since && crate::address::cap_key(c) == who)
             .count()
+    }
+
+    /// Answers to anyone queued within the last hour.
+    pub fn recent_all(&self, now: DateTime<Utc>) -> usize {
+        let since = now.timestamp() - 3600;
+        self.answered.values().filter(|(_, t)| *t > since).count()
     }
 
     /// Queue a message durably: the entry first, then the ledger line.

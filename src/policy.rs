@@ -29,6 +29,8 @@ pub struct Facts {
     /// Overlaps a busy event in the store (`None`: not looked up).
     pub conflict: Option<bool>,
     pub recurring: bool,
+    /// The calendar data breaks no rule that makes acting on it unsafe.
+    pub valid: bool,
     pub duration: Option<Duration>,
     /// The next start (the first occurrence not yet over), UTC.
     pub start: Option<DateTime<Utc>>,
@@ -159,6 +161,19 @@ fn matches(r: &PolicyConfig, f: &Facts) -> Option<Vec<String>> {
             return None;
         }
         why.push(if want { "recurring" } else { "not recurring" }.into());
+    }
+    if let Some(want) = r.valid {
+        if f.valid != want {
+            return None;
+        }
+        why.push(
+            if want {
+                "valid"
+            } else {
+                "invalid calendar data"
+            }
+            .into(),
+        );
     }
     if let Some(max) = r.max_duration {
         let d = f.duration?;
@@ -315,6 +330,7 @@ mod tests {
             authenticated: None,
             conflict: None,
             recurring: None,
+            valid: None,
             max_duration: None,
             booking_window: None,
             accounts: None,
@@ -337,6 +353,7 @@ mod tests {
             authenticated: true,
             conflict: Some(false),
             recurring: false,
+            valid: true,
             duration: Some(Duration::from_secs(3600)),
             start: Some(now + chrono::Duration::days(3)),
             now,

@@ -1,10 +1,14 @@
-//! One message, start to end: classify it, decide per UID with the policies
-//! and the iTIP engine, and execute in a crash-safe order — the store first,
-//! then the answer into the durable outbox (keyed, so one request version is
-//! answered once), then held and recorded messages. Produces one
-//! [`MessageOutcome`] per message, printed as a line for people or as JSON
-//! for scripts. With `dry_run` every decision is made and reported, and
-//! nothing is written.
+//! One message, start to end, in two steps. [`Processor::plan`] decides
+//! without writing anything: classify the message, tie each iTIP object to
+//! the calendar user it speaks for ([`crate::originator`]), let the iTIP
+//! engine say what each UID's stored object becomes, gather the policy facts
+//! (the costly ones only for what would be answered), pick each policy, and
+//! build the answers. [`Processor::execute`] then carries the plan out in
+//! the crash-safe order: the store first, then the answers into the durable
+//! outbox (keyed, so one request version is answered once), then held and
+//! recorded messages. Produces one [`MessageOutcome`] per message, printed
+//! as a line for people or as JSON for scripts. With `dry_run` the plan is
+//! reported and nothing is written.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -18,15 +22,17 @@ use serde::Serialize;
 
 use crate::classify::{self, Classified};
 use crate::config::{Action, Config};
-use crate::engine::{self, Decision, Effect, Input, Role};
+use crate::engine::{self, Decision, Effect, Input, Instances, Role, Trust};
 use crate::ical::{self, Node};
-use crate::itip::CalObject;
+use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
+use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
 use crate::policy::{self, Facts, Needs, Verdict};
 use crate::state::State;
 use crate::store::Store;
-use crate::{conflict, reply};
+use crate::time::{Instant, Zones};
+use crate::{address, conflict, reply};
 
 /// Where a message comes from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,6 +64,10 @@ pub struct MessageOutcome {
     pub quarantine: bool,
     /// Set when the message could not be handled and must be retried.
     pub error: Option<String>,
+    /// The store or the state could not be read or written: the pass stops
+    /// here, and this message and every later one are left for the next.
+    #[serde(skip)]
+    pub stop: bool,
     pub dry_run: bool,
 }
 
@@ -70,6 +80,9 @@ pub struct ItemOutcome {
     pub role: Role,
     pub effect: Effect,
     pub reason: String,
+    /// Who the message speaks for, and how that is proven; `null` when the
+    /// sender is not shown to be the calendar user entitled to send it.
+    pub originator: Option<Originator>,
     /// The policy that matched (`default` when none did), and why.
     pub policy: String,
     pub action: Action,
@@ -86,7 +99,8 @@ impl MessageOutcome {
         self.error.is_some()
     }
 
-    fn new(c: &Classified, source: &str, dry_run: bool) -> MessageOutcome {
+    /// An outcome that only reports the classification.
+    pub fn new(c: &Classified, source: &str, dry_run: bool) -> MessageOutcome {
         MessageOutcome {
             source: source.to_string(),
             message_id: c.report.message_id.clone(),
@@ -98,6 +112,25 @@ impl MessageOutcome {
             results: Vec::new(),
             quarantine: false,
             error: None,
+            stop: false,
+            dry_run,
+        }
+    }
+
+    /// A message that could not even be read.
+    pub fn failed_to_read(source: &str, error: String, dry_run: bool) -> MessageOutcome {
+        MessageOutcome {
+            source: source.to_string(),
+            message_id: None,
+            from: None,
+            imip: false,
+            valid: false,
+            suspicious: false,
+            problems: Vec::new(),
+            results: Vec::new(),
+            quarantine: false,
+            error: Some(error),
+            stop: false,
             dry_run,
         }
     }
@@ -148,6 +181,11 @@ impl fmt::Display for MessageOutcome {
                 r.action.as_str(),
                 r.policy_reason
             )?;
+            if let Some(o) = &r.originator {
+                if o.proof.is_proven() {
+                    write!(f, "; from {}", o.describe())?;
+                }
+            }
             if let Some(reply) = &r.reply {
                 write!(f, "; reply {reply}")?;
             }
@@ -166,6 +204,78 @@ pub struct Processor<'a> {
     needs: Needs,
     address_book: Option<HashSet<String>>,
 }
+
+/// What one message will do: computed without writing, then executed.
+#[derive(Default)]
+struct Plan {
+    results: Vec<ItemOutcome>,
+    quarantine: bool,
+    /// The new object of each UID (the last one planned wins), with the
+    /// index of the iTIP object whose VTIMEZONEs it may copy and of the
+    /// results that report the file.
+    writes: Vec<Write>,
+    answers: Vec<reply::Outgoing>,
+    /// iTIP objects to keep until what they refer to arrives.
+    holds: Vec<(String, String)>,
+    /// Held objects that are now applied or superseded.
+    drop_held: Vec<PathBuf>,
+    /// Messages kept for a person (method, UID, calendar text).
+    attention: Vec<(Method, String, String)>,
+}
+
+struct Write {
+    uid: String,
+    object: Node,
+    tz_source: usize,
+    results: Vec<usize>,
+}
+
+impl Plan {
+    /// The object a UID will have after the writes planned so far.
+    fn pending(&self, uid: &str) -> Option<&Node> {
+        self.writes.iter().find(|w| w.uid == uid).map(|w| &w.object)
+    }
+
+    fn write(&mut self, uid: &str, object: Node, tz_source: usize, result: usize) {
+        match self.writes.iter_mut().find(|w| w.uid == uid) {
+            Some(w) => {
+                w.object = object;
+                w.tz_source = tz_source;
+                w.results.push(result);
+            }
+            None => self.writes.push(Write {
+                uid: uid.to_string(),
+                object,
+                tz_source,
+                results: vec![result],
+            }),
+        }
+    }
+}
+
+/// One UID of one iTIP object, between deciding and planning its effects.
+struct Item {
+    object: usize,
+    method: Method,
+    uid: String,
+    comps: Vec<Node>,
+    originator: Result<Originator, String>,
+    decision: Decision,
+    verdict: Verdict,
+}
+
+/// The answer a policy action gives, as a PARTSTAT.
+fn partstat_of(action: Action) -> Option<&'static str> {
+    match action {
+        Action::Accept => Some("ACCEPTED"),
+        Action::Decline => Some("DECLINED"),
+        Action::Tentative => Some("TENTATIVE"),
+        _ => None,
+    }
+}
+
+/// The property imipd keeps on a held object: who it was from.
+const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
 impl<'a> Processor<'a> {
     pub fn open(cfg: &'a Config, dry_run: bool) -> anyhow::Result<Processor<'a>> {
@@ -201,120 +311,397 @@ impl<'a> Processor<'a> {
                 .problems
                 .splice(0..0, origin.problems.iter().cloned());
         }
+        let now = crate::clock::now();
         let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
-        if let Err(e) = self.apply_all(&c, raw, origin, &mut out) {
-            out.error = Some(format!("{e:#}"));
+        let plan = match self.plan(&c, origin, now) {
+            Ok(p) => p,
+            Err(e) => {
+                out.error = Some(format!("{e:#}"));
+                out.stop = true;
+                return out;
+            }
+        };
+        out.quarantine = plan.quarantine;
+        out.results = plan.results.clone();
+        if self.dry_run {
+            return out;
+        }
+        match self.execute(plan, &c, raw, origin, now) {
+            Ok(paths) => {
+                for (i, p) in paths {
+                    if let Some(r) = out.results.get_mut(i) {
+                        r.file = Some(p);
+                    }
+                }
+            }
+            Err(e) => {
+                out.error = Some(format!("{e:#}"));
+                out.stop = true;
+            }
         }
         out
     }
 
-    fn apply_all(
+    /// The stored object for a UID, as the plan so far leaves it.
+    fn current(&self, plan: &Plan, uid: &str) -> anyhow::Result<Option<Node>> {
+        match plan.pending(uid) {
+            Some(n) => Ok(Some(n.clone())),
+            None => self.store.get(uid),
+        }
+    }
+
+    /// Decide everything one message does, writing nothing.
+    fn plan(
         &mut self,
         c: &Classified,
-        raw: &[u8],
         origin: Origin<'_>,
-        out: &mut MessageOutcome,
-    ) -> anyhow::Result<()> {
-        let Some(mail) = &c.mail else { return Ok(()) };
-        let now = crate::clock::now();
-        let authenticated = policy::authenticated(
-            &mail.authentication_results,
-            &self.cfg.trusted_authserv_ids,
-            mail.from.as_deref(),
-        );
-        // Decide first, for every item: a quarantine verdict holds the whole message.
-        let mut plan: Vec<(usize, String, Vec<Node>, Verdict)> = Vec::new();
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Plan> {
+        let mut plan = Plan::default();
+        let Some(mail) = &c.mail else {
+            return Ok(plan);
+        };
+        let who = MailIdentity::of(mail, &self.cfg.trusted_authserv_ids);
+        let sender_mail: Vec<String> = who.from.iter().chain(who.sender.iter()).cloned().collect();
+        // First every decision and every verdict: a quarantine verdict holds
+        // the whole message, so nothing is planned before all are known.
+        let mut items: Vec<Item> = Vec::new();
+        let mut shadow = Plan::default();
         for (i, obj) in c.objects.iter().enumerate() {
             let root = Node::from_ical(&obj.ical);
+            let zones = Zones::of(&root);
+            let Some(method) = obj.kind else { continue };
             for (uid, comps) in engine::group_by_uid(&root) {
-                let facts =
-                    self.facts(obj, &root, &uid, &comps, mail, authenticated, origin, now)?;
+                let originator = speaker(method, &comps, &who);
+                let decision = if obj.fatal {
+                    Decision {
+                        effect: Effect::Ignored,
+                        role: Role::Attendee,
+                        reason: format!(
+                            "the calendar data is invalid and is not acted on: {}",
+                            obj.problems.join("; ")
+                        ),
+                        object: None,
+                        invitation: None,
+                        no_answer: None,
+                    }
+                } else {
+                    let stored = self.current(&shadow, &uid)?;
+                    let d = engine::apply(
+                        stored.as_ref(),
+                        &Input {
+                            method,
+                            uid: &uid,
+                            comps: comps.clone(),
+                            zones: &zones,
+                            originator: &originator,
+                            sender_mail: &sender_mail,
+                            identity: &self.cfg.identity,
+                            trust: Trust {
+                                sent_by: &self.cfg.identity.trusted_sent_by,
+                            },
+                        },
+                    );
+                    if let Some(o) = &d.object {
+                        shadow.write(&uid, o.clone(), i, 0);
+                    }
+                    d
+                };
+                let facts = self.facts(
+                    obj,
+                    &root,
+                    &uid,
+                    &comps,
+                    &originator,
+                    &decision,
+                    mail,
+                    origin,
+                    now,
+                )?;
                 let verdict = policy::decide(&self.cfg.policies, &facts);
-                plan.push((i, uid, comps, verdict));
-            }
-        }
-        if let Some((_, _, _, v)) = plan.iter().find(|p| p.3.action == Action::Quarantine) {
-            out.quarantine = true;
-            if !self.dry_run && !origin.can_move {
-                let p = self.state.quarantine(origin.source, raw)?;
-                tracing::info!(file = %p.display(), "message quarantined");
-            }
-            for (i, uid, comps, _) in &plan {
-                out.results.push(self.item(
-                    &c.objects[*i],
+                items.push(Item {
+                    object: i,
+                    method,
                     uid,
                     comps,
+                    originator,
+                    decision,
+                    verdict,
+                });
+            }
+        }
+        // Objects too broken to split by UID are still reported.
+        for (i, obj) in c.objects.iter().enumerate() {
+            if items.iter().any(|it| it.object == i) {
+                continue;
+            }
+            let uid = obj
+                .components
+                .first()
+                .and_then(|&k| ical::uid(&obj.ical.components[k]))
+                .unwrap_or_default();
+            let facts = Facts {
+                method: obj.method.clone().unwrap_or_default(),
+                valid: false,
+                now,
+                account: origin.account.map(str::to_string),
+                folder: origin.folder.map(str::to_string),
+                ..Facts::default()
+            };
+            let verdict = policy::decide(&self.cfg.policies, &facts);
+            plan.results.push(ItemOutcome {
+                method: obj.method.clone().unwrap_or_default(),
+                uid,
+                summary: None,
+                role: Role::Attendee,
+                effect: Effect::Ignored,
+                reason: format!(
+                    "the calendar data cannot be acted on safely: {}",
+                    obj.problems.join("; ")
+                ),
+                originator: None,
+                policy: verdict.policy.clone(),
+                action: verdict.action,
+                policy_reason: verdict.why.clone(),
+                reply: None,
+                file: None,
+            });
+            if verdict.action == Action::Quarantine {
+                plan.quarantine = true;
+            }
+        }
+        if let Some(q) = items
+            .iter()
+            .find(|it| it.verdict.action == Action::Quarantine)
+        {
+            let name = q.verdict.policy.clone();
+            plan.quarantine = true;
+            for it in &items {
+                plan.results.push(self.outcome(
+                    it,
                     Role::Attendee,
                     Effect::Ignored,
-                    format!("quarantined by policy {}", v.policy),
-                    v,
+                    format!("quarantined by policy {name}"),
                 ));
             }
-            return Ok(());
+            return Ok(plan);
         }
-        for (i, obj) in c.objects.iter().enumerate() {
-            let entitled = c.sender_problems.get(i).is_some_and(Option::is_none);
-            if obj.unusable {
-                let v = plan
-                    .iter()
-                    .find(|p| p.0 == i)
-                    .map(|p| p.3.clone())
-                    .unwrap_or_else(|| policy::decide(&[], &Facts::default()));
-                let uid = obj
-                    .components
-                    .first()
-                    .and_then(|&k| ical::uid(&obj.ical.components[k]))
-                    .unwrap_or_default();
-                out.results.push(self.item(
-                    obj,
-                    &uid,
-                    &[],
+        if plan.quarantine {
+            for it in &items {
+                plan.results.push(self.outcome(
+                    it,
                     Role::Attendee,
                     Effect::Ignored,
-                    format!(
-                        "the calendar data cannot be acted on safely: {}",
-                        obj.problems.join("; ")
-                    ),
-                    &v,
+                    "the message is quarantined".into(),
+                ));
+            }
+            return Ok(plan);
+        }
+        for mut it in items {
+            if it.verdict.action == Action::Ignore {
+                plan.results.push(self.outcome(
+                    &it,
+                    Role::Attendee,
+                    Effect::Ignored,
+                    "ignored by policy".into(),
                 ));
                 continue;
             }
-            for (_, uid, comps, verdict) in plan.iter().filter(|p| p.0 == i) {
-                let item =
-                    self.apply_item(obj, uid, comps.clone(), entitled, verdict, mail, now)?;
-                out.results.push(item);
+            // Decided against the message's earlier items: decide again
+            // against what the plan now holds for this UID.
+            if !c.objects[it.object].fatal && plan.pending(&it.uid).is_some() {
+                let root = Node::from_ical(&c.objects[it.object].ical);
+                let zones = Zones::of(&root);
+                let stored = self.current(&plan, &it.uid)?;
+                it.decision = engine::apply(
+                    stored.as_ref(),
+                    &Input {
+                        method: it.method,
+                        uid: &it.uid,
+                        comps: it.comps.clone(),
+                        zones: &zones,
+                        originator: &it.originator,
+                        sender_mail: &sender_mail,
+                        identity: &self.cfg.identity,
+                        trust: Trust {
+                            sent_by: &self.cfg.identity.trusted_sent_by,
+                        },
+                    },
+                );
             }
+            self.plan_item(&mut plan, c, &mut it, mail, now)?;
         }
-        Ok(())
+        Ok(plan)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn item(
-        &self,
-        obj: &CalObject,
-        uid: &str,
-        comps: &[Node],
-        role: Role,
-        effect: Effect,
-        reason: String,
-        v: &Verdict,
-    ) -> ItemOutcome {
+    /// The outcome line of an item.
+    fn outcome(&self, it: &Item, role: Role, effect: Effect, reason: String) -> ItemOutcome {
         ItemOutcome {
-            method: obj.method.clone().unwrap_or_default(),
-            uid: uid.to_string(),
-            summary: comps.first().and_then(|c| c.text(&P::Summary)),
+            method: it.method.to_string(),
+            uid: it.uid.clone(),
+            summary: it.comps.first().and_then(|c| c.text(&P::Summary)),
             role,
             effect,
             reason,
-            policy: v.policy.clone(),
-            action: v.action,
-            policy_reason: v.why.clone(),
+            originator: it.originator.as_ref().ok().cloned(),
+            policy: it.verdict.policy.clone(),
+            action: it.verdict.action,
+            policy_reason: it.verdict.why.clone(),
             reply: None,
             file: None,
         }
     }
 
-    /// The facts the policies match on, for one UID of one object.
+    /// Plan the effects of one decided item: the answer (with my PARTSTAT
+    /// in my copy), the store write, held and recorded messages.
+    fn plan_item(
+        &mut self,
+        plan: &mut Plan,
+        c: &Classified,
+        it: &mut Item,
+        mail: &Mail,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let obj = &c.objects[it.object];
+        let index = plan.results.len();
+        let mut out = self.outcome(
+            it,
+            it.decision.role,
+            it.decision.effect,
+            it.decision.reason.clone(),
+        );
+        if let Some(ps) = partstat_of(it.verdict.action) {
+            out.reply = Some(self.answer(plan, obj, it, ps, mail, now)?);
+        }
+        let d = &it.decision;
+        match d.effect {
+            Effect::Held => {
+                let mut root = Node::from_ical(&obj.ical);
+                if let Ok(o) = &it.originator {
+                    root.set(ical::text_entry(
+                        P::Other(HELD_FROM.into()),
+                        o.address.clone(),
+                    ));
+                }
+                root.children
+                    .retain(|c| !c.is_scheduling() || c.uid().as_deref() == Some(it.uid.as_str()));
+                plan.holds
+                    .push((it.uid.clone(), ical::to_string(&root.into_ical())));
+            }
+            Effect::Recorded => {
+                plan.attention
+                    .push((it.method, it.uid.clone(), ical::to_string(&obj.ical)))
+            }
+            _ => {}
+        }
+        if let Some(object) = it.decision.object.clone() {
+            let object = self.apply_held(plan, &it.uid, it.method, &it.comps, object)?;
+            plan.write(&it.uid, object, it.object, index);
+            if self.dry_run {
+                out.file =
+                    Some(self.store.path_of(&it.uid).unwrap_or_else(|| {
+                        self.store.dir().join(crate::store::safe_name(&it.uid))
+                    }));
+            }
+        }
+        plan.results.push(out);
+        Ok(())
+    }
+
+    /// Re-apply what is held for a UID to the object a message just made of
+    /// it: CANCELs that arrived before their REQUEST keep their effect until
+    /// a message newer than them arrives (RFC 5546 §5.2.1), and a delegate's
+    /// REPLY is applied once its delegator's is.
+    fn apply_held(
+        &self,
+        plan: &mut Plan,
+        uid: &str,
+        method: Method,
+        comps: &[Node],
+        mut object: Node,
+    ) -> anyhow::Result<Node> {
+        let wanted = match method {
+            Method::Request | Method::Publish | Method::Add => Method::Cancel,
+            Method::Reply => Method::Reply,
+            _ => return Ok(object),
+        };
+        let incoming = engine::newest(comps);
+        for (path, text) in self.held_items(uid) {
+            if plan.drop_held.contains(&path) {
+                continue;
+            }
+            let calcard::Entry::ICalendar(ical) = calcard::Parser::new(&text).entry() else {
+                plan.drop_held.push(path);
+                continue;
+            };
+            let root = Node::from_ical(&ical);
+            let (m, _) = ical::method(&ical);
+            let Some(held_method) = m.as_deref().and_then(Method::parse) else {
+                plan.drop_held.push(path);
+                continue;
+            };
+            if held_method != wanted {
+                continue;
+            }
+            let Some((_, held)) = engine::group_by_uid(&root)
+                .into_iter()
+                .find(|(u, _)| u == uid)
+            else {
+                plan.drop_held.push(path);
+                continue;
+            };
+            if held_method == Method::Cancel && incoming > engine::newest(&held) {
+                // A message newer than the CANCEL supersedes it.
+                plan.drop_held.push(path);
+                continue;
+            }
+            let from = root
+                .text(&P::Other(HELD_FROM.into()))
+                .or_else(|| held.iter().find_map(Node::organizer))
+                .unwrap_or_default();
+            let originator = Ok(Originator {
+                mail: address::bare(&from),
+                address: address::canonical(&from),
+                via: Via::From,
+                sent_by: None,
+                proof: Proof::From,
+            });
+            let zones = Zones::of(&root);
+            let d = engine::apply(
+                Some(&object),
+                &Input {
+                    method: held_method,
+                    uid,
+                    comps: held,
+                    zones: &zones,
+                    originator: &originator,
+                    sender_mail: &[],
+                    identity: &self.cfg.identity,
+                    trust: Trust {
+                        sent_by: &self.cfg.identity.trusted_sent_by,
+                    },
+                },
+            );
+            tracing::info!(uid, method = %held_method, effect = d.effect.as_str(), "held message applied");
+            match (held_method, d.effect) {
+                (Method::Reply, Effect::Held) => {}
+                (Method::Reply, _) => plan.drop_held.push(path),
+                _ => {}
+            }
+            if let Some(o) = d.object {
+                object = o;
+            }
+        }
+        Ok(object)
+    }
+
+    /// The held iTIP objects of a UID, oldest first.
+    fn held_items(&self, uid: &str) -> Vec<(PathBuf, String)> {
+        self.state.held(uid).into_iter().collect()
+    }
+
+    /// The facts the policies match on, for one UID of one object. The
+    /// costly ones (recurrences, busy time) only for what would be answered.
     #[allow(clippy::too_many_arguments)]
     fn facts(
         &mut self,
@@ -322,20 +709,20 @@ impl<'a> Processor<'a> {
         root: &Node,
         uid: &str,
         comps: &[Node],
+        originator: &Result<Originator, String>,
+        d: &Decision,
         mail: &Mail,
-        authenticated: bool,
         origin: Origin<'_>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Facts> {
         let first = comps.first();
-        let master = comps.iter().find(|c| c.recurrence_id().is_none()).or(first);
+        let master = comps
+            .iter()
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .or(first);
         let organizer = comps.iter().find_map(Node::organizer);
-        // Expanding recurrences costs; only the rules that look at time need it.
-        let occurrences = if self.needs.start || self.needs.conflict {
-            conflict::occurrences(root, uid, now)
-        } else {
-            Vec::new()
-        };
+        let answerable = (d.invitation.is_some() && d.no_answer.is_none())
+            || (d.role == Role::Organizer && d.effect == Effect::Recorded);
         let mut facts = Facts {
             method: obj.method.clone().unwrap_or_default(),
             component: first
@@ -344,17 +731,14 @@ impl<'a> Processor<'a> {
             organizer: organizer.clone(),
             sender: mail.from.clone(),
             known_sender: None,
-            authenticated,
+            authenticated: originator.as_ref().is_ok_and(|o| o.proof.is_proven()),
             conflict: None,
             recurring: comps
                 .iter()
                 .any(|c| c.prop(&P::Rrule).is_some() || c.prop(&P::Rdate).is_some()),
+            valid: !obj.fatal,
             duration: master.and_then(conflict::duration),
-            start: occurrences
-                .iter()
-                .find(|(_, end)| *end > now.timestamp())
-                .or(occurrences.first())
-                .and_then(|(s, _)| DateTime::from_timestamp(*s, 0)),
+            start: None,
             now,
             account: origin.account.map(str::to_string),
             folder: origin.folder.map(str::to_string),
@@ -370,312 +754,306 @@ impl<'a> Processor<'a> {
             facts.known_sender = Some(
                 organizer
                     .as_deref()
-                    .is_some_and(|o| book.is_some_and(|b| b.contains(&crate::address::bare(o)))),
+                    .is_some_and(|o| book.is_some_and(|b| b.contains(&address::bare(o)))),
             );
         }
-        if self.needs.conflict {
-            facts.conflict = Some(conflict::conflicts(
-                &self.store,
-                uid,
-                &occurrences,
-                &self.cfg.identity,
-                now,
-            )?);
+        if answerable && (self.needs.start || self.needs.conflict) {
+            let occurrences = conflict::occurrences(root, uid, now);
+            facts.start = occurrences
+                .iter()
+                .find(|(_, end)| *end > now.timestamp())
+                .and_then(|(s, _)| DateTime::from_timestamp(*s, 0));
+            if self.needs.conflict {
+                facts.conflict = Some(conflict::conflicts(
+                    &self.store,
+                    uid,
+                    &occurrences,
+                    &self.cfg.identity,
+                    now,
+                )?);
+            }
         }
         Ok(facts)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply_item(
-        &mut self,
-        obj: &CalObject,
-        uid: &str,
-        comps: Vec<Node>,
-        sender_entitled: bool,
-        verdict: &Verdict,
-        mail: &Mail,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<ItemOutcome> {
-        let method = obj.method.clone().unwrap_or_default();
-        if verdict.action == Action::Ignore {
-            return Ok(self.item(
-                obj,
-                uid,
-                &comps,
-                Role::Attendee,
-                Effect::Ignored,
-                "ignored by policy".into(),
-                verdict,
-            ));
-        }
-        let input = Input {
-            method: &method,
-            uid,
-            comps: comps.clone(),
-            sender_entitled,
-            identity: &self.cfg.identity,
-        };
-        let stored = self.store.get(uid)?;
-        let mut decision = engine::apply(stored.as_ref(), &input);
-        let partstat = match verdict.action {
-            Action::Accept => Some("ACCEPTED"),
-            Action::Decline => Some("DECLINED"),
-            Action::Tentative => Some("TENTATIVE"),
-            _ => None,
-        };
-        // My answer goes into my copy of the event.
-        if let (Some(ps), Some(inv), Some(object), Role::Attendee) = (
-            partstat,
-            &decision.invitation,
-            decision.object.as_mut(),
-            decision.role,
-        ) {
-            set_my_partstat(object, &inv.me, ps, &inv.recurrence_ids);
-        }
-        let file = self.execute(uid, &method, &decision, obj)?;
-        let mut item = self.item(
-            obj,
-            uid,
-            &comps,
-            decision.role,
-            decision.effect,
-            decision.reason.clone(),
-            verdict,
-        );
-        item.file = file;
-        if let Some(ps) = partstat {
-            item.reply = self.answer(&method, ps, &decision, &comps, verdict, obj, mail, now)?;
-        }
-        Ok(item)
-    }
-
-    /// Queue the answer a policy asked for, unless a never-answer rule forbids it.
-    #[allow(clippy::too_many_arguments)]
+    /// Plan the answer a policy asked for, unless a never-answer rule
+    /// forbids it; returns what the outcome says about it.
     fn answer(
         &mut self,
-        method: &str,
-        partstat: &str,
-        d: &Decision,
-        comps: &[Node],
-        verdict: &Verdict,
+        plan: &mut Plan,
         obj: &CalObject,
+        it: &mut Item,
+        partstat: &str,
         mail: &Mail,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<String> {
+        let action = it.verdict.action;
+        let method = it.method;
+        let d = &it.decision;
+        if mail.auto_submitted_value.as_deref() == Some("auto-replied") {
+            return Ok("not sent: the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)".into());
+        }
         let me_name = self.cfg.identity.name.as_deref();
-        let built: anyhow::Result<reply::Outgoing> = match (d.role, method, d.effect) {
-            (Role::Attendee, "REQUEST" | "ADD", _) => {
-                let Some(inv) = &d.invitation else {
-                    return Ok(Some(match d.effect {
+        let zones = Zones::of(&Node::from_ical(&obj.ical));
+        let (built, object_after) = match (d.role, method, d.effect) {
+            (Role::Attendee, Method::Request | Method::Add, _) => {
+                let Some(inv) = d.invitation.clone() else {
+                    return Ok(match d.effect {
                         Effect::Unchanged | Effect::Stale => {
                             "not sent: this version was already handled".into()
                         }
                         Effect::Refused => "not sent: the message was refused".into(),
+                        Effect::Ignored => "not sent: the message changed nothing".into(),
                         _ => "not sent: I am not an attendee of this event".into(),
-                    }));
+                    });
                 };
+                if let Some(why) = &d.no_answer {
+                    return Ok(format!("not sent: {why}"));
+                }
+                let organizer = it.comps.iter().find_map(Node::organizer);
+                match organizer.as_deref() {
+                    None => return Ok("not sent: the invitation names no organizer".into()),
+                    Some(o) if self.cfg.identity.is_me(o) => {
+                        return Ok("not sent: I am the organizer".into())
+                    }
+                    Some(o) if is_the_list(mail, o) => {
+                        return Ok(format!(
+                            "not sent: the organizer {} is the mailing list the invitation came through; an automatic answer would go to the whole list",
+                            address::bare(o)
+                        ))
+                    }
+                    _ => {}
+                }
                 // Already filed (a replayed message): answer from the store.
-                let stored;
                 let object = match &d.object {
-                    Some(o) => o,
-                    None => match self.store.get(&inv_uid(comps))? {
-                        Some(s) => {
-                            stored = s;
-                            &stored
-                        }
-                        None => return Ok(None),
+                    Some(o) => o.clone(),
+                    None => match self.current(plan, &it.uid)? {
+                        Some(s) => s,
+                        None => return Ok("not sent: the event is not in the store".into()),
                     },
                 };
-                if let Some(reason) = self.never_answer(inv, comps) {
-                    return Ok(Some(format!("not sent: {reason}")));
+                let inst = Instances::of(Some(&object), &it.comps, &zones);
+                // Components that ask for no answer (RSVP=FALSE) are not answered.
+                let asked: Vec<Option<Instant>> = inv
+                    .rids()
+                    .into_iter()
+                    .filter(|rid| {
+                        inst.find(&object, *rid)
+                            .is_some_and(|c| !rsvp_false(c, &inv.me))
+                    })
+                    .collect();
+                if asked.is_empty() {
+                    return Ok("not sent: the organizer asks for no answer (RSVP=FALSE)".into());
                 }
-                reply::build_reply(&reply::ReplyRequest {
-                    object,
+                if is_over(&object, &it.uid, now) {
+                    return Ok("not sent: every occurrence of the event is over".into());
+                }
+                let mut answered = object.clone();
+                set_my_partstat(&mut answered, &inv.me, partstat, &asked, &inst);
+                let built = reply::build_reply(&reply::ReplyRequest {
+                    object: &answered,
+                    instances: &inst,
                     tz_source: Some(&obj.ical),
                     me: &inv.me,
                     my_name: me_name,
                     partstat,
-                    recurrence_ids: &inv.recurrence_ids,
-                    comment: verdict.comment.as_deref(),
+                    recurrence_ids: &asked,
+                    comment: it.verdict.comment.as_deref(),
                     request: Some(mail),
                     now,
-                })
+                });
+                (built, Some(answered))
             }
-            (Role::Organizer, "COUNTER" | "REFRESH", Effect::Recorded)
-                if (method == "COUNTER" && partstat == "DECLINED")
-                    || (method == "REFRESH" && partstat == "ACCEPTED") =>
+            (Role::Organizer, Method::Counter | Method::Refresh, Effect::Recorded)
+                if (method == Method::Counter && action == Action::Decline)
+                    || (method == Method::Refresh && action == Action::Accept) =>
             {
-                let uid = comps[0].uid().unwrap_or_default();
-                let Some(stored) = self.store.get(&uid)? else {
-                    return Ok(None);
+                let Some(stored) = self.current(plan, &it.uid)? else {
+                    return Ok("not sent: the event is not in the store".into());
                 };
-                let me = stored_organizer(&stored).unwrap_or_default();
-                if method == "COUNTER" {
-                    reply::build_declinecounter(
-                        &stored,
-                        &comps[0],
-                        &me,
-                        me_name,
-                        verdict.comment.as_deref(),
-                        Some(mail),
-                        now,
-                    )
-                } else {
-                    reply::build_refresh_answer(&stored, &comps[0], &me, me_name, Some(mail), now)
+                if engine::is_unverified(&stored) {
+                    return Ok("not sent: I learned this event from mail that only claimed to come from me, so imipd sends nothing about it".into());
                 }
+                let Ok(who) = &it.originator else {
+                    return Ok("not sent: the sender is not the attendee it speaks for".into());
+                };
+                let me = engine::stored_organizer(&stored).unwrap_or_default();
+                let inst = Instances::of(Some(&stored), &it.comps, &zones);
+                let author = reply::Organizer {
+                    me: &me,
+                    my_name: me_name,
+                    comment: it.verdict.comment.as_deref(),
+                    request: Some(mail),
+                    now,
+                };
+                let built = if method == Method::Counter {
+                    reply::build_declinecounter(&stored, &inst, &it.comps[0], &who.address, &author)
+                } else {
+                    reply::build_refresh_answer(&stored, &it.comps[0], &who.address, &author)
+                };
+                (built, None)
             }
-            (Role::Organizer, "REQUEST" | "ADD" | "PUBLISH" | "CANCEL", _) => {
-                return Ok(Some("not sent: I am the organizer of this event".into()))
-            }
+            (
+                Role::Organizer,
+                Method::Request | Method::Add | Method::Publish | Method::Cancel,
+                _,
+            ) => return Ok("not sent: I am the organizer of this event".into()),
             _ => {
-                return Ok(Some(format!(
+                return Ok(format!(
                     "not sent: a {method} is not answered with {}",
-                    verdict.action.as_str()
-                )))
+                    action.as_str()
+                ))
             }
         };
         // A message that cannot be answered is reported, not retried.
         let outgoing = match built {
             Ok(o) => o,
-            Err(e) => return Ok(Some(format!("not sent: {e:#}"))),
+            Err(e) => return Ok(format!("not sent: {e:#}")),
         };
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
-            return Ok(Some(
-                "not sent: it would go to one of my own addresses".into(),
-            ));
+            return Ok("not sent: it would go to one of my own addresses".into());
         }
-        if self.outbox.answered(&outgoing.key) {
-            return Ok(Some("not sent: this version was already answered".into()));
-        }
-        let recent = self.outbox.recent(&outgoing.counterpart, now);
-        if recent >= self.cfg.max_replies_per_hour as usize {
-            return Ok(Some(format!(
-                "not sent: {} answers to {} in the last hour reach the cap (outgoing.max_replies_per_hour = {})",
-                recent, outgoing.counterpart, self.cfg.max_replies_per_hour
-            )));
-        }
-        if self.dry_run {
-            return Ok(Some(format!(
-                "would be queued to {}: {}",
-                outgoing.to.join(", "),
-                outgoing.summary
-            )));
-        }
-        let text = format!("queued to {}: {}", outgoing.to.join(", "), outgoing.summary);
-        self.outbox.enqueue(outgoing, now)?;
-        Ok(Some(text))
-    }
-
-    /// Why an invitation to me must not be answered, if it must not.
-    fn never_answer(&self, inv: &engine::Invitation, comps: &[Node]) -> Option<String> {
-        let organizer = comps.iter().find_map(Node::organizer);
-        match organizer.as_deref() {
-            None => return Some("the invitation names no organizer".into()),
-            Some(o) if self.cfg.identity.is_me(o) => return Some("I am the organizer".into()),
-            _ => {}
-        }
-        let rsvp_false = comps.iter().any(|c| {
-            c.entries.iter().any(|e| {
-                e.name == P::Attendee
-                    && ical::cal_address(e).as_deref() == Some(inv.me.as_str())
-                    && ical::param(e, &Pn::Rsvp).is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
-            })
-        });
-        if rsvp_false {
-            return Some("the organizer asks for no answer (RSVP=FALSE)".into());
-        }
-        None
-    }
-
-    /// Carry out a decision: store first, then held and recorded messages.
-    fn execute(
-        &mut self,
-        uid: &str,
-        method: &str,
-        d: &Decision,
-        obj: &CalObject,
-    ) -> anyhow::Result<Option<PathBuf>> {
-        if self.dry_run {
-            return Ok(d.object.as_ref().map(|_| {
-                self.store
-                    .path_of(uid)
-                    .unwrap_or_else(|| self.store.dir().join(crate::store::safe_name(uid)))
-            }));
-        }
-        let mut written = None;
-        if let Some(object) = &d.object {
-            let mut object = object.clone();
-            let mut held_path = None;
-            if d.release_held {
-                if let Some((path, text)) = self.state.held(uid) {
-                    if let Some(after) = self.apply_held(uid, &object, &text) {
-                        object = after;
-                    }
-                    held_path = Some(path);
+        if self.outbox.answered(&outgoing.key) || plan.answers.iter().any(|a| a.key == outgoing.key)
+        {
+            // A replay: make sure my copy still records the answer.
+            if let Some(after) = object_after {
+                if self.current(plan, &it.uid)?.as_ref() != Some(&after) {
+                    it.decision.object = Some(after);
                 }
             }
-            written = Some(self.store.put(uid, &object, Some(&obj.ical))?);
-            if let Some(p) = held_path {
-                let _ = std::fs::remove_file(p);
-            }
+            return Ok("not sent: this version was already answered".into());
         }
-        match d.effect {
-            Effect::Held => self.state.hold(uid, &ical::to_string(&obj.ical))?,
-            Effect::Recorded => {
-                let p = self
-                    .state
-                    .record_attention(method, uid, &ical::to_string(&obj.ical))?;
-                tracing::info!(uid, method, file = %p.display(), "kept for a person to act on");
-            }
-            _ => {}
+        let counterpart = address::cap_key(&outgoing.counterpart);
+        let recent = self.outbox.recent(&counterpart, now)
+            + plan
+                .answers
+                .iter()
+                .filter(|a| address::cap_key(&a.counterpart) == counterpart)
+                .count();
+        if recent >= self.cfg.max_replies_per_hour as usize {
+            return Ok(format!(
+                "not sent, held back by a cap: {recent} answers to {counterpart} in the last hour reach outgoing.max_replies_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
+                self.cfg.max_replies_per_hour
+            ));
         }
-        Ok(written)
-    }
-
-    /// Apply a held CANCEL to a just-arrived object.
-    fn apply_held(&self, uid: &str, object: &Node, text: &str) -> Option<Node> {
-        let calcard::Entry::ICalendar(ical) = calcard::Parser::new(text).entry() else {
-            return None;
-        };
-        let root = Node::from_ical(&ical);
-        let (_, comps) = engine::group_by_uid(&root)
-            .into_iter()
-            .find(|(u, _)| u == uid)?;
-        let input = Input {
-            method: "CANCEL",
-            uid,
-            comps,
-            // Held only when its sender was its organizer; the engine still
-            // checks that this organizer is the event's.
-            sender_entitled: true,
-            identity: &self.cfg.identity,
-        };
-        let d = engine::apply(Some(object), &input);
-        tracing::info!(
-            uid,
-            effect = d.effect.as_str(),
-            "held CANCEL applied to the arriving event"
+        let total = self.outbox.recent_all(now) + plan.answers.len();
+        if total >= self.cfg.max_answers_per_hour as usize {
+            return Ok(format!(
+                "not sent, held back by a cap: {total} automatic answers in the last hour reach outgoing.max_answers_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
+                self.cfg.max_answers_per_hour
+            ));
+        }
+        let text = format!(
+            "{} to {}: {}",
+            if self.dry_run {
+                "would be queued"
+            } else {
+                "queued"
+            },
+            outgoing.to.join(", "),
+            outgoing.summary
         );
-        d.object
+        plan.answers.push(outgoing);
+        if let Some(after) = object_after {
+            it.decision.object = Some(after);
+        }
+        Ok(text)
+    }
+
+    /// Carry out a plan in the crash-safe order: store, outbox and answered
+    /// ledger, held and recorded messages, quarantine copy. Returns the file
+    /// written for each result.
+    fn execute(
+        &mut self,
+        plan: Plan,
+        c: &Classified,
+        raw: &[u8],
+        origin: Origin<'_>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(usize, PathBuf)>> {
+        let mut files = Vec::new();
+        for w in plan.writes {
+            let tz = c.objects.get(w.tz_source).map(|o| &o.ical);
+            let path = self.store.put(&w.uid, &w.object, tz)?;
+            files.extend(w.results.into_iter().map(|i| (i, path.clone())));
+        }
+        for a in plan.answers {
+            self.outbox.enqueue(a, now)?;
+        }
+        for (uid, text) in &plan.holds {
+            self.state.hold(uid, text)?;
+        }
+        for p in &plan.drop_held {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove {}: {e}", p.display()),
+            }
+        }
+        for (method, uid, text) in &plan.attention {
+            let p = self.state.record_attention(method.as_str(), uid, text)?;
+            tracing::info!(uid, %method, file = %p.display(), "kept for a person to act on");
+        }
+        if plan.quarantine && !origin.can_move {
+            let p = self.state.quarantine(origin.source, raw)?;
+            tracing::info!(file = %p.display(), "message quarantined");
+        }
+        Ok(files)
     }
 }
 
-fn inv_uid(comps: &[Node]) -> String {
-    comps.first().and_then(Node::uid).unwrap_or_default()
+/// Who a group of components (one UID) speaks for: the ORGANIZER, or the
+/// replying ATTENDEE of the first component that names the sender.
+fn speaker(method: Method, comps: &[Node], who: &MailIdentity) -> Result<Originator, String> {
+    let mut first_err = None;
+    for c in comps {
+        match originator::originator(method, c, who) {
+            Ok(o) => return Ok(o),
+            Err(e) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| "the message names nobody".into()))
 }
 
-fn stored_organizer(root: &Node) -> Option<String> {
-    root.children
-        .iter()
-        .filter(|c| c.is_scheduling())
-        .find_map(Node::organizer)
+/// Whether the organizer is the mailing list the mail came through
+/// (List-Post, or the address List-Id stands for).
+fn is_the_list(mail: &Mail, organizer: &str) -> bool {
+    let org = address::bare(organizer);
+    if mail.list_post.contains(&org) {
+        return true;
+    }
+    let Some(id) = &mail.list_id else {
+        return false;
+    };
+    match org.split_once('@') {
+        Some((local, domain)) => *id == format!("{local}.{domain}") || *id == org,
+        None => false,
+    }
+}
+
+/// Whether my ATTENDEE in a component says RSVP=FALSE.
+fn rsvp_false(c: &Node, me: &str) -> bool {
+    c.entries.iter().any(|e| {
+        e.name == P::Attendee
+            && ical::cal_address(e).as_deref() == Some(me)
+            && ical::param(e, &Pn::Rsvp).is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
+    })
 }
 
 /// Set my PARTSTAT on the components an answer covers.
-fn set_my_partstat(root: &mut Node, me: &str, partstat: &str, rids: &[Option<String>]) {
-    let whole = rids.iter().any(Option::is_none);
+fn set_my_partstat(
+    root: &mut Node,
+    me: &str,
+    partstat: &str,
+    rids: &[Option<Instant>],
+    inst: &Instances,
+) {
     for c in root.children.iter_mut().filter(|c| c.is_scheduling()) {
-        if !whole && !rids.contains(&c.recurrence_id()) {
+        if !rids.contains(&inst.rid(c)) {
             continue;
         }
         for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
@@ -689,4 +1067,23 @@ fn set_my_partstat(root: &mut Node, me: &str, partstat: &str, rids: &[Option<Str
             }
         }
     }
+}
+
+/// Whether every occurrence of an event has ended.
+fn is_over(object: &Node, uid: &str, now: DateTime<Utc>) -> bool {
+    let finite = object
+        .children
+        .iter()
+        .filter(|c| c.is_scheduling())
+        .flat_map(|c| c.entries.iter().filter(|e| e.name == P::Rrule))
+        .all(|e| {
+            e.values.iter().all(|v| match v {
+                calcard::icalendar::ICalendarValue::RecurrenceRule(r) => {
+                    r.count.is_some() || r.until.is_some()
+                }
+                _ => true,
+            })
+        });
+    let occ = conflict::occurrences(object, uid, now);
+    finite && !occ.is_empty() && occ.len() < 1000 && occ.iter().all(|(_, e)| *e <= now.timestamp())
 }

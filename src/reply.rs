@@ -16,9 +16,10 @@ use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use sha2::{Digest, Sha256};
 
 use crate::address;
-use crate::engine;
+use crate::engine::{self, Instances};
 use crate::ical::{self, Node};
 use crate::mime::Mail;
+use crate::time::Instant;
 
 /// A message ready for the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +43,8 @@ pub struct Outgoing {
 pub struct ReplyRequest<'a> {
     /// The stored object (root VCALENDAR) after the invitation was applied.
     pub object: &'a Node,
+    /// How the object's instances are told apart.
+    pub instances: &'a Instances,
     /// Where VTIMEZONEs may be copied from (the invitation).
     pub tz_source: Option<&'a calcard::icalendar::ICalendar>,
     /// My address as the invitation names it (canonical).
@@ -49,18 +52,19 @@ pub struct ReplyRequest<'a> {
     pub my_name: Option<&'a str>,
     /// ACCEPTED, DECLINED or TENTATIVE.
     pub partstat: &'a str,
-    /// `None` for the whole event, else the instances answered.
-    pub recurrence_ids: &'a [Option<String>],
+    /// `None` for the whole event, else the instances answered; one REPLY
+    /// component each (RFC 5546 §3.2.3 allows several).
+    pub recurrence_ids: &'a [Option<Instant>],
     pub comment: Option<&'a str>,
     /// The invitation mail, for threading.
     pub request: Option<&'a Mail>,
     pub now: DateTime<Utc>,
 }
 
-fn find<'a>(root: &'a Node, rid: Option<&str>) -> Option<&'a Node> {
+fn master(root: &Node) -> Option<&Node> {
     root.children
         .iter()
-        .find(|c| c.is_scheduling() && c.recurrence_id().as_deref() == rid)
+        .find(|c| c.is_scheduling() && c.prop(&P::RecurrenceId).is_none())
 }
 
 /// The answer key: hash of what identifies the answered version.
@@ -89,21 +93,29 @@ pub fn mail_address(e: &ICalendarEntry) -> Option<String> {
 
 /// Build the iTIP REPLY (§3.2.3) and its mail.
 pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
-    let rids: Vec<Option<String>> = if r.recurrence_ids.is_empty() {
+    let rids: Vec<Option<Instant>> = if r.recurrence_ids.is_empty() {
         vec![None]
     } else {
         r.recurrence_ids.to_vec()
     };
     let mut root = Node::from_ical(&ical::new_calendar(Some("REPLY")));
     let mut first: Option<Node> = None;
+    let mut versions = Vec::new();
     for rid in &rids {
-        let Some(src) = find(r.object, rid.as_deref()) else {
+        let Some(src) = r.instances.find(r.object, *rid) else {
             anyhow::bail!(
                 "cannot build reply: the event has no component for {}",
-                rid.as_deref().unwrap_or("the whole series")
+                rid.map(|r| r.canonical())
+                    .unwrap_or_else(|| "the whole series".into())
             );
         };
         let c = reply_component(src, r)?;
+        versions.push(format!(
+            "{}@{}@{}",
+            rid.map(|r| r.canonical()).unwrap_or_else(|| "*".into()),
+            src.sequence(),
+            engine::timing(src, r.instances)
+        ));
         if first.is_none() {
             first = Some(src.clone());
         }
@@ -124,9 +136,9 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
     let ics = ical::to_string(&ical);
 
     let uid = src.uid().unwrap_or_default();
-    let seq = src.sequence().to_string();
-    let rid_list: Vec<&str> = rids.iter().map(|r| r.as_deref().unwrap_or("*")).collect();
-    let key = key(&["REPLY", &uid, &rid_list.join(","), &seq, r.me]);
+    // One answer per request version (per component: its SEQUENCE and when
+    // it happens) and per answer.
+    let key = key(&["REPLY", &uid, &versions.join(","), r.me, r.partstat]);
     let verb = match r.partstat {
         "ACCEPTED" => "accepted",
         "DECLINED" => "declined",
@@ -144,8 +156,7 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
         .my_name
         .map(str::to_string)
         .unwrap_or_else(|| r.me.trim_start_matches("mailto:").to_string());
-    let instance = find(r.object, rids[0].as_deref()).unwrap_or(&src);
-    let summary = format!("{who} {verb}: {title}, {}", when(instance));
+    let summary = format!("{who} {verb}: {title}, {}", when(&src));
     outgoing(MailParts {
         from: r.me.trim_start_matches("mailto:"),
         from_name: r.my_name,
@@ -190,8 +201,7 @@ fn reply_component(src: &Node, r: &ReplyRequest<'_>) -> anyhow::Result<Node> {
         ICalendarParameterValue::Text(r.partstat.to_string()),
     );
     ical::remove_param(&mut att, &Pn::Rsvp);
-    att.params
-        .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+    engine::strip_private(&mut att);
     c.entries.push(att);
     copy(&mut c, P::Dtstart);
     copy(&mut c, P::Dtend);
@@ -204,23 +214,38 @@ fn reply_component(src: &Node, r: &ReplyRequest<'_>) -> anyhow::Result<Node> {
     Ok(c)
 }
 
+/// Who answers as organizer, and the context of the answer.
+pub struct Organizer<'a> {
+    /// My calendar address as the event names it.
+    pub me: &'a str,
+    pub my_name: Option<&'a str>,
+    pub comment: Option<&'a str>,
+    /// The mail answered, for threading.
+    pub request: Option<&'a Mail>,
+    pub now: DateTime<Utc>,
+}
+
 /// DECLINECOUNTER (§3.2.8): the organizer refuses an attendee's proposal.
 pub fn build_declinecounter(
     stored: &Node,
+    instances: &Instances,
     counter: &Node,
-    me: &str,
-    my_name: Option<&str>,
-    comment: Option<&str>,
-    request: Option<&Mail>,
-    now: DateTime<Utc>,
+    proposer: &str,
+    o: &Organizer<'_>,
 ) -> anyhow::Result<Outgoing> {
+    let (me, my_name, comment, request, now) = (o.me, o.my_name, o.comment, o.request, o.now);
     let rid = counter.recurrence_id();
-    let src = find(stored, rid.as_deref())
-        .or_else(|| find(stored, None))
+    let src = instances
+        .find(stored, instances.rid(counter))
+        .or_else(|| master(stored))
         .ok_or_else(|| anyhow::anyhow!("cannot build DECLINECOUNTER: the event is empty"))?;
-    let att = counter.prop(&P::Attendee).ok_or_else(|| {
-        anyhow::anyhow!("cannot build DECLINECOUNTER: the COUNTER names no attendee")
-    })?;
+    let att = counter
+        .entries
+        .iter()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(proposer))
+        .ok_or_else(|| {
+            anyhow::anyhow!("cannot build DECLINECOUNTER: the COUNTER does not name {proposer}")
+        })?;
     let to = mail_address(att).ok_or_else(|| {
         anyhow::anyhow!("cannot build DECLINECOUNTER: the attendee has no mail address")
     })?;
@@ -239,8 +264,7 @@ pub fn build_declinecounter(
         c.entries.push(o.clone());
     }
     let mut a = att.clone();
-    a.params
-        .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+    engine::strip_private(&mut a);
     c.entries.push(a);
     if let Some(text) = comment {
         c.entries.push(ical::text_entry(P::Comment, text));
@@ -284,14 +308,15 @@ pub fn build_declinecounter(
 pub fn build_refresh_answer(
     stored: &Node,
     refresh: &Node,
-    me: &str,
-    my_name: Option<&str>,
-    request: Option<&Mail>,
-    now: DateTime<Utc>,
+    requester: &str,
+    o: &Organizer<'_>,
 ) -> anyhow::Result<Outgoing> {
+    let (me, my_name, request, now) = (o.me, o.my_name, o.request, o.now);
     let att = refresh
-        .prop(&P::Attendee)
-        .ok_or_else(|| anyhow::anyhow!("cannot answer REFRESH: it names no attendee"))?;
+        .entries
+        .iter()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(requester))
+        .ok_or_else(|| anyhow::anyhow!("cannot answer REFRESH: it does not name {requester}"))?;
     let to = mail_address(att).ok_or_else(|| {
         anyhow::anyhow!("cannot answer REFRESH: the attendee has no mail address")
     })?;
@@ -299,18 +324,34 @@ pub fn build_refresh_answer(
     for c in stored.children.iter() {
         let mut c = c.clone();
         if c.is_scheduling() {
+            // Only what the requester is invited to (RFC 5546 §3.2.6): an
+            // attendee of one instance does not receive the whole series.
+            let named = c.entries.iter().any(|e| {
+                e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(requester)
+            });
+            if !named {
+                continue;
+            }
             c.set(ical::utc_entry(P::Dtstamp, now));
             for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
-                e.params
-                    .retain(|p| !matches!(&p.name, Pn::Other(n) if n.starts_with("X-IMIPD")));
+                engine::strip_private(e);
             }
             c.children.retain(|a| a.kind != Ct::VAlarm);
         }
         root.children.push(c);
     }
-    let src = find(stored, None)
-        .or_else(|| stored.children.iter().find(|c| c.is_scheduling()))
-        .ok_or_else(|| anyhow::anyhow!("cannot answer REFRESH: the event is empty"))?;
+    let src = root
+        .children
+        .iter()
+        .find(|c| c.is_scheduling() && c.prop(&P::RecurrenceId).is_none())
+        .or_else(|| root.children.iter().find(|c| c.is_scheduling()))
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot answer REFRESH: {requester} is not an attendee of any component"
+            )
+        })?;
+    let src = &src;
     let mut ical = root.into_ical();
     ical::drop_unused_timezones(&mut ical);
     ical.add_missing_timezones();
@@ -443,7 +484,7 @@ pub fn when(c: &Node) -> String {
     let Some(start_e) = c.prop(&P::Dtstart).or_else(|| c.prop(&P::RecurrenceId)) else {
         return "time not given".into();
     };
-    let Some(start) = engine::to_naive(start_e) else {
+    let Some(start) = crate::time::to_naive(start_e) else {
         return "time not given".into();
     };
     let date_only = matches!(start_e.values.first(), Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none());
@@ -451,7 +492,7 @@ pub fn when(c: &Node) -> String {
     let end = c
         .prop(&P::Dtend)
         .or_else(|| c.prop(&P::Due))
-        .and_then(engine::to_naive)
+        .and_then(crate::time::to_naive)
         .or_else(|| {
             let d = c.prop(&P::Duration)?;
             match d.values.first()? {

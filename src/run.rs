@@ -57,30 +57,28 @@ pub fn process_files(cfg: &Config, files: &[String], opts: Options) -> anyhow::R
         };
         let outcome = match raw {
             Ok(raw) => p.process(&raw, file),
-            Err(e) => failed(file, format!("cannot read {file}: {e}"), opts.dry_run),
+            Err(e) => MessageOutcome::failed_to_read(
+                file,
+                format!("cannot read {file}: {e}"),
+                opts.dry_run,
+            ),
         };
         if outcome.failed() {
             status = EXIT_SOME_FAILED;
         }
         report(&outcome, opts);
+        if outcome.stop {
+            // The store or the state cannot be written: the rest would be
+            // handled against it as it is, and lost. The MTA retries.
+            for rest in files.iter().skip_while(|f| *f != file).skip(1) {
+                eprintln!(
+                    "imipd: {rest}: not handled, because the store or the state cannot be written"
+                );
+            }
+            break;
+        }
     }
     Ok(status.max(flush(&mut p, opts)?))
-}
-
-fn failed(source: &str, error: String, dry_run: bool) -> MessageOutcome {
-    MessageOutcome {
-        source: source.to_string(),
-        message_id: None,
-        from: None,
-        imip: false,
-        valid: false,
-        suspicious: false,
-        problems: Vec::new(),
-        results: Vec::new(),
-        quarantine: false,
-        error: Some(error),
-        dry_run,
-    }
 }
 
 /// Send what the outbox holds (everything, whatever its backoff); exit 3
@@ -322,13 +320,18 @@ pub fn once_maildir(
                 },
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // moved meanwhile
-            Err(e) => failed(
+            Err(e) => MessageOutcome::failed_to_read(
                 &source,
                 format!("cannot read {}: {e}", entry.path.display()),
                 opts.dry_run,
             ),
         };
         report(&outcome, opts);
+        if outcome.stop {
+            // The store or the state cannot be written: stop here, leaving
+            // this message and the rest for the next pass.
+            return Ok(EXIT_SOME_FAILED);
+        }
         if outcome.failed() {
             status = EXIT_SOME_FAILED;
         } else if !opts.dry_run {

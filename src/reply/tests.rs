@@ -37,8 +37,26 @@ fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// The instant of a Berlin local time, as the stored overrides name them.
+fn berlin(local: &str) -> crate::time::Instant {
+    let text = format!("BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nRECURRENCE-ID;TZID=Europe/Berlin:{local}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+    let calcard::Entry::ICalendar(i) = calcard::Parser::new(&text).entry() else {
+        panic!()
+    };
+    crate::time::entry_instant(
+        &i.components[1].entries[0],
+        &crate::time::Zones::default(),
+        calcard::common::timezone::Tz::UTC,
+    )
+    .unwrap()
+}
+
 fn build(partstat: &str, rids: &[Option<String>], comment: Option<&str>) -> Outgoing {
     let object = stored();
+    let instances = Instances::of(Some(&object), &[], &crate::time::Zones::default());
+    let rids: Vec<Option<crate::time::Instant>> =
+        rids.iter().map(|r| r.as_deref().map(berlin)).collect();
+    let rids = &rids[..];
     let request = Mail {
         message_id: Some("<req-1@example.com>".into()),
         references: vec!["<older@example.com>".into()],
@@ -46,6 +64,7 @@ fn build(partstat: &str, rids: &[Option<String>], comment: Option<&str>) -> Outg
     };
     build_reply(&ReplyRequest {
         object: &object,
+        instances: &instances,
         tz_source: None,
         me: "mailto:bob@example.com",
         my_name: Some("Bob Example"),
@@ -251,8 +270,10 @@ fn the_same_answer_has_the_same_key_and_a_new_version_a_new_one() {
 #[test]
 fn not_an_attendee_cannot_reply() {
     let object = stored();
+    let instances = Instances::of(Some(&object), &[], &crate::time::Zones::default());
     let r = build_reply(&ReplyRequest {
         object: &object,
+        instances: &instances,
         tz_source: None,
         me: "mailto:zed@example.com",
         my_name: None,
@@ -277,14 +298,19 @@ fn declinecounter_and_refresh_answers() {
         ],
         children: vec![],
     };
+    let instances = Instances::of(Some(&object), &[], &crate::time::Zones::default());
     let d = build_declinecounter(
         &object,
+        &instances,
         &counter,
-        "mailto:alice@example.com",
-        None,
-        Some("No"),
-        None,
-        now(),
+        "mailto:carol@example.com",
+        &Organizer {
+            me: "mailto:alice@example.com",
+            my_name: None,
+            comment: Some("No"),
+            request: None,
+            now: now(),
+        },
     )
     .unwrap();
     let (root, report) = parse_back(&d);
@@ -294,15 +320,21 @@ fn declinecounter_and_refresh_answers() {
     let r = build_refresh_answer(
         &object,
         &counter,
-        "mailto:alice@example.com",
-        None,
-        None,
-        now(),
+        "mailto:carol@example.com",
+        &Organizer {
+            me: "mailto:alice@example.com",
+            my_name: None,
+            comment: None,
+            request: None,
+            now: now(),
+        },
     )
     .unwrap();
     let (root, report) = parse_back(&r);
     assert_eq!(root.text(&P::Method).as_deref(), Some("REQUEST"));
-    assert_eq!(vevents(&root).len(), 2);
+    // RFC 5546 §3.2.6: only what carol is invited to — the series, not the
+    // moved instance that names bob alone.
+    assert_eq!(vevents(&root).len(), 1);
     assert!(report.valid && !report.suspicious, "{:?}", report.problems);
     assert!(!r.message.contains("BEGIN:VALARM"));
 }
@@ -311,7 +343,7 @@ fn declinecounter_and_refresh_answers() {
 fn when_reads_like_a_person_wrote_it() {
     let s = stored();
     assert_eq!(
-        when(find(&s, None).unwrap()),
+        when(master(&s).unwrap()),
         "Tue 1 Dec 2026 10:00–11:00 Europe/Berlin"
     );
     let all_day = Node {

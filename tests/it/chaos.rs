@@ -260,7 +260,7 @@ fn message_count() -> usize {
 fn config(d: &Dovecot, smtp_port: u16) -> String {
     format!(
         "[outgoing]\ntransport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\ntimeout = 5\n\
-         max_replies_per_hour = 100000\n\
+         max_replies_per_hour = 100000\nmax_answers_per_hour = 100000\n\
          [[policy]]\nname = \"invitations\"\nmethods = [\"REQUEST\", \"ADD\"]\naction = \"accept\"\n{}",
         imap_account(d, "bob", BOB, "")
     )

@@ -316,10 +316,33 @@ fn hostile_spoofed_cancel_request_and_organizer_change_change_nothing() {
     );
     let r = h.once();
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // The new invitation in alice's name is filed, flagged as not from its
+    // organizer, and never answered (issue 9 item 10): it changes no one
+    // else's event.
+    let o = r.outcome("new@mallory");
+    assert_eq!(o["suspicious"], true, "{o}");
+    let res = result(o);
+    assert_eq!(res["effect"], "created", "{o}");
+    assert!(
+        res["reply"]
+            .as_str()
+            .unwrap()
+            .contains("not shown to be its organizer"),
+        "{o}"
+    );
+    let filed = h
+        .env
+        .store_files()
+        .into_iter()
+        .find(|(_, t)| t.contains("UID:h-2@example.com"))
+        .map(|(_, t)| t)
+        .unwrap();
+    assert!(filed.contains("X-IMIPD-UNVERIFIED"), "{filed}");
+    let mut store = h.env.store_files();
+    store.retain(|_, t| !t.contains("UID:h-2@example.com"));
     for (id, why) in [
         ("cancel@mallory", "not the organizer"),
         ("update@mallory", "not the organizer"),
-        ("new@mallory", "not the organizer"),
         ("takeover@mallory", "organizer would change"),
         ("cancel-takeover@mallory", "organizer would change"),
     ] {
@@ -337,7 +360,7 @@ fn hostile_spoofed_cancel_request_and_organizer_change_change_nothing() {
             assert!(reply.starts_with("not sent"), "{id}: {o}");
         }
     }
-    assert_eq!(h.env.store_files(), before.store, "the store is unchanged");
+    assert_eq!(store, before.store, "the stored events are unchanged");
     assert_eq!(h.sent().len(), before.sent, "no reply to forged mail");
     h.check_nothing_outside(&before);
 }

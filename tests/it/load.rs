@@ -93,7 +93,7 @@ fn measure(n: usize) -> Measured {
     let d = Dovecot::start(&refs);
     let addresses: Vec<String> = users.iter().map(|(u, _)| format!("\"{u}\"")).collect();
     let mut cfg = String::from(
-        "[outgoing]\ntransport = \"file\"\npath = \"sent\"\nmax_replies_per_hour = 1000\n\
+        "[outgoing]\ntransport = \"file\"\npath = \"sent\"\nmax_replies_per_hour = 1000\nmax_answers_per_hour = 100000\n\
          [[policy]]\nname = \"alice\"\nmethods = [\"REQUEST\"]\norganizers = [\"alice@example.com\"]\naction = \"accept\"\n",
     );
     for (i, (u, p)) in users.iter().enumerate() {

@@ -160,12 +160,37 @@ fn cancel_before_its_request_is_held_then_applied() {
         text.contains("STATUS:CANCELLED"),
         "the held cancel was applied: {text}"
     );
+    // RFC 5546 §5.2.1: the held CANCEL keeps its effect until a message
+    // newer than it arrives: a re-sent older REQUEST does not undo it ...
+    assert_eq!(
+        env.effects(&[&invite(
+            0,
+            "20261121T100000Z",
+            "20261201T100000",
+            "Planning"
+        )]),
+        ["stale"]
+    );
+    let text = stored(&env, "team-42@example.com").unwrap();
+    assert!(text.contains("STATUS:CANCELLED"), "still cancelled: {text}");
+    // ... a newer one (the organizer invited again after cancelling) does.
+    assert_eq!(
+        env.effects(&[&invite(
+            2,
+            "20261123T100000Z",
+            "20261201T100000",
+            "Planning"
+        )]),
+        ["updated"]
+    );
+    let text = stored(&env, "team-42@example.com").unwrap();
+    assert!(!text.contains("STATUS:CANCELLED"), "invited again: {text}");
     assert!(
         std::fs::read_dir(env.path("state/held"))
             .unwrap()
             .next()
             .is_none(),
-        "held cancel released"
+        "the superseded held CANCEL is dropped"
     );
 }
 
