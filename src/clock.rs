@@ -32,5 +32,6 @@ fn offset() -> chrono::Duration {
 
 /// The current time.
 pub fn now() -> DateTime<Utc> {
-    Utc::now() + offset()
+    let offset = offset();
+    Utc::now() + offset
 }

@@ -1516,6 +1516,11 @@ pub fn derive_override(root: &Node, rid: Option<Instant>, inst: &Instances) -> O
     let master = inst.find(root, None)?;
     let mut over = master.clone();
     over.children.retain(|c| c.kind != Ct::VAlarm);
+    // The instance's answers start from the series' answers, but each
+    // attendee may still answer for the instance itself.
+    for e in over.entries.iter_mut().filter(|e| e.name == P::Attendee) {
+        strip_private(e);
+    }
     for p in [P::Rrule, P::Rdate, P::Exdate, P::Exrule] {
         over.remove(&p);
     }

@@ -130,7 +130,13 @@ impl Outbox {
 
     /// Queue a message durably: the entry first, then the ledger line.
     pub fn enqueue(&mut self, message: Outgoing, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let mut seq = now.timestamp_micros().max(0) as u64;
+        // The order of sending follows the system clock (not imipd's clock,
+        // which IMIPD_NOW may move): entries of successive runs sort in the
+        // order they were queued.
+        let mut seq = Utc::now()
+            .timestamp_micros()
+            .max(now.timestamp_micros())
+            .max(0) as u64;
         // Keep the order strict even within one microsecond.
         while self.dir.join(entry_name(seq, &message.key)).exists() {
             seq += 1;

@@ -6,12 +6,14 @@ mod harness;
 mod harness_selftest;
 mod support;
 
+mod authz;
 mod chaos;
 mod classify_fixtures;
 mod cli;
 mod crash;
 mod hostile;
 mod imap;
+mod itip;
 mod khal;
 mod load;
 mod replies;

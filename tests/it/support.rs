@@ -150,3 +150,62 @@ pub fn stored(env: &Env, uid: &str) -> Option<String> {
         .into_values()
         .find(|t| t.contains(&format!("UID:{uid}\r\n")))
 }
+
+impl Env {
+    /// Process one raw message with `imipd process --json`; its outcome.
+    pub fn one(&self, raw: &str) -> Value {
+        let p = self.message(&format!("one-{}.eml", rand_suffix()), raw);
+        let (v, out) = self.process(&[&p]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        v.into_iter()
+            .find(|v| v.get("results").is_some())
+            .unwrap_or_else(|| panic!("no outcome: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// The mail a `file` transport wrote into `dir`, in sending order.
+    pub fn sent_in(&self, dir: &str) -> Vec<String> {
+        dir_files(&self.path(dir)).into_values().collect()
+    }
+}
+
+/// The first result of an outcome.
+pub fn first(o: &Value) -> &Value {
+    &o["results"][0]
+}
+
+/// The unfolded text of a calendar object (RFC 5545 §3.1), for matching
+/// property lines whatever the line length.
+pub fn unfold(text: &str) -> String {
+    text.replace("\r\n ", "")
+        .replace("\r\n\t", "")
+        .replace("\n ", "")
+}
+
+/// The VEVENT blocks of a text (a stored object or a sent mail's calendar
+/// part), unfolded.
+pub fn vevents_in(text: &str) -> Vec<String> {
+    let text = unfold(text);
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(a) = rest.find("BEGIN:VEVENT") {
+        let Some(b) = rest[a..].find("END:VEVENT") else {
+            break;
+        };
+        out.push(rest[a..a + b].to_string());
+        rest = &rest[a + b + 10..];
+    }
+    out
+}
+
+/// The first text/calendar part of a sent mail (its VEVENTs, unfolded).
+pub fn calendar_vevents(mail: &str) -> Vec<String> {
+    let start = mail.find("BEGIN:VCALENDAR").unwrap_or(0);
+    let end = mail[start..]
+        .find("END:VCALENDAR")
+        .map_or(mail.len(), |e| start + e);
+    vevents_in(&mail[start..end])
+}
