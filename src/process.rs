@@ -169,7 +169,7 @@ pub struct Processor<'a> {
 
 impl<'a> Processor<'a> {
     pub fn open(cfg: &'a Config, dry_run: bool) -> anyhow::Result<Processor<'a>> {
-        let state = State::open(&cfg.state)?;
+        let state = State::open(&cfg.state, cfg.lock_timeout)?;
         Ok(Processor {
             cfg,
             store: Store::open(&cfg.store)?,
@@ -605,22 +605,25 @@ impl<'a> Processor<'a> {
         let mut written = None;
         if let Some(object) = &d.object {
             let mut object = object.clone();
-            let mut held_path = None;
+            let mut held_paths = Vec::new();
             if d.release_held {
-                if let Some((path, text)) = self.state.held(uid) {
+                // Every CANCEL held for this UID, oldest first.
+                for (path, text) in self.state.held(uid) {
                     if let Some(after) = self.apply_held(uid, &object, &text) {
                         object = after;
                     }
-                    held_path = Some(path);
+                    held_paths.push(path);
                 }
             }
             written = Some(self.store.put(uid, &object, Some(&obj.ical))?);
-            if let Some(p) = held_path {
-                let _ = std::fs::remove_file(p);
+            if !held_paths.is_empty() {
+                self.state.release_held(uid, &held_paths);
             }
         }
         match d.effect {
-            Effect::Held => self.state.hold(uid, &ical::to_string(&obj.ical))?,
+            Effect::Held => {
+                self.state.hold(uid, &ical::to_string(&obj.ical))?;
+            }
             Effect::Recorded => {
                 let p = self
                     .state

@@ -18,3 +18,4 @@ mod replies;
 mod robustness;
 mod scenarios;
 mod smtp;
+mod store_state;
