@@ -599,6 +599,47 @@ fn private_by_default_state_modes_after_a_run() {
 }
 
 #[test]
+fn private_by_default_imap_folder_state() {
+    let d = crate::harness::dovecot::Dovecot::start(&[("bob@example.com", "bob-secret")]);
+    let env = Env::new(&format!(
+        "[[account]]\nname = \"bob\"\nsource = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         tls = \"implicit\"\nusername = \"bob@example.com\"\npassword = \"bob-secret\"\n\
+         ca_file = \"{}\"\ntimeout = 10\n",
+        d.imaps_port,
+        d.certs.ca_pem.display()
+    ));
+    d.deliver_lmtp(
+        "bob@example.com",
+        invitation("imap-mode@example.com", 0, "IMAP").as_bytes(),
+    );
+    let once = || {
+        let out = imipd()
+            .args(["once", "--config"])
+            .arg(&env.config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    };
+    once();
+    let state = env.path("state");
+    let files: Vec<_> = walk(&state.join("imap"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(!files.is_empty(), "the folder state is kept");
+    for p in &files {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    assert_eq!(mode(&state), 0o700);
+    // Folders inside are closed at the latest when imipd next opens the state.
+    once();
+    for p in walk(&state) {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&p), want, "{}", p.display());
+    }
+}
+
+#[test]
 fn private_by_default_symlinked_lock_is_not_followed() {
     let env = Env::new("");
     let outside = env.path("precious.txt");
