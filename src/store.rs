@@ -162,12 +162,9 @@ impl Store {
             Some(n) => n,
             None => self.new_name(uid),
         };
-        let shared = self
-            .index
-            .borrow()
-            .files
-            .get(&name)
-            .is_some_and(|f| f.uids.iter().any(|u| u != uid));
+        // What the file holds now (another program may have edited it).
+        let shared =
+            fs::read(self.dir.join(&name)).is_ok_and(|t| scan_uids(&t).iter().any(|u| u != uid));
         let text = if shared {
             // A file written by another tool with several UIDs: keep theirs.
             let mut merged = self.read_root(&name)?;
