@@ -75,9 +75,18 @@ fn top_level_uids(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The calendar files of the store (not the dot-files a write in progress
+/// uses, which vdir readers skip): name → content.
+fn objects(env: &Env) -> Vec<(String, String)> {
+    env.store_files()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with('.'))
+        .collect()
+}
+
 /// The store files whose top-level components carry a UID.
 fn files_with_uid(env: &Env, uid: &str) -> Vec<(String, String)> {
-    env.store_files()
+    objects(env)
         .into_iter()
         .filter(|(_, t)| top_level_uids(t).iter().any(|u| u == uid))
         .collect()
@@ -434,9 +443,9 @@ fn store_changes_under_run_are_seen() {
             &invitation("added-by-khal@example.com", 1, "Synced (moved)"),
         );
         wait_until("the update filed", Duration::from_secs(60), || {
-            env.store_files()
-                .values()
-                .any(|t| t.contains("SUMMARY:Synced (moved)"))
+            objects(&env)
+                .iter()
+                .any(|(_, t)| t.contains("SUMMARY:Synced (moved)"))
         });
         let holders = files_with_uid(&env, "added-by-khal@example.com");
         let names: Vec<&str> = holders.iter().map(|(n, _)| n.as_str()).collect();
@@ -450,9 +459,9 @@ fn store_changes_under_run_are_seen() {
             &invitation("added-by-khal@example.com", 2, "Synced (again)"),
         );
         wait_until("the re-filed event", Duration::from_secs(60), || {
-            env.store_files()
-                .values()
-                .any(|t| t.contains("SUMMARY:Synced (again)"))
+            objects(&env)
+                .iter()
+                .any(|(_, t)| t.contains("SUMMARY:Synced (again)"))
         });
         assert_eq!(files_with_uid(&env, "added-by-khal@example.com").len(), 1);
     }));
