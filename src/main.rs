@@ -236,7 +236,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
     let mut unusable = false;
     let mut probe = |what: &str, dir: &Path, r: anyhow::Result<()>| {
         if let Err(e) = r {
-            eprintln!("imipd: {what} {} is not writable: {e:#}", dir.display());
+            eprintln!("imipd: cannot use {what} {}: {e:#}", dir.display());
             unusable = true;
         }
     };
