@@ -158,13 +158,30 @@ impl Store {
         root: &Node,
         tz_source: Option<&ICalendar>,
     ) -> anyhow::Result<PathBuf> {
-        let name = match self.lookup(uid) {
-            Some(n) => n,
-            None => self.new_name(uid),
+        // The file that holds the UID now: another program may have removed,
+        // renamed or edited the one the index names.
+        let mut found = self.lookup(uid).map(|n| {
+            let uids = fs::read(self.dir.join(&n)).map(|t| scan_uids(&t));
+            (n, uids)
+        });
+        if let Some((n, uids)) = &found {
+            if !uids.as_ref().is_ok_and(|u| u.iter().any(|x| x == uid)) {
+                self.scan(Some(n))?;
+                let again = self.index.borrow().by_uid.get(uid).cloned();
+                found = again.map(|n| {
+                    let uids = fs::read(self.dir.join(&n)).map(|t| scan_uids(&t));
+                    (n, uids)
+                });
+            }
+        }
+        let (name, shared) = match found {
+            // A file written by another tool may hold other UIDs too.
+            Some((n, uids)) => {
+                let shared = uids.is_ok_and(|u| u.iter().any(|x| x != uid));
+                (n, shared)
+            }
+            None => (self.new_name(uid), false),
         };
-        // What the file holds now (another program may have edited it).
-        let shared =
-            fs::read(self.dir.join(&name)).is_ok_and(|t| scan_uids(&t).iter().any(|u| u != uid));
         let text = if shared {
             // A file written by another tool with several UIDs: keep theirs.
             let mut merged = self.read_root(&name)?;
@@ -901,6 +918,30 @@ mod tests {
         assert!(s.get("one").unwrap().is_none());
         assert!(!s.uids().contains(&"one".to_string()));
         assert_eq!(ics_names(dir.path()), ["synced-123.ics", "synced-456.ics"]);
+    }
+
+    #[test]
+    fn put_follows_files_changed_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.ics"), event("a", "")).unwrap();
+        fs::write(dir.path().join("b.ics"), event("b", "")).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let root_a = s.get("a").unwrap().unwrap();
+        let root_b = s.get("b").unwrap().unwrap();
+        // Renamed by another program: the write goes to the new name.
+        fs::rename(dir.path().join("a.ics"), dir.path().join("a-renamed.ics")).unwrap();
+        let p = s.put("a", &root_a, None).unwrap();
+        assert!(p.ends_with("a-renamed.ics"), "{}", p.display());
+        // Edited in place to hold another event: that event is left alone
+        // and ours gets a file of its own.
+        fs::write(dir.path().join("b.ics"), event("other", "")).unwrap();
+        let p = s.put("b", &root_b, None).unwrap();
+        assert!(!p.ends_with("b.ics"), "{}", p.display());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("b.ics")).unwrap(),
+            event("other", "")
+        );
+        assert!(s.get("b").unwrap().is_some() && s.get("other").unwrap().is_some());
     }
 
     #[test]
