@@ -262,6 +262,9 @@ pub struct Config {
     pub identity: Identity,
     pub store: PathBuf,
     pub state: PathBuf,
+    /// How long `process`, `once` and `run` wait for another imipd to let
+    /// go of the state lock before giving up with exit status 75.
+    pub lock_timeout: Duration,
     pub outgoing: Option<Outgoing>,
     pub accounts: Vec<Account>,
     pub policies: Vec<PolicyConfig>,
@@ -287,6 +290,7 @@ impl Config {
             },
             store: PathBuf::from("calendar"),
             state: PathBuf::from("state"),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             outgoing: None,
             accounts: Vec::new(),
             policies: Vec::new(),
@@ -335,8 +339,20 @@ struct RawStore {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawState {
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    lock_timeout: Option<Spanned<RawDuration>>,
 }
+
+/// A duration written as seconds (`60`) or as text (`"60s"`, `"2m"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+/// The default of `state.lock_timeout`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -608,7 +624,11 @@ impl Validator<'_> {
             found.push(Secret::Command(c));
         }
         if let Some(f) = file {
-            found.push(Secret::File(self.path(f.get_ref())));
+            let path = self.path(f.get_ref());
+            if let Some(problem) = loose_secret_file(&path) {
+                return Err(self.err(&format!("{section}.password_file"), Some(f.span()), problem));
+            }
+            found.push(Secret::File(path));
         }
         if found.len() > 1 {
             return Err(self.err(
@@ -676,13 +696,28 @@ impl Validator<'_> {
             ));
         }
         let store = self.path(raw.store.path.get_ref());
-        let state = match &raw.state {
-            Some(s) => self.path(s.path.get_ref()),
+        let state = match raw.state.as_ref().and_then(|s| s.path.as_ref()) {
+            Some(p) => self.path(p.get_ref()),
             None => std::env::var_os("XDG_STATE_HOME")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| home_dir().join(".local/state"))
                 .join("imipd"),
+        };
+        let lock_timeout = match raw.state.as_ref().and_then(|s| s.lock_timeout.as_ref()) {
+            None => DEFAULT_LOCK_TIMEOUT,
+            Some(v) => match v.get_ref() {
+                RawDuration::Seconds(n) => Duration::from_secs(*n),
+                RawDuration::Text(t) => parse_duration(t).ok_or_else(|| {
+                    self.err(
+                        "state.lock_timeout",
+                        Some(v.span()),
+                        format!(
+                            "`{t}` is not a duration (like \"60s\", \"5m\" or a number of seconds)"
+                        ),
+                    )
+                })?,
+            },
         };
 
         let mut limits = Limits::default();
@@ -795,6 +830,7 @@ impl Validator<'_> {
             identity,
             store,
             state,
+            lock_timeout,
             outgoing,
             accounts,
             policies,
@@ -1231,6 +1267,22 @@ fn covers(first: &PolicyConfig, later: &PolicyConfig) -> bool {
             (Some(_), None) => false,
             (Some(a), Some(b)) => b <= a,
         }
+}
+
+/// Why a password file must not be used, as ssh refuses a private key that
+/// others can read: it is open to group or others. A file that cannot be
+/// looked at is reported when the password is needed.
+fn loose_secret_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "password file {} is open to group or others (mode {mode:04o}), so others may read the password; \
+             imipd refuses it: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )
+    })
 }
 
 /// "90m", "2h", "30d", "1w", "45s", a number of seconds, or an ISO 8601 /

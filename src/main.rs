@@ -1,7 +1,8 @@
 //! The `imipd` command line: parses arguments, loads the configuration,
 //! runs one command and maps the outcome to the exit status of the contract
-//! (0 ok, 1 some messages not handled, 2 bad command line or configuration,
-//! 3 a server unreachable or refusing the login).
+//! (0 ok, 1 some messages not handled, 2 bad command line or configuration —
+//! for `check` also a store or state folder it cannot write, 3 a server
+//! unreachable or refusing the login, 75 the state lock stayed busy).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -120,7 +121,8 @@ fn main() -> ExitCode {
 }
 
 /// Load the configuration and run a command with it; errors print their
-/// whole chain and give exit status 1 (2 for the configuration itself).
+/// whole chain and give exit status 1 (2 for the configuration itself, 75
+/// when the state lock stayed busy, so that an MTA delivers again later).
 fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> ExitCode {
     let cfg = match load_config(path) {
         Ok(c) => c,
@@ -130,7 +132,11 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("imipd: {e:#}");
-            ExitCode::from(1)
+            if e.chain().any(|c| c.is::<imipd::state::LockBusy>()) {
+                ExitCode::from(run::EXIT_TEMPFAIL)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -223,8 +229,73 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         }
     }
     imipd::say!("policies: {}", cfg.policies.len());
-    if connect {
-        return ExitCode::from(run::check_connect(&cfg));
+    for warning in plain_text_passwords(&cfg) {
+        eprintln!("imipd: warning: {warning}");
     }
-    ExitCode::SUCCESS
+    // The folders a run writes into: created as a run would, then probed.
+    let mut unusable = false;
+    let mut probe = |what: &str, dir: &Path, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            eprintln!("imipd: cannot use {what} {}: {e:#}", dir.display());
+            unusable = true;
+        }
+    };
+    probe(
+        "store folder",
+        &cfg.store,
+        imipd::store::probe_writable(&cfg.store),
+    );
+    probe(
+        "state folder",
+        &cfg.state,
+        imipd::state::State::probe_writable(&cfg.state),
+    );
+    if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
+        probe("outgoing folder", path, imipd::store::probe_writable(path));
+    }
+    let status = if connect {
+        run::check_connect(&cfg)
+    } else {
+        run::EXIT_OK
+    };
+    if unusable {
+        return ExitCode::from(2);
+    }
+    ExitCode::from(status)
+}
+
+/// Where a password would travel in plain text (`tls = "none"`) to a host
+/// that is not this machine.
+fn plain_text_passwords(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let say = |who: String, host: &str| {
+        format!(
+            "{who}: the password travels without TLS (tls = \"none\") to {host}, which is not this machine; \
+             anyone on the way can read it (use tls = \"implicit\" or \"starttls\")"
+        )
+    };
+    for a in &cfg.accounts {
+        if let config::Source::Imap(i) = &a.source {
+            if i.tls == config::Tls::None && !is_loopback(&i.host) {
+                out.push(say(format!("account {}", a.name), &i.host));
+            }
+        }
+    }
+    if let Some(config::Outgoing::Smtp(s)) = &cfg.outgoing {
+        if s.tls == config::Tls::None && s.secret.is_some() && !is_loopback(&s.host) {
+            out.push(say("outgoing".to_string(), &s.host));
+        }
+    }
+    out
+}
+
+/// `localhost`, a name under `.localhost` (RFC 6761), or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -3,10 +3,12 @@
 //! answered ledger (`STATE/answered.log`), and only then sent; an entry is
 //! removed only after the server accepted it. A crash loses nothing, and the
 //! key — the same answer to the same request version — stops a second reply.
+//! Everything it writes holds mail and is private: entries, the ledger and
+//! the `file` transport's messages are 0600, its folders 0700.
 //! Also owns the transports: SMTP (lettre over rustls) and files.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,7 +71,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn open(state: &Path) -> anyhow::Result<Outbox> {
         let dir = state.join("outbox");
-        fs::create_dir_all(&dir)
+        crate::state::create_private_dir(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
         crate::store::remove_temp_files(&dir);
         let ledger = state.join("answered.log");
@@ -151,10 +153,7 @@ impl Outbox {
         let name = entry_name(seq, &entry.message.key);
         let json = serde_json::to_vec_pretty(&entry)?;
         write_atomic(&self.dir, &name, &json)?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.ledger)
+        let mut f = crate::store::open_append(&self.ledger, 0o600)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.ledger.display()))?;
         writeln!(
             f,
@@ -260,7 +259,7 @@ impl Sender {
                     reports.push(report);
                 }
                 Err(SendError::Permanent(msg)) => {
-                    fs::create_dir_all(&self.rejected).map_err(|e| {
+                    crate::state::create_private_dir(&self.rejected).map_err(|e| {
                         anyhow::anyhow!("cannot create {}: {e}", self.rejected.display())
                     })?;
                     entry.last_error = Some(msg.clone());

@@ -217,8 +217,8 @@ struct Plan {
     answers: Vec<reply::Outgoing>,
     /// iTIP objects to keep until what they refer to arrives.
     holds: Vec<(String, String)>,
-    /// Held objects that are now applied or superseded.
-    drop_held: Vec<PathBuf>,
+    /// Held objects that are now applied or superseded (UID, file).
+    drop_held: Vec<(String, PathBuf)>,
     /// Messages kept for a person (method, UID, calendar text).
     attention: Vec<(Method, String, String)>,
 }
@@ -279,7 +279,7 @@ const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
 impl<'a> Processor<'a> {
     pub fn open(cfg: &'a Config, dry_run: bool) -> anyhow::Result<Processor<'a>> {
-        let state = State::open(&cfg.state)?;
+        let state = State::open(&cfg.state, cfg.lock_timeout)?;
         Ok(Processor {
             cfg,
             store: Store::open(&cfg.store)?,
@@ -627,17 +627,17 @@ impl<'a> Processor<'a> {
         };
         let incoming = engine::newest(comps);
         for (path, text) in self.held_items(uid) {
-            if plan.drop_held.contains(&path) {
+            if plan.drop_held.iter().any(|(_, p)| *p == path) {
                 continue;
             }
             let calcard::Entry::ICalendar(ical) = calcard::Parser::new(&text).entry() else {
-                plan.drop_held.push(path);
+                plan.drop_held.push((uid.to_string(), path));
                 continue;
             };
             let root = Node::from_ical(&ical);
             let (m, _) = ical::method(&ical);
             let Some(held_method) = m.as_deref().and_then(Method::parse) else {
-                plan.drop_held.push(path);
+                plan.drop_held.push((uid.to_string(), path));
                 continue;
             };
             if held_method != wanted {
@@ -647,12 +647,12 @@ impl<'a> Processor<'a> {
                 .into_iter()
                 .find(|(u, _)| u == uid)
             else {
-                plan.drop_held.push(path);
+                plan.drop_held.push((uid.to_string(), path));
                 continue;
             };
             if held_method == Method::Cancel && incoming > engine::newest(&held) {
                 // A message newer than the CANCEL supersedes it.
-                plan.drop_held.push(path);
+                plan.drop_held.push((uid.to_string(), path));
                 continue;
             }
             let from = root
@@ -685,7 +685,7 @@ impl<'a> Processor<'a> {
             tracing::info!(uid, method = %held_method, effect = d.effect.as_str(), "held message applied");
             match (held_method, d.effect) {
                 (Method::Reply, Effect::Held) => {}
-                (Method::Reply, _) => plan.drop_held.push(path),
+                (Method::Reply, _) => plan.drop_held.push((uid.to_string(), path)),
                 _ => {}
             }
             if let Some(o) = d.object {
@@ -697,7 +697,7 @@ impl<'a> Processor<'a> {
 
     /// The held iTIP objects of a UID, oldest first.
     fn held_items(&self, uid: &str) -> Vec<(PathBuf, String)> {
-        self.state.held(uid).into_iter().collect()
+        self.state.held(uid)
     }
 
     /// The facts the policies match on, for one UID of one object. The
@@ -983,12 +983,8 @@ impl<'a> Processor<'a> {
         for (uid, text) in &plan.holds {
             self.state.hold(uid, text)?;
         }
-        for p in &plan.drop_held {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot remove {}: {e}", p.display()),
-            }
+        for (uid, p) in &plan.drop_held {
+            self.state.release_held(uid, std::slice::from_ref(p));
         }
         for (method, uid, text) in &plan.attention {
             let p = self.state.record_attention(method.as_str(), uid, text)?;

@@ -23,6 +23,9 @@ pub struct Options {
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 1;
 pub const EXIT_SERVER: u8 = 3;
+/// EX_TEMPFAIL: the state lock stayed busy (another imipd works on the
+/// state); the mail server should deliver again later.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 pub fn print_json(value: &impl serde::Serialize) {
     let line = serde_json::to_string(value).unwrap_or_default();

@@ -1,44 +1,107 @@
 //! imipd's own durable state, in the `state` folder (never inside the vdir):
 //! the ledger of handled Maildir messages, CANCELs held for events not yet
 //! known, iTIP messages kept for a person to act on (COUNTER, REFRESH,
-//! DECLINECOUNTER), and the lock that keeps two imipd processes from working
-//! on the same state at once. Every write is atomic or an fsynced append.
+//! DECLINECOUNTER), copies of quarantined mail, and the lock that keeps two
+//! imipd processes from working on the same state at once (a second one
+//! waits for it, up to `state.lock_timeout`, then gives up with
+//! [`LockBusy`]: exit status 75, so that an MTA retries).
+//!
+//! Everything here holds mail content and is private: the folder is 0700
+//! and its files 0600 (tightened on open when an older version left them
+//! open), and the lock, the ledgers and temp files are opened without
+//! following symbolic links. Every write is atomic or an fsynced append;
+//! kept copies get names that never collide (time, method, UID prefix and a
+//! counter) and never replace one another.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use crate::store::{safe_name, write_atomic};
+use crate::store::{explain_link, open_append, safe_name, write_new};
+
+/// The lock stayed busy for the whole `state.lock_timeout`: another imipd
+/// works on this state. The caller should exit with status 75 (EX_TEMPFAIL).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot lock state folder {}: another imipd holds the lock (waited {} s, state.lock_timeout); try again later",
+    dir.display(),
+    waited.as_secs()
+)]
+pub struct LockBusy {
+    pub dir: PathBuf,
+    pub waited: Duration,
+}
 
 /// The state folder.
 pub struct State {
     dir: PathBuf,
-    _lock: Option<File>,
+    _lock: File,
 }
 
 impl State {
-    /// Open the folder, creating it, and take the process lock.
-    pub fn open(dir: &Path) -> anyhow::Result<State> {
-        fs::create_dir_all(dir)
+    /// Open the folder (creating it 0700, tightening what an older version
+    /// left open) and take the process lock, waiting up to `lock_timeout`
+    /// for another imipd to let it go.
+    pub fn open(dir: &Path, lock_timeout: Duration) -> anyhow::Result<State> {
+        create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create state folder {}: {e}", dir.display()))?;
         let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path)
-            .map_err(|e| anyhow::anyhow!("cannot create lock file {}: {e}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "cannot lock state folder {}: another imipd is working on it",
-                dir.display()
-            ),
-            Err(fs::TryLockError::Error(e)) => {
-                anyhow::bail!("cannot lock state folder {}: {e}", dir.display())
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open lock file {}: {}",
+                    lock_path.display(),
+                    explain_link(e)
+                )
+            })?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    let waited = start.elapsed();
+                    if waited >= lock_timeout {
+                        return Err(LockBusy {
+                            dir: dir.to_path_buf(),
+                            waited,
+                        }
+                        .into());
+                    }
+                    if waited.is_zero() {
+                        tracing::debug!(state = %dir.display(), "another imipd holds the lock; waiting");
+                    }
+                    std::thread::sleep(pause.min(lock_timeout - waited));
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    anyhow::bail!("cannot lock state folder {}: {e}", dir.display())
+                }
             }
         }
+        tighten(dir, 0);
         Ok(State {
             dir: dir.to_path_buf(),
-            _lock: Some(lock),
+            _lock: lock,
         })
+    }
+
+    /// Whether `imipd check` (and a run) can write the state folder: create
+    /// it as a run would, then create and remove a probe file.
+    pub fn probe_writable(dir: &Path) -> anyhow::Result<()> {
+        create_private_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        crate::store::probe_file(dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -47,24 +110,71 @@ impl State {
 
     fn sub(&self, name: &str) -> anyhow::Result<PathBuf> {
         let d = self.dir.join(name);
-        fs::create_dir_all(&d)
+        create_private_dir(&d)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
         Ok(d)
     }
 
-    /// Keep a CANCEL for a UID that is not in the store yet.
-    pub fn hold(&self, uid: &str, calendar_text: &str) -> anyhow::Result<()> {
-        let d = self.sub("held")?;
-        write_atomic(&d, &safe_name(uid), calendar_text.as_bytes())
+    /// Keep a CANCEL for a UID that is not in the store yet, beside the
+    /// others held for it (each instance may have its own); the same CANCEL
+    /// twice is kept once. Returns where.
+    pub fn hold(&self, uid: &str, calendar_text: &str) -> anyhow::Result<PathBuf> {
+        let held = self.held(uid);
+        if let Some((p, _)) = held.iter().find(|(_, t)| t == calendar_text) {
+            return Ok(p.clone());
+        }
+        let d = self.sub("held")?.join(held_folder(uid));
+        create_private_dir(&d)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
+        let next = held
+            .iter()
+            .filter_map(|(p, _)| held_number(p))
+            .max()
+            .map_or(1, |n| n + 1);
+        let name = write_new(&d, calendar_text.as_bytes(), |i| {
+            format!("{:06}.ics", next + i as u64)
+        })?;
+        Ok(d.join(name))
     }
 
-    /// The held CANCEL for a UID, if any.
-    pub fn held(&self, uid: &str) -> Option<(PathBuf, String)> {
-        let p = self.dir.join("held").join(safe_name(uid));
-        fs::read_to_string(&p).ok().map(|t| (p, t))
+    /// The CANCELs held for a UID, oldest first.
+    pub fn held(&self, uid: &str) -> Vec<(PathBuf, String)> {
+        let held = self.dir.join("held");
+        let mut out = Vec::new();
+        // One file per UID, as older versions kept them.
+        let legacy = held.join(safe_name(uid));
+        if let Ok(t) = fs::read_to_string(&legacy) {
+            out.push((legacy, t));
+        }
+        let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(held.join(held_folder(uid)))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter_map(|p| held_number(&p).map(|n| (n, p)))
+            .collect();
+        numbered.sort();
+        for (_, p) in numbered {
+            if let Ok(t) = fs::read_to_string(&p) {
+                out.push((p, t));
+            }
+        }
+        out
     }
 
-    /// Keep an iTIP message for a person to act on; returns where.
+    /// Forget held CANCELs once they are applied and the store is written.
+    pub fn release_held(&self, uid: &str, paths: &[PathBuf]) {
+        for p in paths {
+            if let Err(e) = fs::remove_file(p) {
+                tracing::warn!("cannot remove held CANCEL {}: {e}", p.display());
+            }
+        }
+        // Gone once empty.
+        let _ = fs::remove_dir(self.dir.join("held").join(held_folder(uid)));
+    }
+
+    /// Keep an iTIP message for a person to act on, under a name of its own
+    /// (`TIME-METHOD-UID-N.ics`); returns where.
     pub fn record_attention(
         &self,
         method: &str,
@@ -73,18 +183,25 @@ impl State {
     ) -> anyhow::Result<PathBuf> {
         let d = self.sub("attention")?;
         let stamp = crate::clock::now().format("%Y%m%dT%H%M%S");
-        let name = format!("{stamp}-{}-{}", method.to_ascii_lowercase(), safe_name(uid));
-        write_atomic(&d, &name, calendar_text.as_bytes())?;
+        let method = method.to_ascii_lowercase();
+        let label = short(&safe_name(uid));
+        let name = write_new(&d, calendar_text.as_bytes(), |i| {
+            format!("{stamp}-{method}-{label}-{}.ics", i + 1)
+        })?;
         Ok(d.join(name))
     }
 
-    /// Keep a copy of a quarantined message; returns where.
+    /// Keep a copy of a quarantined message under a name of its own
+    /// (`TIME-SOURCE-N.eml`); returns where.
     pub fn quarantine(&self, source: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
         let d = self.sub("quarantine")?;
         let stamp = crate::clock::now().format("%Y%m%dT%H%M%S");
-        let name = format!("{stamp}-{}", safe_name(source).trim_end_matches(".ics"));
-        let name = format!("{name}.eml");
-        write_atomic(&d, &name, raw)?;
+        let label = if source == "-" {
+            "stdin".to_string()
+        } else {
+            short(&safe_name(source))
+        };
+        let name = write_new(&d, raw, |i| format!("{stamp}-{label}-{}.eml", i + 1))?;
         Ok(d.join(name))
     }
 
@@ -95,6 +212,76 @@ impl State {
             "{}.done",
             safe_name(account).trim_end_matches(".ics")
         )))
+    }
+}
+
+/// The folder of the CANCELs held for one UID (the `.d` keeps it apart from
+/// the one-file-per-UID names of older versions).
+fn held_folder(uid: &str) -> String {
+    format!("{}.d", safe_name(uid))
+}
+
+/// The number of a held CANCEL file (`000001.ics`).
+fn held_number(p: &Path) -> Option<u64> {
+    let name = p.file_name()?.to_str()?;
+    let n = name.strip_suffix(".ics")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+/// A safe name without `.ics`, cut to a readable length.
+fn short(safe: &str) -> String {
+    let s = safe.trim_end_matches(".ics");
+    // Safe names are ASCII: any byte is a character boundary.
+    s[..s.len().min(60)].to_string()
+}
+
+/// Create a folder 0700 (its parents as usual), or make an existing one 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            let m = fs::metadata(dir)?.permissions().mode();
+            if m & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(m & 0o700))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Close what an older version (or an umask) left open to group and
+/// others, and remove the temp files a killed run left. Symbolic links are
+/// neither followed nor changed.
+fn tighten(dir: &Path, depth: usize) {
+    const MAX_DEPTH: usize = 4;
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_file() && crate::store::is_our_temp_file(&entry.file_name().to_string_lossy()) {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o700)) {
+                tracing::warn!("cannot make {} private: {e}", path.display());
+            }
+        }
+        if meta.is_dir() && depth < MAX_DEPTH {
+            tighten(&path, depth + 1);
+        }
     }
 }
 
@@ -132,10 +319,7 @@ impl Ledger {
     }
 
     pub fn add(&mut self, key: &str) -> anyhow::Result<()> {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
+        let mut f = open_append(&self.path, 0o600)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.path.display()))?;
         // A torn last line from a crash is harmless: it never equals a key.
         writeln!(f, "{key}")

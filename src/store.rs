@@ -1,14 +1,32 @@
 //! The vdir store: one `.ics` file per calendar object (all components of
 //! one UID) directly in one folder, as khal, todoman and vdirsyncer read it.
 //! Owns safe file names (whatever the UID holds, nothing lands outside the
-//! folder), atomic replacement (temp file, fsync, rename, fsync folder), and
-//! the UID → file index that keeps lookups O(1) with many thousands of files.
+//! folder), atomic replacement (temp file, fsync, rename, fsync folder; temp
+//! files are created new and never through a symbolic link), and the UID →
+//! file index that keeps lookups O(1) with many thousands of files.
+//!
+//! The index knows only the UIDs of top-level scheduling components (VEVENT,
+//! VTODO, VJOURNAL, VFREEBUSY directly inside VCALENDAR): a UID inside an
+//! alarm (RFC 9074) or an X- component names nothing the store holds. One UID
+//! is one file; when a foreign tool wrote two files with one UID, the index
+//! picks one deterministically (the name imipd would give it, else the
+//! first name in byte order) and imipd never writes a third.
+//!
+//! Other programs (vdirsyncer, khal, a person) change the folder while
+//! `imipd run` is up. The index follows: a lookup that misses, a hit whose
+//! file no longer holds the UID, and every new file first make sure the index
+//! is fresh (the folder's modification time, then a re-scan that re-reads
+//! only the files whose size, time or inode changed).
+//!
 //! Files that are not `.ics`, and dot-files, are left alone.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use calcard::icalendar::ICalendar;
 use sha2::{Digest, Sha256};
@@ -18,45 +36,62 @@ use crate::ical::{self, Node};
 /// An open vdir collection.
 pub struct Store {
     dir: PathBuf,
+    /// Interior mutability: a lookup through `&Store` may re-scan the folder.
+    index: RefCell<Index>,
+}
+
+/// What the store knows of its folder.
+#[derive(Default)]
+struct Index {
     /// UID → file name (not path) of the object that holds it.
-    index: HashMap<String, String>,
-    /// Every object file name, for choosing free names.
-    names: HashSet<String>,
+    by_uid: HashMap<String, String>,
+    /// Every object file name → what it held when last read.
+    files: HashMap<String, FileInfo>,
+    /// The folder's modification time before the last scan.
+    dir_mtime: Option<SystemTime>,
+    /// Whether an unchanged modification time proves that nothing changed:
+    /// not when the last change came too close to the scan for the file
+    /// system's clock to tell them apart.
+    trusted: bool,
+}
+
+struct FileInfo {
+    stamp: Option<Stamp>,
+    /// The UIDs of its top-level scheduling components.
+    uids: Vec<String>,
+}
+
+/// When a file's content may have changed: size, time, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: Option<SystemTime>,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            len: m.len(),
+            mtime: m.modified().ok(),
+            ino: m.ino(),
+        }
+    }
 }
 
 impl Store {
-    /// Open (and create if needed) the folder, and index the UIDs of its
-    /// `.ics` files.
+    /// Open (and create if needed) the folder, remove the temp files a
+    /// killed run left, and index the UIDs of its `.ics` files.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create store folder {}: {e}", dir.display()))?;
-        let mut index = HashMap::new();
-        let mut names = HashSet::new();
-        let entries = fs::read_dir(dir)
-            .map_err(|e| anyhow::anyhow!("cannot read store folder {}: {e}", dir.display()))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_our_temp_file(&name) {
-                // Left behind by a run that was killed mid-write.
-                let _ = fs::remove_file(entry.path());
-                continue;
-            }
-            if !is_object_name(&name) {
-                continue;
-            }
-            let Ok(text) = fs::read(entry.path()) else {
-                continue;
-            };
-            names.insert(name.clone());
-            for uid in scan_uids(&text) {
-                index.entry(uid).or_insert_with(|| name.clone());
-            }
-        }
-        Ok(Store {
+        remove_temp_files(dir);
+        let store = Store {
             dir: dir.to_path_buf(),
-            index,
-            names,
-        })
+            index: RefCell::new(Index::default()),
+        };
+        store.scan(None)?;
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -64,53 +99,89 @@ impl Store {
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.refresh();
+        self.index.borrow().by_uid.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
     }
 
     /// Every UID in the store.
     pub fn uids(&self) -> Vec<String> {
-        self.index.keys().cloned().collect()
+        self.refresh();
+        self.index.borrow().by_uid.keys().cloned().collect()
     }
 
     /// The file holding a UID, if any.
     pub fn path_of(&self, uid: &str) -> Option<PathBuf> {
-        self.index.get(uid).map(|n| self.dir.join(n))
+        let path = self.dir.join(self.lookup(uid)?);
+        if path.exists() {
+            return Some(path);
+        }
+        // Removed or renamed under us.
+        if let Err(e) = self.scan(None) {
+            tracing::warn!("{e:#}");
+        }
+        self.index
+            .borrow()
+            .by_uid
+            .get(uid)
+            .map(|n| self.dir.join(n))
     }
 
-    /// The stored object for a UID, as a tree rooted at its VCALENDAR.
+    /// The stored object for a UID, as a tree rooted at its VCALENDAR with
+    /// only that UID's components (and the time zones): `None` when no file
+    /// holds a scheduling component with that UID.
     pub fn get(&self, uid: &str) -> anyhow::Result<Option<Node>> {
-        let Some(path) = self.path_of(uid) else {
+        let Some(name) = self.lookup(uid) else {
             return Ok(None);
         };
-        if !path.exists() {
-            return Ok(None);
+        if let Some(root) = self.read_object(&name, uid)? {
+            return Ok(Some(root));
         }
-        let name = self.index.get(uid).cloned().unwrap_or_default();
-        let mut root = self.read_root(&name)?;
-        // Only the components of this UID (a foreign file may hold several).
-        root.children
-            .retain(|c| !c.is_scheduling() || c.uid().as_deref() == Some(uid));
-        Ok(Some(root))
+        // Changed under us (removed, renamed, edited): look again.
+        self.scan(Some(&name))?;
+        match self.index.borrow().by_uid.get(uid).cloned() {
+            Some(other) => self.read_object(&other, uid),
+            None => Ok(None),
+        }
     }
 
     /// Store a calendar object for a UID: the root VCALENDAR without METHOD,
     /// with a VTIMEZONE for every TZID it uses. `tz_source` supplies
-    /// VTIMEZONEs to copy (the incoming message's).
+    /// VTIMEZONEs to copy (the incoming message's). Writes the file that
+    /// holds the UID, or a new one when no file in the folder does.
     pub fn put(
         &mut self,
         uid: &str,
         root: &Node,
         tz_source: Option<&ICalendar>,
     ) -> anyhow::Result<PathBuf> {
-        let name = match self.index.get(uid) {
-            Some(n) => n.clone(),
-            None => self.new_name(uid),
+        // The file that holds the UID now: another program may have removed,
+        // renamed or edited the one the index names.
+        let mut found = self.lookup(uid).map(|n| {
+            let uids = fs::read(self.dir.join(&n)).map(|t| scan_uids(&t));
+            (n, uids)
+        });
+        if let Some((n, uids)) = &found {
+            if !uids.as_ref().is_ok_and(|u| u.iter().any(|x| x == uid)) {
+                self.scan(Some(n))?;
+                let again = self.index.borrow().by_uid.get(uid).cloned();
+                found = again.map(|n| {
+                    let uids = fs::read(self.dir.join(&n)).map(|t| scan_uids(&t));
+                    (n, uids)
+                });
+            }
+        }
+        let (name, shared) = match found {
+            // A file written by another tool may hold other UIDs too.
+            Some((n, uids)) => {
+                let shared = uids.is_ok_and(|u| u.iter().any(|x| x != uid));
+                (n, shared)
+            }
+            None => (self.new_name(uid), false),
         };
-        let shared = self.index.iter().any(|(u, n)| *n == name && u != uid);
         let text = if shared {
             // A file written by another tool with several UIDs: keep theirs.
             let mut merged = self.read_root(&name)?;
@@ -125,10 +196,110 @@ impl Store {
             render(root, tz_source)
         };
         let path = self.dir.join(&name);
-        write_atomic(&self.dir, &name, text.as_bytes())?;
-        self.names.insert(name.clone());
-        self.index.insert(uid.to_string(), name);
+        write_atomic_shared(&self.dir, &name, text.as_bytes())?;
+        let uids = scan_uids(text.as_bytes());
+        let mut index = self.index.borrow_mut();
+        if uids.iter().any(|u| u == uid) {
+            index.by_uid.insert(uid.to_string(), name.clone());
+        } else {
+            tracing::warn!(uid, file = %path.display(), "the object written holds no component with its UID");
+            index.by_uid.remove(uid);
+        }
+        let stamp = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+        index.files.insert(name, FileInfo { stamp, uids });
         Ok(path)
+    }
+
+    /// The file name for a UID, making sure the index is fresh before
+    /// saying there is none.
+    fn lookup(&self, uid: &str) -> Option<String> {
+        if let Some(n) = self.index.borrow().by_uid.get(uid) {
+            return Some(n.clone());
+        }
+        self.refresh();
+        self.index.borrow().by_uid.get(uid).cloned()
+    }
+
+    /// Re-scan the folder if it changed since the last scan.
+    fn refresh(&self) {
+        let fresh = {
+            let index = self.index.borrow();
+            index.trusted && index.dir_mtime.is_some() && dir_mtime(&self.dir) == index.dir_mtime
+        };
+        if !fresh {
+            if let Err(e) = self.scan(None) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
+    /// Read the folder: every object file's UIDs (re-read only when the
+    /// file changed, or when it is `reread`), then rebuild the index.
+    fn scan(&self, reread: Option<&str>) -> anyhow::Result<()> {
+        let before = dir_mtime(&self.dir);
+        let started = SystemTime::now();
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| anyhow::anyhow!("cannot read store folder {}: {e}", self.dir.display()))?;
+        let mut index = self.index.borrow_mut();
+        let mut files = HashMap::with_capacity(index.files.len());
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_object_name(&name) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let stamp = Stamp::of(&meta);
+            if reread != Some(name.as_str()) {
+                if let Some(known) = index.files.remove(&name) {
+                    if known.stamp == Some(stamp) {
+                        files.insert(name, known);
+                        continue;
+                    }
+                }
+            }
+            let Ok(text) = fs::read(&path) else {
+                continue;
+            };
+            let uids = scan_uids(&text);
+            files.insert(
+                name,
+                FileInfo {
+                    stamp: Some(stamp),
+                    uids,
+                },
+            );
+        }
+        index.by_uid = pick_files(&files);
+        index.files = files;
+        index.dir_mtime = before;
+        index.trusted = before.is_some_and(|m| !racy(m, started));
+        Ok(())
+    }
+
+    /// The object of one UID in a file; `None` when the file is gone or
+    /// holds no scheduling component with that UID.
+    fn read_object(&self, name: &str, uid: &str) -> anyhow::Result<Option<Node>> {
+        let mut root = match self.read_root(name) {
+            Ok(r) => r,
+            Err(e) if !self.dir.join(name).exists() => {
+                tracing::debug!("{e:#}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // Only the components of this UID (a foreign file may hold several).
+        root.children
+            .retain(|c| !c.is_scheduling() || c.uid().as_deref() == Some(uid));
+        if !root.children.iter().any(|c| c.is_scheduling()) {
+            return Ok(None);
+        }
+        Ok(Some(root))
     }
 
     fn read_root(&self, name: &str) -> anyhow::Result<Node> {
@@ -144,7 +315,9 @@ impl Store {
     /// A free, safe file name for a new UID.
     fn new_name(&self, uid: &str) -> String {
         let base = safe_name(uid);
-        let taken = |n: &str| self.names.contains(n) || self.dir.join(n).exists();
+        let index = self.index.borrow();
+        let taken =
+            |n: &str| index.files.contains_key(n) || fs::symlink_metadata(self.dir.join(n)).is_ok();
         if !taken(&base) {
             return base;
         }
@@ -156,6 +329,71 @@ impl Store {
         }
         unreachable!()
     }
+}
+
+/// UID → file, one file per UID: the name imipd would give the UID when a
+/// file of that name holds it, else the first name in byte order.
+fn pick_files(files: &HashMap<String, FileInfo>) -> HashMap<String, String> {
+    let mut by_uid: HashMap<String, String> = HashMap::new();
+    for (name, info) in files {
+        for uid in &info.uids {
+            match by_uid.get_mut(uid) {
+                None => {
+                    by_uid.insert(uid.clone(), name.clone());
+                }
+                Some(current) => {
+                    let canonical = safe_name(uid);
+                    let better = if *current == canonical {
+                        false
+                    } else {
+                        *name == canonical || name < current
+                    };
+                    if better {
+                        *current = name.clone();
+                    }
+                }
+            }
+        }
+    }
+    by_uid
+}
+
+fn dir_mtime(dir: &Path) -> Option<SystemTime> {
+    fs::metadata(dir).and_then(|m| m.modified()).ok()
+}
+
+/// Whether a change at `mtime` and one just after it could carry the same
+/// time: when the scan started within the file system's clock step of it
+/// (fine-grained times: a few kernel ticks; whole seconds: two seconds).
+fn racy(mtime: SystemTime, started: SystemTime) -> bool {
+    let nanos = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let step = if nanos == 0 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(50)
+    };
+    started.duration_since(mtime).map_or(true, |d| d < step)
+}
+
+/// Whether `imipd check` (and a run) can write into a folder: create it
+/// as a run would, then create and remove a probe file.
+pub fn probe_writable(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    probe_file(dir)
+}
+
+/// Create and remove a probe file (named like a temp file, so that one a
+/// kill leaves behind is removed on the next start).
+pub(crate) fn probe_file(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(format!(".imipd-check.{}.tmp", std::process::id()));
+    let f = open_new(&path, 0o600)
+        .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", dir.display()))?;
+    drop(f);
+    fs::remove_file(&path).map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
+    Ok(())
 }
 
 /// The text of a stored object.
@@ -210,7 +448,7 @@ pub fn remove_temp_files(dir: &Path) {
 }
 
 /// `.NAME.PID.tmp`, as [`write_atomic`] names its temp files.
-fn is_our_temp_file(name: &str) -> bool {
+pub(crate) fn is_our_temp_file(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(".tmp")) else {
         return false;
     };
@@ -257,34 +495,70 @@ pub fn safe_name(uid: &str) -> String {
     }
 }
 
-/// The UIDs in an iCalendar file, by a quick line scan (no full parse).
+/// The UIDs of the top-level scheduling components (VEVENT, VTODO,
+/// VJOURNAL, VFREEBUSY directly inside VCALENDAR) of an iCalendar file, by a
+/// quick line scan that unfolds lines and follows BEGIN/END nesting (no full
+/// parse). The UID of an alarm (RFC 9074) or of any other nested or unknown
+/// component is not one of them.
 pub fn scan_uids(text: &[u8]) -> Vec<String> {
+    /// Deeper nesting is hostile; its UIDs are not top-level anyway.
+    const MAX_DEPTH: usize = 64;
     let mut out: Vec<String> = Vec::new();
     let text = String::from_utf8_lossy(text);
+    // The open components, upper-cased; beyond MAX_DEPTH only counted.
+    let mut stack: Vec<String> = Vec::new();
+    let mut depth = 0usize;
     let mut lines = text.split('\n').peekable();
+    let mut unfolded = String::new();
     while let Some(line) = lines.next() {
-        let line = line.trim_end_matches('\r');
-        if line.len() < 4
-            || !line.as_bytes()[..4].eq_ignore_ascii_case(b"UID:")
-                && !line.as_bytes()[..4].eq_ignore_ascii_case(b"UID;")
+        let mut line = line.trim_end_matches('\r');
+        // Unfold (a fold may fall anywhere, even inside a name); most lines
+        // have no continuation and are not copied.
+        if lines.peek().is_some_and(|n| n.starts_with([' ', '\t'])) {
+            unfolded.clear();
+            unfolded.push_str(line);
+            while let Some(rest) = lines.peek().and_then(|n| n.strip_prefix([' ', '\t'])) {
+                unfolded.push_str(rest.trim_end_matches('\r'));
+                lines.next();
+            }
+            line = &unfolded;
+        }
+        let name_end = line.find([':', ';']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if !["BEGIN", "END", "UID"]
+            .iter()
+            .any(|w| name.eq_ignore_ascii_case(w))
         {
             continue;
         }
-        let Some((_, v)) = line.split_once(':') else {
+        let Some((_, value)) = line.split_once(':') else {
             continue;
         };
-        let mut uid = v.to_string();
-        while let Some(next) = lines.peek() {
-            if let Some(rest) = next.strip_prefix([' ', '\t']) {
-                uid.push_str(rest.trim_end_matches('\r'));
-                lines.next();
-            } else {
-                break;
+        if name.eq_ignore_ascii_case("BEGIN") {
+            if depth < MAX_DEPTH {
+                stack.push(value.trim().to_ascii_uppercase());
             }
-        }
-        let uid = unescape(&uid);
-        if !uid.is_empty() && !out.contains(&uid) {
-            out.push(uid);
+            depth += 1;
+        } else if name.eq_ignore_ascii_case("END") {
+            let value = value.trim().to_ascii_uppercase();
+            if depth > MAX_DEPTH {
+                depth -= 1;
+            } else if let Some(pos) = stack.iter().rposition(|c| *c == value) {
+                // A missing END closes the components opened after it.
+                stack.truncate(pos);
+                depth = pos;
+            }
+        } else if depth == 2
+            && stack[0] == "VCALENDAR"
+            && matches!(
+                stack[1].as_str(),
+                "VEVENT" | "VTODO" | "VJOURNAL" | "VFREEBUSY"
+            )
+        {
+            let uid = unescape(value);
+            if !uid.is_empty() && !out.contains(&uid) {
+                out.push(uid);
+            }
         }
     }
     out
@@ -307,25 +581,173 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// Write a file so that readers see the old or the new content, never half:
-/// a temp file in the same folder, fsync, rename over the target, fsync the folder.
+/// Create a new file for writing, never through a symbolic link and never
+/// over an existing file (`O_CREAT | O_EXCL | O_NOFOLLOW`), with `mode`
+/// (less the umask).
+pub(crate) fn open_new(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Open a file for appending, creating it with `mode`; a symbolic link is
+/// refused, not followed.
+pub(crate) fn open_append(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(explain_link)
+}
+
+/// ELOOP from `O_NOFOLLOW`, said plainly.
+pub(crate) fn explain_link(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        std::io::Error::new(
+            e.kind(),
+            "it is a symbolic link, and imipd does not follow links here",
+        )
+    } else {
+        e
+    }
+}
+
+/// Create the temp file `.NAME.PID.tmp` in `dir`. Something already at that
+/// name (a kill's leftover, or a planted symbolic link) is removed — the
+/// link itself, never what it points to — and the file created anew.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> std::io::Result<(PathBuf, fs::File)> {
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    match open_new(&tmp, mode) {
+        Ok(f) => Ok((tmp, f)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp)?;
+            open_new(&tmp, mode).map(|f| (tmp, f))
+        }
+        Err(e) => Err(explain_link(e)),
+    }
+}
+
+/// How a replaced file's permissions are chosen.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// 0600: imipd's own state and the mail it keeps.
+    Private,
+    /// What the replaced file had; a new file gets 0666 less the umask
+    /// (the calendar, which other programs read).
+    Keep,
+}
+
+/// Write a private file (0600) so that readers see the old or the new
+/// content, never half: a temp file in the same folder, fsync, rename over
+/// the target, fsync the folder.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic_as(dir, name, bytes, Mode::Private)
+}
+
+/// [`write_atomic`] for the calendar: a replaced file keeps its mode, a new
+/// one gets the usual 0666 less the umask.
+pub fn write_atomic_shared(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic_as(dir, name, bytes, Mode::Keep)
+}
+
+fn write_atomic_as(dir: &Path, name: &str, bytes: &[u8], mode: Mode) -> anyhow::Result<()> {
     debug_assert!(!name.contains('/'));
     let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut tmp_path = None;
     let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let (tmp, mut f) = match mode {
+            Mode::Private => create_temp(dir, name, 0o600)?,
+            Mode::Keep => {
+                let (tmp, f) = create_temp(dir, name, 0o666)?;
+                if let Ok(m) = fs::symlink_metadata(&target) {
+                    if m.is_file() {
+                        f.set_permissions(fs::Permissions::from_mode(m.mode() & 0o777))?;
+                    }
+                }
+                (tmp, f)
+            }
+        };
+        tmp_path = Some(tmp.clone());
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, &target)?;
+        tmp_path = None;
         fs::File::open(dir)?.sync_all()?;
         Ok(())
     })();
     result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+        if let Some(tmp) = tmp_path {
+            let _ = fs::remove_file(tmp);
+        }
         anyhow::anyhow!("cannot write {}: {e}", target.display())
     })
+}
+
+/// Write a new private file (0600) that never replaces another: the content
+/// goes to a temp file first (fsync), which is then linked to the first of
+/// `names(0)`, `names(1)`, … that does not exist yet; the folder is fsynced.
+/// Returns the name taken.
+pub fn write_new(
+    dir: &Path,
+    bytes: &[u8],
+    names: impl Fn(usize) -> String,
+) -> anyhow::Result<String> {
+    const TRIES: usize = 100_000;
+    let first = names(0);
+    debug_assert!(!first.contains('/'));
+    let (tmp, mut f) = create_temp(dir, &first, 0o600)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.join(&first).display()))?;
+    let result = (|| -> anyhow::Result<String> {
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        for i in 0..TRIES {
+            let name = names(i);
+            match fs::hard_link(&tmp, dir.join(&name)) {
+                Ok(()) => {
+                    let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+                    return Ok(name);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    // A file system without hard links: create the name
+                    // exclusively and write it there.
+                    tracing::debug!("cannot link {}: {e}", tmp.display());
+                    let mut out = match open_new(&dir.join(&name), 0o600) {
+                        Ok(o) => o,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => {
+                            anyhow::bail!(
+                                "cannot write {}: {}",
+                                dir.join(&name).display(),
+                                explain_link(e)
+                            )
+                        }
+                    };
+                    out.write_all(bytes)
+                        .and_then(|_| out.sync_all())
+                        .and_then(|_| fs::File::open(dir)?.sync_all())
+                        .map_err(|e| {
+                            anyhow::anyhow!("cannot write {}: {e}", dir.join(&name).display())
+                        })?;
+                    return Ok(name);
+                }
+            }
+        }
+        anyhow::bail!(
+            "cannot write into {}: {TRIES} names are taken",
+            dir.display()
+        )
+    })();
+    drop(f);
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 #[cfg(test)]
@@ -364,8 +786,221 @@ mod tests {
 
     #[test]
     fn scans_folded_uids() {
-        let t = b"BEGIN:VEVENT\r\nUID:abc\r\n def\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nuid:x\\,y\r\n";
+        // Only components inside a VCALENDAR count (see below).
+        let t = b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:abc\r\n def\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nuid:x\\,y\r\n";
         assert_eq!(scan_uids(t), vec!["abcdef".to_string(), "x,y".to_string()]);
+    }
+
+    #[test]
+    fn scan_uids_sees_only_top_level_scheduling_components() {
+        let t = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nUID:calendar-level\r\n\
+                 BEGIN:VTIMEZONE\r\nTZID:X\r\nUID:in-timezone\r\nEND:VTIMEZONE\r\n\
+                 BEGIN:VEVENT\r\nUID:event\r\nBEGIN:VALARM\r\nUID:in-alarm\r\nEND:VALARM\r\n\
+                 BEGIN:X-THING\r\nUID:in-x\r\nEND:X-THING\r\nEND:VEVENT\r\n\
+                 BEGIN:X-WRAP\r\nBEGIN:VEVENT\r\nUID:wrapped\r\nEND:VEVENT\r\nEND:X-WRAP\r\n\
+                 begin:vtodo\r\nuid:todo\r\nend:vtodo\r\nBEGIN:VJOURNAL\r\nUID:journal\r\nEND:VJOURNAL\r\n\
+                 BEG\r\n IN:VFREEBUSY\r\nUID;X-P=1:busy\r\nEND:VFREEBUSY\r\nEND:VCALENDAR\r\n\
+                 BEGIN:VEVENT\r\nUID:outside\r\nEND:VEVENT\r\n";
+        assert_eq!(
+            scan_uids(t.as_bytes()),
+            ["event", "todo", "journal", "busy"]
+        );
+        // A missing END closes what was opened after it; hostile depth is bounded.
+        let t = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nBEGIN:VALARM\r\nEND:VEVENT\r\nBEGIN:VTODO\r\nUID:t\r\nEND:VTODO\r\nEND:VCALENDAR\r\n";
+        assert_eq!(scan_uids(t.as_bytes()), ["t"]);
+        let deep = format!(
+            "BEGIN:VCALENDAR\r\n{}{}BEGIN:VEVENT\r\nUID:after\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+            "BEGIN:X\r\nUID:deep\r\n".repeat(200),
+            "END:X\r\n".repeat(200)
+        );
+        assert_eq!(scan_uids(deep.as_bytes()), ["after"]);
+    }
+
+    fn event(uid: &str, extra: &str) -> String {
+        format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\n\
+             DTSTAMP:20260101T000000Z\r\nDTSTART:20260102T100000Z\r\n{extra}END:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+    }
+
+    fn ics_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_object_name(n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_alarm_uid_does_not_point_at_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let alarm =
+            "BEGIN:VALARM\r\nUID:victim\r\nACTION:DISPLAY\r\nTRIGGER:-PT5M\r\nEND:VALARM\r\n";
+        fs::write(dir.path().join("attacker.ics"), event("attacker", alarm)).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.uids(), ["attacker"]);
+        assert!(s.get("victim").unwrap().is_none());
+        let root = Node::from_ical(&match calcard::Parser::new(&event("victim", "")).entry() {
+            calcard::Entry::ICalendar(i) => i,
+            _ => unreachable!(),
+        });
+        let p = s.put("victim", &root, None).unwrap();
+        assert!(p.ends_with("victim.ics"), "{}", p.display());
+        assert!(s.get("victim").unwrap().is_some());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("attacker.ics")).unwrap(),
+            event("attacker", alarm),
+            "the attacker's file is untouched"
+        );
+    }
+
+    #[test]
+    fn two_files_with_one_uid_pick_one_and_never_a_third() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("b-copy.ics"), event("dup", "SUMMARY:b\r\n")).unwrap();
+        fs::write(dir.path().join("a-copy.ics"), event("dup", "SUMMARY:a\r\n")).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        assert!(
+            s.path_of("dup").unwrap().ends_with("a-copy.ics"),
+            "first in byte order"
+        );
+        let root = s.get("dup").unwrap().unwrap();
+        s.put("dup", &root, None).unwrap();
+        assert_eq!(ics_names(dir.path()), ["a-copy.ics", "b-copy.ics"]);
+        // The name imipd would give the UID wins over byte order.
+        fs::write(dir.path().join("dup.ics"), event("dup", "SUMMARY:c\r\n")).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.path_of("dup").unwrap().ends_with("dup.ics"));
+    }
+
+    #[test]
+    fn get_is_none_when_the_file_no_longer_holds_the_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("x.ics"), event("u1", "")).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.get("u1").unwrap().is_some());
+        // Edited in place by a person: the UID is gone, another came.
+        fs::write(dir.path().join("x.ics"), event("u2", "SUMMARY:now u2\r\n")).unwrap();
+        assert!(s.get("u1").unwrap().is_none());
+        assert!(s.get("u2").unwrap().is_some());
+    }
+
+    #[test]
+    fn files_added_removed_and_renamed_after_open_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("one.ics"), event("one", "")).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 1);
+        // Added by another program under a name of its own.
+        fs::write(dir.path().join("synced-123.ics"), event("two", "")).unwrap();
+        assert!(s.get("two").unwrap().is_some());
+        assert_eq!(s.len(), 2);
+        let root = s.get("two").unwrap().unwrap();
+        let p = s.put("two", &root, None).unwrap();
+        assert!(
+            p.ends_with("synced-123.ics"),
+            "no second file: {}",
+            p.display()
+        );
+        // Added, never looked up, then written: still no second file.
+        fs::write(dir.path().join("synced-456.ics"), event("three", "")).unwrap();
+        let p = s.put("three", &root, None).unwrap();
+        assert!(p.ends_with("synced-456.ics"), "{}", p.display());
+        // Renamed.
+        fs::rename(dir.path().join("one.ics"), dir.path().join("renamed.ics")).unwrap();
+        assert!(s.path_of("one").unwrap().ends_with("renamed.ics"));
+        assert!(s.get("one").unwrap().is_some());
+        // Removed.
+        fs::remove_file(dir.path().join("renamed.ics")).unwrap();
+        assert!(s.get("one").unwrap().is_none());
+        assert!(!s.uids().contains(&"one".to_string()));
+        assert_eq!(ics_names(dir.path()), ["synced-123.ics", "synced-456.ics"]);
+    }
+
+    #[test]
+    fn put_follows_files_changed_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.ics"), event("a", "")).unwrap();
+        fs::write(dir.path().join("b.ics"), event("b", "")).unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let root_a = s.get("a").unwrap().unwrap();
+        let root_b = s.get("b").unwrap().unwrap();
+        // Renamed by another program: the write goes to the new name.
+        fs::rename(dir.path().join("a.ics"), dir.path().join("a-renamed.ics")).unwrap();
+        let p = s.put("a", &root_a, None).unwrap();
+        assert!(p.ends_with("a-renamed.ics"), "{}", p.display());
+        // Edited in place to hold another event: that event is left alone
+        // and ours gets a file of its own.
+        fs::write(dir.path().join("b.ics"), event("other", "")).unwrap();
+        let p = s.put("b", &root_b, None).unwrap();
+        assert!(!p.ends_with("b.ics"), "{}", p.display());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("b.ics")).unwrap(),
+            event("other", "")
+        );
+        assert!(s.get("b").unwrap().is_some() && s.get("other").unwrap().is_some());
+    }
+
+    #[test]
+    fn an_unchanged_folder_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("one.ics"), event("one", "")).unwrap();
+        // Old enough that an unchanged time proves nothing changed.
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::open(dir.path())
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.index.borrow().trusted);
+        // A file the scan would pick up, slipped in without a trace in the
+        // folder's time: only a re-scan would see it.
+        fs::write(dir.path().join("two.ics"), event("two", "")).unwrap();
+        fs::File::open(dir.path())
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(s.get("two").unwrap().is_none(), "no re-scan");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn writes_keep_modes_and_never_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("target");
+        fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(
+            &target,
+            dir.path()
+                .join(format!(".x.ics.{}.tmp", std::process::id())),
+        )
+        .unwrap();
+        write_atomic_shared(dir.path(), "x.ics", b"one").unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        let meta = fs::symlink_metadata(dir.path().join("x.ics")).unwrap();
+        assert!(meta.is_file());
+        fs::set_permissions(dir.path().join("x.ics"), fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic_shared(dir.path(), "x.ics", b"two").unwrap();
+        let meta = fs::metadata(dir.path().join("x.ics")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640, "mode kept");
+        write_atomic(dir.path(), "y", b"private").unwrap();
+        let meta = fs::metadata(dir.path().join("y")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // write_new never replaces.
+        let a = write_new(dir.path(), b"a", |i| format!("k-{i}")).unwrap();
+        let b = write_new(dir.path(), b"b", |i| format!("k-{i}")).unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("k-0", "k-1"));
+        assert_eq!(fs::read_to_string(dir.path().join("k-0")).unwrap(), "a");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| is_our_temp_file(&e.file_name().to_string_lossy()))
+            .collect();
+        assert!(leftovers.is_empty());
     }
 
     #[test]

@@ -20,3 +20,4 @@ mod replies;
 mod robustness;
 mod scenarios;
 mod smtp;
+mod store_state;
