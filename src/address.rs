@@ -79,6 +79,11 @@ pub fn glob_matches(pattern: &str, addr: &str) -> bool {
     glob(&pattern, &addr)
 }
 
+/// Whether a glob (`*` any run, `?` one character) matches a text, ignoring case.
+pub fn glob_text(pattern: &str, text: &str) -> bool {
+    glob(&pattern.to_lowercase(), &text.to_lowercase())
+}
+
 fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::address;
+pub use crate::policy::Action;
+use crate::policy::{self, Policy, RawPolicy};
 
 /// A configuration error: which file, which key, where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,55 +208,6 @@ pub struct Account {
     pub source: Source,
 }
 
-/// One `[[policy]]` as written, checked for known values; compiled into
-/// matchers by the policy module.
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    pub name: String,
-    pub methods: Option<Vec<String>>,
-    pub components: Option<Vec<String>>,
-    pub organizers: Option<Vec<String>>,
-    pub senders: Option<Vec<String>>,
-    pub known_sender: Option<bool>,
-    pub authenticated: Option<bool>,
-    pub conflict: Option<bool>,
-    pub recurring: Option<bool>,
-    /// Matches on whether the calendar data is valid (an invalid object
-    /// changes nothing; a policy may quarantine it).
-    pub valid: Option<bool>,
-    pub max_duration: Option<Duration>,
-    pub booking_window: Option<Duration>,
-    pub accounts: Option<Vec<String>>,
-    pub folders: Option<Vec<String>>,
-    pub action: Action,
-    pub comment: Option<String>,
-}
-
-/// What a policy does with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Accept,
-    Decline,
-    Tentative,
-    File,
-    Ignore,
-    Quarantine,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Accept => "accept",
-            Action::Decline => "decline",
-            Action::Tentative => "tentative",
-            Action::File => "file",
-            Action::Ignore => "ignore",
-            Action::Quarantine => "quarantine",
-        }
-    }
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -267,7 +220,7 @@ pub struct Config {
     pub lock_timeout: Duration,
     pub outgoing: Option<Outgoing>,
     pub accounts: Vec<Account>,
-    pub policies: Vec<PolicyConfig>,
+    pub policies: Vec<Policy>,
     pub limits: Limits,
     /// Replies to one organizer within one hour, at most.
     pub max_replies_per_hour: u32,
@@ -316,7 +269,7 @@ struct RawConfig {
     #[serde(default, rename = "account")]
     accounts: Vec<RawAccount>,
     #[serde(default, rename = "policy")]
-    policies: Vec<RawPolicy>,
+    policies: Vec<Spanned<RawPolicy>>,
     limits: Option<RawLimits>,
     address_book: Option<RawAddressBook>,
     authentication: Option<RawAuthentication>,
@@ -418,43 +371,6 @@ struct RawAccount {
     idle: Option<bool>,
     timeout: Option<Spanned<u64>>,
     path: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    name: Spanned<String>,
-    methods: Option<Spanned<Vec<String>>>,
-    components: Option<Spanned<Vec<String>>>,
-    organizers: Option<Vec<String>>,
-    senders: Option<Vec<String>>,
-    known_sender: Option<bool>,
-    authenticated: Option<bool>,
-    conflict: Option<bool>,
-    recurring: Option<bool>,
-    valid: Option<bool>,
-    max_duration: Option<Spanned<String>>,
-    booking_window: Option<Spanned<String>>,
-    account: Option<Spanned<OneOrMany>>,
-    folder: Option<OneOrMany>,
-    action: Spanned<String>,
-    comment: Option<String>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -781,17 +697,14 @@ impl Validator<'_> {
             accounts.push(Account { name, source });
         }
 
-        let mut policies: Vec<PolicyConfig> = Vec::new();
-        for p in raw.policies {
-            let span = p.name.span();
-            let policy = self.policy(p, &accounts)?;
-            if let Some(why) = never_matches(&policy, &policies) {
-                return Err(self.err(
-                    "policy",
-                    Some(span),
-                    format!("policy `{}` {why}", policy.name),
-                ));
-            }
+        let account_names: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
+        let ctx = policy::Context {
+            accounts: &account_names,
+        };
+        let mut policies: Vec<Policy> = Vec::new();
+        for p in &raw.policies {
+            let policy = policy::compile(p, &policies, &ctx)
+                .map_err(|e| self.err(&e.key, e.span, e.message))?;
             policies.push(policy);
         }
 
@@ -1073,200 +986,6 @@ impl Validator<'_> {
             )),
         }
     }
-
-    fn policy(&self, p: RawPolicy, accounts: &[Account]) -> Result<PolicyConfig, ConfigError> {
-        let name = p.name.get_ref().clone();
-        let action = match p.action.get_ref().to_ascii_lowercase().as_str() {
-            "accept" => Action::Accept,
-            "decline" => Action::Decline,
-            "tentative" => Action::Tentative,
-            "file" => Action::File,
-            "ignore" => Action::Ignore,
-            "quarantine" => Action::Quarantine,
-            other => {
-                return Err(self.err(
-                    "policy.action",
-                    Some(p.action.span()),
-                    format!(
-                        "policy `{name}`: unknown action `{other}`, expected accept, decline, tentative, file, ignore or quarantine"
-                    ),
-                ))
-            }
-        };
-        use crate::itip::METHODS;
-        let methods = match p.methods {
-            None => None,
-            Some(m) => {
-                let mut out = Vec::new();
-                for x in m.get_ref() {
-                    let up = x.to_ascii_uppercase();
-                    if !METHODS.contains(&up.as_str()) {
-                        return Err(self.err(
-                            "policy.methods",
-                            Some(m.span()),
-                            format!("policy `{name}`: unknown method `{x}`"),
-                        ));
-                    }
-                    out.push(up);
-                }
-                if out.is_empty() {
-                    return Err(self.err(
-                        "policy.methods",
-                        Some(m.span()),
-                        format!("policy `{name}`: an empty list never matches"),
-                    ));
-                }
-                Some(out)
-            }
-        };
-        let components = match p.components {
-            None => None,
-            Some(c) => {
-                let mut out = Vec::new();
-                for x in c.get_ref() {
-                    let up = x.to_ascii_uppercase();
-                    if !["VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY"].contains(&up.as_str()) {
-                        return Err(self.err(
-                            "policy.components",
-                            Some(c.span()),
-                            format!("policy `{name}`: unknown component `{x}`"),
-                        ));
-                    }
-                    out.push(up);
-                }
-                if out.is_empty() {
-                    return Err(self.err(
-                        "policy.components",
-                        Some(c.span()),
-                        format!("policy `{name}`: an empty list never matches"),
-                    ));
-                }
-                Some(out)
-            }
-        };
-        let duration = |v: &Option<Spanned<String>>,
-                        key: &str|
-         -> Result<Option<Duration>, ConfigError> {
-            match v {
-                None => Ok(None),
-                Some(s) => parse_duration(s.get_ref()).map(Some).ok_or_else(|| {
-                    self.err(
-                        key,
-                        Some(s.span()),
-                        format!("policy `{name}`: `{}` is not a duration (like \"90m\", \"2h\", \"30d\" or \"PT2H\")", s.get_ref()),
-                    )
-                }),
-            }
-        };
-        let max_duration = duration(&p.max_duration, "policy.max_duration")?;
-        let booking_window = duration(&p.booking_window, "policy.booking_window")?;
-        let account_list = match p.account {
-            None => None,
-            Some(a) => {
-                let list = a.get_ref().clone().into_vec();
-                for n in &list {
-                    if !accounts.iter().any(|x| &x.name == n) {
-                        return Err(self.err(
-                            "policy.account",
-                            Some(a.span()),
-                            format!("policy `{name}`: there is no account named `{n}`"),
-                        ));
-                    }
-                }
-                Some(list)
-            }
-        };
-        Ok(PolicyConfig {
-            name,
-            methods,
-            components,
-            organizers: p.organizers,
-            senders: p.senders,
-            known_sender: p.known_sender,
-            authenticated: p.authenticated,
-            conflict: p.conflict,
-            recurring: p.recurring,
-            valid: p.valid,
-            max_duration,
-            booking_window,
-            accounts: account_list,
-            folders: p.folder.map(OneOrMany::into_vec),
-            action,
-            comment: p.comment,
-        })
-    }
-}
-
-/// Why a policy can never take effect, if it cannot: an earlier policy
-/// catches everything it would, or it answers but matches only methods that
-/// are never answered.
-fn never_matches(p: &PolicyConfig, earlier: &[PolicyConfig]) -> Option<String> {
-    let answering = matches!(
-        p.action,
-        Action::Accept | Action::Decline | Action::Tentative
-    );
-    if answering {
-        if let Some(m) = &p.methods {
-            // REQUEST and ADD are answered with a REPLY, COUNTER (decline:
-            // DECLINECOUNTER) and REFRESH (accept: the current REQUEST) by the organizer.
-            let answerable = match p.action {
-                Action::Decline => ["REQUEST", "ADD", "COUNTER"].as_slice(),
-                Action::Accept => ["REQUEST", "ADD", "REFRESH"].as_slice(),
-                _ => ["REQUEST", "ADD"].as_slice(),
-            };
-            if !m.iter().any(|x| answerable.contains(&x.as_str())) {
-                return Some(format!(
-                    "can never {}: its methods ({}) are never answered that way",
-                    p.action.as_str(),
-                    m.join(", ")
-                ));
-            }
-        }
-    }
-    for e in earlier {
-        if covers(e, p) {
-            return Some(format!(
-                "can never match: policy `{}` before it matches everything it would",
-                e.name
-            ));
-        }
-    }
-    None
-}
-
-/// Whether every message `later` matches is also matched by `first`.
-fn covers(first: &PolicyConfig, later: &PolicyConfig) -> bool {
-    fn list(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
-        match (a, b) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(a), Some(b)) => b.iter().all(|x| a.contains(x)),
-        }
-    }
-    fn same<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
-        a.is_none() || a == b
-    }
-    list(&first.methods, &later.methods)
-        && list(&first.components, &later.components)
-        && list(&first.organizers, &later.organizers)
-        && list(&first.senders, &later.senders)
-        && list(&first.accounts, &later.accounts)
-        && list(&first.folders, &later.folders)
-        && same(&first.known_sender, &later.known_sender)
-        && same(&first.authenticated, &later.authenticated)
-        && same(&first.conflict, &later.conflict)
-        && same(&first.recurring, &later.recurring)
-        && same(&first.valid, &later.valid)
-        && match (first.max_duration, later.max_duration) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(a), Some(b)) => b <= a,
-        }
-        && match (first.booking_window, later.booking_window) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(a), Some(b)) => b <= a,
-        }
 }
 
 /// Why a password file must not be used, as ssh refuses a private key that

@@ -21,7 +21,8 @@
 //! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
-//! - [`policy`]: the `[[policy]]` rules: facts → first match → action.
+//! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
+//! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
 //! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
 //! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod conflict;
 pub mod daemon;
 pub mod engine;
+pub mod gather;
 pub mod ical;
 pub mod imap;
 pub mod itip;

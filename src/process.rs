@@ -10,7 +10,6 @@
 //! as a line for people or as JSON for scripts. With `dry_run` the plan is
 //! reported and nothing is written.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -21,14 +20,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::classify::{self, Classified};
-use crate::config::{Action, Config};
+use crate::config::Config;
 use crate::engine::{self, Decision, Effect, Input, Instances, Role, Trust};
+use crate::gather::Gatherer;
 use crate::ical::{self, Node};
 use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
-use crate::policy::{self, Facts, Needs, Verdict};
+use crate::policy::{self, Action, Facts, Verdict};
 use crate::state::State;
 use crate::store::Store;
 use crate::time::{Instant, Zones};
@@ -201,8 +201,7 @@ pub struct Processor<'a> {
     pub state: State,
     pub outbox: Outbox,
     pub dry_run: bool,
-    needs: Needs,
-    address_book: Option<HashSet<String>>,
+    gather: Gatherer,
 }
 
 /// What one message will do: computed without writing, then executed.
@@ -264,16 +263,6 @@ struct Item {
     verdict: Verdict,
 }
 
-/// The answer a policy action gives, as a PARTSTAT.
-fn partstat_of(action: Action) -> Option<&'static str> {
-    match action {
-        Action::Accept => Some("ACCEPTED"),
-        Action::Decline => Some("DECLINED"),
-        Action::Tentative => Some("TENTATIVE"),
-        _ => None,
-    }
-}
-
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
@@ -286,8 +275,7 @@ impl<'a> Processor<'a> {
             outbox: Outbox::open(state.dir())?,
             state,
             dry_run,
-            needs: policy::needs(&cfg.policies),
-            address_book: None,
+            gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
         })
     }
 
@@ -407,7 +395,7 @@ impl<'a> Processor<'a> {
                     }
                     d
                 };
-                let facts = self.facts(
+                let verdict = self.verdict(
                     obj,
                     &root,
                     &uid,
@@ -418,7 +406,6 @@ impl<'a> Processor<'a> {
                     origin,
                     now,
                 )?;
-                let verdict = policy::decide(&self.cfg.policies, &facts);
                 items.push(Item {
                     object: i,
                     method,
@@ -440,15 +427,17 @@ impl<'a> Processor<'a> {
                 .first()
                 .and_then(|&k| ical::uid(&obj.ical.components[k]))
                 .unwrap_or_default();
-            let facts = Facts {
-                method: obj.method.clone().unwrap_or_default(),
-                valid: false,
-                now,
-                account: origin.account.map(str::to_string),
-                folder: origin.folder.map(str::to_string),
-                ..Facts::default()
+            let verdict = match obj.kind {
+                Some(method) => {
+                    let mut facts = Facts::new(method, &[], now);
+                    facts.valid = false;
+                    facts.sender = mail.from.as_deref();
+                    facts.account = origin.account;
+                    facts.folder = origin.folder;
+                    policy::decide(&self.cfg.policies, &facts)
+                }
+                None => policy::decide(&[], &Facts::new(Method::Request, &[], now)),
             };
-            let verdict = policy::decide(&self.cfg.policies, &facts);
             plan.results.push(ItemOutcome {
                 method: obj.method.clone().unwrap_or_default(),
                 uid,
@@ -570,7 +559,7 @@ impl<'a> Processor<'a> {
             it.decision.effect,
             it.decision.reason.clone(),
         );
-        if let Some(ps) = partstat_of(it.verdict.action) {
+        if let Some(ps) = it.verdict.action.partstat() {
             out.reply = Some(self.answer(plan, obj, it, ps, mail, now)?);
         }
         let d = &it.decision;
@@ -703,7 +692,7 @@ impl<'a> Processor<'a> {
     /// The facts the policies match on, for one UID of one object. The
     /// costly ones (recurrences, busy time) only for what would be answered.
     #[allow(clippy::too_many_arguments)]
-    fn facts(
+    fn verdict(
         &mut self,
         obj: &CalObject,
         root: &Node,
@@ -714,66 +703,30 @@ impl<'a> Processor<'a> {
         mail: &Mail,
         origin: Origin<'_>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Facts> {
-        let first = comps.first();
-        let master = comps
-            .iter()
-            .find(|c| c.prop(&P::RecurrenceId).is_none())
-            .or(first);
-        let organizer = comps.iter().find_map(Node::organizer);
+    ) -> anyhow::Result<Verdict> {
+        let Some(method) = obj.kind else {
+            return Ok(policy::decide(
+                &[],
+                &Facts::new(Method::Request, comps, now),
+            ));
+        };
         let answerable = (d.invitation.is_some() && d.no_answer.is_none())
             || (d.role == Role::Organizer && d.effect == Effect::Recorded);
-        let mut facts = Facts {
-            method: obj.method.clone().unwrap_or_default(),
-            component: first
-                .map(|c| c.kind.as_str().to_ascii_uppercase())
-                .unwrap_or_default(),
-            organizer: organizer.clone(),
-            sender: mail.from.clone(),
-            known_sender: None,
-            authenticated: originator.as_ref().is_ok_and(|o| o.proof.is_proven()),
-            conflict: None,
-            recurring: comps
-                .iter()
-                .any(|c| c.prop(&P::Rrule).is_some() || c.prop(&P::Rdate).is_some()),
-            valid: !obj.fatal,
-            duration: master.and_then(conflict::duration),
-            start: None,
-            now,
-            account: origin.account.map(str::to_string),
-            folder: origin.folder.map(str::to_string),
-        };
-        if self.needs.known_sender {
-            if self.address_book.is_none() {
-                self.address_book = Some(match &self.cfg.address_book {
-                    Some(dir) => policy::address_book(dir)?,
-                    None => HashSet::new(),
-                });
-            }
-            let book = self.address_book.as_ref();
-            facts.known_sender = Some(
-                organizer
-                    .as_deref()
-                    .is_some_and(|o| book.is_some_and(|b| b.contains(&address::bare(o)))),
-            );
-        }
-        if answerable && (self.needs.start || self.needs.conflict) {
-            let occurrences = conflict::occurrences(root, uid, now);
-            facts.start = occurrences
-                .iter()
-                .find(|(_, end)| *end > now.timestamp())
-                .and_then(|(s, _)| DateTime::from_timestamp(*s, 0));
-            if self.needs.conflict {
-                facts.conflict = Some(conflict::conflicts(
-                    &self.store,
-                    uid,
-                    &occurrences,
-                    &self.cfg.identity,
-                    now,
-                )?);
-            }
-        }
-        Ok(facts)
+        let mut facts = Facts::new(method, comps, now);
+        facts.sender = mail.from.as_deref();
+        facts.originator = originator.as_ref().ok();
+        facts.valid = !obj.fatal;
+        facts.account = origin.account;
+        facts.folder = origin.folder;
+        self.gather.gather(
+            &mut facts,
+            root,
+            uid,
+            &self.store,
+            &self.cfg.identity,
+            answerable,
+        )?;
+        Ok(policy::decide(&self.cfg.policies, &facts))
     }
 
     /// Plan the answer a policy asked for, unless a never-answer rule

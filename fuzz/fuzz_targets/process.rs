@@ -6,7 +6,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use imipd::config::{Action, Config, Outgoing, PolicyConfig};
+use imipd::config::Config;
 use imipd::process::Processor;
 use libfuzzer_sys::fuzz_target;
 
@@ -17,30 +17,52 @@ struct Scratch {
     runs: usize,
 }
 
+/// Policies that answer (so replies are built and queued) and that need
+/// every costly fact: busy time (`conflict`) and the next occurrence
+/// (`booking_window`, `max_duration`).
+const CONFIG: &str = r#"
+[identity]
+addresses = ["bob@example.com"]
+[store]
+path = "calendar"
+[state]
+path = "state"
+lock_timeout = "1s"
+[outgoing]
+transport = "file"
+path = "outbox"
+max_replies_per_hour = 1000000
+max_answers_per_hour = 1000000
+[[policy]]
+name = "busy"
+methods = ["REQUEST", "ADD"]
+conflict = true
+booking_window = "60d"
+action = "decline"
+comment = "fuzz"
+[[policy]]
+name = "short"
+methods = ["REQUEST", "ADD"]
+max_duration = "2h"
+action = "accept"
+[[policy]]
+name = "counter"
+methods = ["COUNTER"]
+action = "decline"
+[[policy]]
+name = "refresh"
+methods = ["REFRESH"]
+action = "accept"
+[[policy]]
+name = "rest"
+methods = ["REQUEST", "ADD"]
+action = "tentative"
+"#;
+
 fn config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
-    cfg.store = dir.join("calendar");
-    cfg.state = dir.join("state");
-    cfg.outgoing = Some(Outgoing::File { path: dir.join("outbox") });
-    cfg.max_replies_per_hour = 1_000_000;
-    cfg.policies = vec![PolicyConfig {
-        name: "accept".into(),
-        methods: Some(vec!["REQUEST".into(), "ADD".into()]),
-        components: None,
-        organizers: None,
-        senders: None,
-        known_sender: None,
-        authenticated: None,
-        conflict: Some(false),
-        recurring: None,
-        max_duration: None,
-        booking_window: None,
-        accounts: None,
-        folders: None,
-        action: Action::Accept,
-        comment: Some("fuzz".into()),
-    }];
-    cfg
+    let path = dir.join("config.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    imipd::config::load(&path).unwrap()
 }
 
 fn scratch() -> Scratch {
@@ -84,6 +106,9 @@ fuzz_target!(|data: &[u8]| {
     for entry in std::fs::read_dir(s.dir.path()).unwrap().flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        assert!(name == "calendar" || name == "state", "unexpected {name} beside the store");
+        assert!(
+            name == "calendar" || name == "state" || name == "config.toml",
+            "unexpected {name} beside the store"
+        );
     }
 });
