@@ -81,11 +81,14 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
             limit: limits.max_message_bytes,
         });
     }
-    let message = parser().parse(raw).ok_or(MimeError::NoHeaders)?;
-    if message.headers().is_empty() {
+    if !looks_like_headers(raw) {
         return Err(MimeError::NoHeaders);
     }
-    if !looks_like_headers(raw) {
+    // Most mail carries no calendar at all: its headers are all imipd reads.
+    let whole = may_hold_calendar(raw);
+    let input = if whole { raw } else { &raw[..header_end(raw)] };
+    let message = parser().parse(input).ok_or(MimeError::NoHeaders)?;
+    if message.headers().is_empty() {
         return Err(MimeError::NoHeaders);
     }
     let mut mail = Mail {
@@ -149,14 +152,66 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
             }
         }
     }
-    let mut walker = Walker {
-        limits,
-        mail: &mut mail,
-        depth_reported: false,
-        budget: 10_000,
-    };
-    walker.walk(&message, 0, 0, false);
+    if whole {
+        let mut walker = Walker {
+            limits,
+            mail: &mut mail,
+            depth_reported: false,
+            budget: 10_000,
+        };
+        walker.walk(&message, 0, 0, false);
+    }
     Ok(mail)
+}
+
+/// Words whose presence in a header block means the message may carry
+/// calendar data: a calendar media type or `.ics` name, a forwarded message,
+/// or a signed or encrypted entity (which may wrap one).
+const CALENDAR_HINTS: [&[u8]; 7] = [
+    b"calendar",
+    b"ics",
+    b"rfc822",
+    b"message/global",
+    b"signed",
+    b"encrypted",
+    b"pkcs7",
+];
+
+/// Whether a raw message may hold calendar data. Only header blocks are
+/// read: the message's own, and the one after every line that starts with
+/// `--` (a MIME boundary; base64 and quoted-printable bodies never start a
+/// line so). `false` means the message certainly carries no iTIP.
+pub fn may_hold_calendar(raw: &[u8]) -> bool {
+    if header_block_hints(raw) {
+        return true;
+    }
+    let finder = memchr::memmem::Finder::new(b"\n--");
+    finder
+        .find_iter(raw)
+        .any(|at| header_block_hints(&raw[at + 1..]))
+}
+
+/// Whether the header block at the start of `text` holds a calendar hint
+/// (at most 64 KiB of it is read).
+fn header_block_hints(text: &[u8]) -> bool {
+    let block = &text[..header_end(&text[..text.len().min(64 * 1024)])];
+    let lower = block.to_ascii_lowercase();
+    CALENDAR_HINTS
+        .iter()
+        .any(|h| memchr::memmem::find(&lower, h).is_some())
+}
+
+/// Where the header block at the start of `text` ends: after the first
+/// empty line, or at the end.
+fn header_end(text: &[u8]) -> usize {
+    let crlf = memchr::memmem::find(text, b"\r\n\r\n").map(|i| i + 4);
+    let lf = memchr::memmem::find(text, b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => text.len(),
+    }
 }
 
 /// The first line of a message must look like a header field (`Name:`) or a
@@ -468,6 +523,30 @@ mod tests {
         assert!(m.auto_submitted);
         assert_eq!(m.references, vec!["<a@x>".to_string(), "<b@y>".to_string()]);
         assert_eq!(m.subject.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn mail_without_calendar_hints_is_read_no_further_than_its_headers() {
+        let plain = b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\
+            Content-Type: text/plain\r\n\r\nhello\r\n--x\r\nContent-Type: application/pdf\r\n\
+            Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nJVBERi0=\r\n--x--\r\n";
+        assert!(!may_hold_calendar(plain));
+        let m = parse(plain, &Limits::default()).unwrap();
+        assert_eq!(m.from.as_deref(), Some("a@b.c"));
+        for hint in [
+            "text/calendar; method=REQUEST",
+            "application/ics",
+            "application/octet-stream; name=\"invite.ICS\"",
+            "message/rfc822",
+            "multipart/signed; protocol=\"application/pkcs7-signature\"",
+        ] {
+            let with = String::from_utf8_lossy(plain).replace("application/pdf", hint);
+            assert!(may_hold_calendar(with.as_bytes()), "{hint}");
+        }
+        // A calendar as the whole message.
+        assert!(may_hold_calendar(
+            b"From: a@b.c\r\nContent-Type: text/calendar\r\n\r\nBEGIN:VCALENDAR\r\n"
+        ));
     }
 
     #[test]
