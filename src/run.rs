@@ -24,6 +24,17 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 1;
 pub const EXIT_SERVER: u8 = 3;
 
+/// Write one line to standard error, like `eprintln!` but never panicking:
+/// a closed or broken standard error (a log pipe whose reader went away)
+/// must not kill the service or a pass; the line is lost instead.
+#[macro_export]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub fn print_json(value: &impl serde::Serialize) {
     let line = serde_json::to_string(value).unwrap_or_default();
     let stdout = std::io::stdout();
@@ -37,10 +48,10 @@ pub fn report(o: &MessageOutcome, opts: Options) {
         print_json(o);
         // Messages left for the next pass are named on stderr in any case.
         if let Some(e) = &o.error {
-            eprintln!("imipd: {}: {e}", o.source);
+            crate::say_err!("imipd: {}: {e}", o.source);
         }
     } else {
-        eprintln!("{o}");
+        crate::say_err!("{o}");
     }
 }
 
@@ -92,7 +103,9 @@ pub fn flush(p: &mut Processor<'_>, opts: Options) -> anyhow::Result<u8> {
     let Some(outgoing) = &p.cfg.outgoing else {
         let n = p.outbox.pending()?.len();
         if n > 0 {
-            eprintln!("imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured");
+            crate::say_err!(
+                "imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured"
+            );
         }
         return Ok(EXIT_OK);
     };
@@ -119,14 +132,14 @@ fn print_send(r: &SendReport, opts: Options) {
         print_json(&serde_json::json!({ "outbox": r }));
     } else {
         match &r.error {
-            None => eprintln!("sent to {}: {}", r.to.join(", "), r.summary),
+            None => crate::say_err!("sent to {}: {}", r.to.join(", "), r.summary),
             Some(e) if r.status == "rejected" => {
-                eprintln!(
+                crate::say_err!(
                     "imipd: rejected for good, kept in outbox-rejected/: {}: {e}",
                     r.summary
                 )
             }
-            Some(e) => eprintln!(
+            Some(e) => crate::say_err!(
                 "imipd: not sent yet, kept in the outbox: {}: {e}",
                 r.summary
             ),
@@ -144,7 +157,10 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
             Source::Maildir { path, .. } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(icfg) => {
                 let locked = std::sync::Mutex::new(p);
-                let r = rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts));
+                let r = imap::on_imap_stack(|| {
+                    rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts))
+                })
+                .and_then(|r| r);
                 p = locked.into_inner().unwrap_or_else(|e| e.into_inner());
                 r
             }
@@ -152,7 +168,7 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
         match result {
             Ok(s) => status = status.max(s),
             Err(e) => {
-                eprintln!("imipd: account {}: {e:#}", account.name);
+                crate::say_err!("imipd: account {}: {e:#}", account.name);
                 status = status.max(EXIT_SOME_FAILED);
             }
         }
@@ -175,10 +191,10 @@ async fn once_imap(
     p: &std::sync::Mutex<Processor<'_>>,
     opts: Options,
 ) -> anyhow::Result<u8> {
-    let mut conn = match imap::connect(icfg).await {
+    let mut conn = match imap::connect(icfg, &cfg.limits).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("imipd: account {account}: {e}");
+            crate::say_err!("imipd: account {account}: {e}");
             return Ok(if e.is_server_problem() {
                 EXIT_SERVER
             } else {
@@ -209,7 +225,7 @@ async fn once_imap(
                 }
             }
             Err(e) => {
-                eprintln!("imipd: account {account}: {e}");
+                crate::say_err!("imipd: account {account}: {e}");
                 status = status.max(if e.is_server_problem() {
                     EXIT_SERVER
                 } else {
@@ -228,7 +244,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("imipd: {e:#}");
+            crate::say_err!("imipd: {e:#}");
             return EXIT_SOME_FAILED;
         }
     };
@@ -238,7 +254,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
             continue;
         };
         let r: Result<(), imap::ImapError> = rt.block_on(async {
-            let mut conn = imap::connect(icfg).await?;
+            let mut conn = imap::connect(icfg, &cfg.limits).await?;
             crate::say!(
                 "account {}: logged in to {} as {} (IDLE: {}, CONDSTORE: {}, MOVE: {})",
                 account.name,
@@ -265,7 +281,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
             Ok(())
         });
         if let Err(e) = r {
-            eprintln!("imipd: account {}: {e}", account.name);
+            crate::say_err!("imipd: account {}: {e}", account.name);
             status = status.max(if e.is_server_problem() {
                 EXIT_SERVER
             } else {
@@ -281,7 +297,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
                 s.port
             ),
             Err(e) => {
-                eprintln!("imipd: outgoing: {e}");
+                crate::say_err!("imipd: outgoing: {e}");
                 status = status.max(EXIT_SERVER);
             }
         }
