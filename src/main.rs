@@ -100,8 +100,10 @@ fn main() -> ExitCode {
     // A log line that cannot be written (standard error closed, its pipe
     // broken) is dropped: with internal errors on, the subscriber would
     // report it with eprintln!, which panics on that very standard error.
+    // Colours only for a terminal, not for a log file or the journal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMIPD_LOG")

@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod hostile;
 mod imap;
+mod imap_hardening;
 mod khal;
 mod load;
 mod replies;

@@ -19,7 +19,7 @@
 //! one-shot helpers of [`super::dovecot`] log out after their commands), for
 //! "another client" that changes flags while the client under test works.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
