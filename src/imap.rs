@@ -343,7 +343,7 @@ impl ImapStream {
             guard: WireGuard::new(limits),
             out: Vec::new(),
             pos: 0,
-            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+            scratch: vec![0; 16 * 1024].into_boxed_slice(),
             eof: false,
         }
     }

@@ -241,6 +241,14 @@ async fn once_imap(
 
 /// `imipd check --connect`: log in to every server and say what imipd would use.
 pub fn check_connect(cfg: &Config) -> u8 {
+    // The servers' answers are parsed on a thread with the IMAP stack.
+    imap::on_imap_stack(|| check_connect_here(cfg)).unwrap_or_else(|e| {
+        crate::say_err!("imipd: {e:#}");
+        EXIT_SOME_FAILED
+    })
+}
+
+fn check_connect_here(cfg: &Config) -> u8 {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
