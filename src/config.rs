@@ -1491,26 +1491,74 @@ mod tests {
         assert!(e.to_string().contains("exited with"), "{e}");
     }
 
+    /// Whether a process with `marker` in its command line runs.
+    fn running(marker: &str) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+    }
+
+    /// Poll until no process with `marker` runs (panics after 5 s).
+    fn wait_gone(marker: &str) {
+        let t0 = std::time::Instant::now();
+        while running(marker) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "`{marker}` was not killed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_hanging_secret_command_is_stopped_at_the_timeout() {
-        // The shell forks `sleep` (a compound command), so only killing the
-        // process group ends both: the pipe closes and the call returns.
-        let s = Secret::Command("sleep 600; echo pw".into());
+        // The shell forks `sleep` (a compound command): only killing the
+        // process group ends it too. GNU sleep takes fractions, which makes
+        // the command line unique to this test.
+        let marker = format!("sleep 600.{}1", std::process::id());
+        let cmd = format!("{marker}; echo pw");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let t0 = std::time::Instant::now();
         let e = rt
-            .block_on(s.resolve_within(Duration::from_millis(300)))
+            .block_on(Secret::Command(cmd.clone()).resolve_within(Duration::from_millis(300)))
             .unwrap_err();
         assert!(e.to_string().contains("did not finish within"), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        wait_gone(&marker.replace(' ', "\0"));
+
+        let marker = format!("sleep 600.{}2", std::process::id());
+        let cmd = format!("{marker}; echo pw");
         let t0 = std::time::Instant::now();
-        let e = secret_command::run_blocking("sleep 600; echo pw", Duration::from_millis(300))
-            .unwrap_err();
+        let e = secret_command::run_blocking(&cmd, Duration::from_millis(300)).unwrap_err();
         assert!(e.to_string().contains("did not finish within"), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        wait_gone(&marker.replace(' ', "\0"));
+    }
+
+    #[test]
+    fn a_secret_command_is_killed_when_its_caller_gives_up() {
+        let marker = format!("sleep 600.{}3", std::process::id());
+        let cmd = Secret::Command(format!("{marker}; echo pw"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sleep_argv = marker.replace(' ', "\0");
+        rt.block_on(async {
+            tokio::select! {
+                _ = cmd.resolve_within(Duration::from_secs(600)) => panic!("it cannot finish"),
+                _ = async {
+                    while !running(&sleep_argv) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                } => {}
+            }
+        });
+        wait_gone(&sleep_argv);
     }
 
     #[test]

@@ -659,11 +659,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 fn imap_hanging_password_command_fails_only_its_account() {
     let d = Dovecot::start(&[BOB]);
     // A sleep no other test runs (GNU sleep takes fractions).
-    let marker = format!(
-        "600.{}{}",
-        std::process::id(),
-        Instant::now().elapsed().subsec_nanos() % 1000
-    );
+    let marker = format!("600.{}{}", std::process::id(), rand_suffix());
     let hanging = |name: &str, timeout: u64| {
         account(
             &d,
