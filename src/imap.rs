@@ -1281,7 +1281,7 @@ fn quote(s: &str) -> String {
 /// A calendar part found in a BODYSTRUCTURE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalPart {
-    /// The part number path ("2.1" → [2, 1]); for a single-part message [1].
+    /// The part number path ("2.1" → `[2, 1]`); for a single-part message `[1]`.
     pub path: Vec<u32>,
     pub content_type: String,
     pub params: Vec<(String, String)>,
