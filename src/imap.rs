@@ -104,12 +104,25 @@ impl WireLimits {
     }
 }
 
+/// A quoted string longer than this reaches the parser as a literal (with
+/// the same content): async-imap parses a response again from its start
+/// after every read of at most 4 KiB until it is complete, except while it
+/// waits for the rest of a literal, so a long quoted string (a 4 MB MIME
+/// parameter in a BODYSTRUCTURE from real Dovecot) would cost time
+/// quadratic in its length.
+pub const QUOTED_INLINE: usize = 1024;
+
+/// A quoted string longer than this is cut (at a UTF-8 character boundary)
+/// and counted like a cut literal: no parameter or envelope field imipd
+/// reads is anywhere near it.
+pub const MAX_STRING: usize = 64 * 1024;
+
 /// Where the guard is in the server's byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
     /// In a response line, outside strings.
     Line,
-    /// In a quoted string.
+    /// In a quoted string (held back until it ends).
     Quoted,
     /// After a backslash in a quoted string.
     Escape,
@@ -130,16 +143,22 @@ enum Wire {
 /// [`WireLimits::literal_cut`] reaches the parser as `{cut}` with its first
 /// `cut` bytes (the rest is read and dropped, and counted in `cut`);
 /// parentheses nested deeper than [`WireLimits::nesting`] end the
-/// connection. Quoted strings and literals are skipped over, so their
-/// content never looks like syntax.
+/// connection; a quoted string longer than [`QUOTED_INLINE`] is handed on as
+/// a literal, cut at [`MAX_STRING`]. Quoted strings and literals are skipped
+/// over, so their content never looks like syntax.
 #[derive(Debug)]
 pub struct WireGuard {
     limits: WireLimits,
     state: Wire,
     depth: usize,
     held: Vec<u8>,
+    /// The quoted string in hand: as sent (while short enough to go on as
+    /// it is), and its content without escapes (up to [`MAX_STRING`]).
+    quoted_raw: Vec<u8>,
+    quoted: Vec<u8>,
+    quoted_len: usize,
     failed: Option<String>,
-    /// How many literals were cut so far.
+    /// How many literals and strings were cut so far.
     pub cut: Arc<AtomicU64>,
 }
 
@@ -150,6 +169,9 @@ impl WireGuard {
             state: Wire::Line,
             depth: 0,
             held: Vec::new(),
+            quoted_raw: Vec::new(),
+            quoted: Vec::new(),
+            quoted_len: 0,
             failed: None,
             cut: Arc::new(AtomicU64::new(0)),
         }
@@ -169,9 +191,45 @@ impl WireGuard {
 
     /// The end of the stream: what was held goes out as it came.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if matches!(self.state, Wire::Brace | Wire::BraceEnd | Wire::BraceCr) {
-            self.release(out);
+        match self.state {
+            Wire::Brace | Wire::BraceEnd | Wire::BraceCr => self.release(out),
+            Wire::Quoted | Wire::Escape => {
+                out.append(&mut self.quoted_raw);
+                self.state = Wire::Line;
+            }
+            _ => {}
         }
+    }
+
+    /// One byte of a quoted string's content (escapes taken off).
+    fn quoted_byte(&mut self, b: u8) {
+        if self.quoted_raw.len() <= 2 * QUOTED_INLINE + 2 {
+            self.quoted_raw.push(b);
+        }
+        if self.quoted.len() < MAX_STRING {
+            self.quoted.push(b);
+        }
+        self.quoted_len += 1;
+    }
+
+    /// The closing quote: the string goes on as it came, or as a literal.
+    fn end_quoted(&mut self, out: &mut Vec<u8>) {
+        if self.quoted_len <= QUOTED_INLINE {
+            out.append(&mut self.quoted_raw);
+            out.push(b'"');
+        } else {
+            let mut n = self.quoted.len();
+            if self.quoted_len > n {
+                self.cut.fetch_add(1, Ordering::Relaxed);
+                n = utf8_prefix(&self.quoted);
+            }
+            out.extend_from_slice(format!("{{{n}}}\r\n").as_bytes());
+            out.extend_from_slice(&self.quoted[..n]);
+        }
+        self.quoted_raw.clear();
+        self.quoted.clear();
+        self.quoted_len = 0;
+        self.state = Wire::Line;
     }
 
     /// Pass `input` (the next bytes from the server) on to `out`, as the
@@ -210,8 +268,11 @@ impl WireGuard {
             match self.state {
                 Wire::Line => match b {
                     b'"' => {
+                        self.quoted_raw.clear();
+                        self.quoted_raw.push(b);
+                        self.quoted.clear();
+                        self.quoted_len = 0;
                         self.state = Wire::Quoted;
-                        out.push(b);
                     }
                     b'(' => {
                         self.depth += 1;
@@ -240,21 +301,26 @@ impl WireGuard {
                     }
                     _ => out.push(b),
                 },
-                Wire::Quoted => {
-                    match b {
-                        b'\\' => self.state = Wire::Escape,
-                        b'"' => self.state = Wire::Line,
-                        b'\n' => {
-                            self.state = Wire::Line;
-                            self.depth = 0;
+                Wire::Quoted => match b {
+                    b'\\' => {
+                        if self.quoted_raw.len() <= 2 * QUOTED_INLINE + 2 {
+                            self.quoted_raw.push(b);
                         }
-                        _ => {}
+                        self.state = Wire::Escape;
                     }
-                    out.push(b);
-                }
+                    b'"' => self.end_quoted(out),
+                    b'\n' => {
+                        // Not a string after all (a broken line): as it came.
+                        out.append(&mut self.quoted_raw);
+                        out.push(b);
+                        self.state = Wire::Line;
+                        self.depth = 0;
+                    }
+                    _ => self.quoted_byte(b),
+                },
                 Wire::Escape => {
+                    self.quoted_byte(b);
                     self.state = Wire::Quoted;
-                    out.push(b);
                 }
                 Wire::Brace => match b {
                     b'0'..=b'9' if self.held.len() <= 20 => self.held.push(b),
@@ -312,6 +378,26 @@ impl WireGuard {
             i += 1;
         }
         Ok(())
+    }
+}
+
+/// The length of the longest prefix of `s` that does not end in the middle
+/// of a UTF-8 character.
+fn utf8_prefix(s: &[u8]) -> usize {
+    let Some(lead) = s.iter().rposition(|&b| b & 0xC0 != 0x80) else {
+        return 0;
+    };
+    let len = match s[lead] {
+        b if b < 0x80 => 1,
+        b if b >= 0xF0 => 4,
+        b if b >= 0xE0 => 3,
+        b if b >= 0xC0 => 2,
+        _ => 1,
+    };
+    if lead + len <= s.len() {
+        s.len()
+    } else {
+        lead
     }
 }
 
@@ -1683,6 +1769,44 @@ mod tests {
         let mut g = guard(8, 1000, 3);
         let e = through(&mut g, b"* 1 FETCH ((((x))))\r\n", 2).unwrap_err();
         assert!(e.contains("nested deeper than 3"), "{e}");
+    }
+
+    #[test]
+    fn a_long_quoted_string_reaches_the_parser_as_a_literal() {
+        let long = "n".repeat(3000);
+        let input = format!(
+            "* 1 FETCH (UID 1 BODYSTRUCTURE (\"application\" \"pdf\" (\"name\" \"{long}\\\"q\") NIL NIL \"base64\" 10 NIL NIL NIL NIL))\r\n"
+        );
+        for step in [1, 5, 4096] {
+            let mut g = guard(8, 1000, 10);
+            let out = through(&mut g, input.as_bytes(), step).unwrap();
+            let expected = format!(
+                "* 1 FETCH (UID 1 BODYSTRUCTURE (\"application\" \"pdf\" (\"name\" {{3002}}\r\n{long}\"q) NIL NIL \"base64\" 10 NIL NIL NIL NIL))\r\n"
+            );
+            assert_eq!(String::from_utf8_lossy(&out), expected, "{step}");
+            // imap-proto takes a literal where a string may be.
+            let (rest, r) = async_imap::imap_proto::parser::parse_response(&out).unwrap();
+            assert!(rest.is_empty());
+            assert!(format!("{r:?}").contains("application"));
+        }
+        // Longer than MAX_STRING: cut on a character boundary, counted.
+        let huge = "é".repeat(MAX_STRING);
+        let input = format!("* 1 FETCH (X \"{huge}\")\r\n");
+        let mut g = guard(8, 1000, 10);
+        let out = through(&mut g, input.as_bytes(), 999).unwrap();
+        let n = MAX_STRING / 2 * 2;
+        let mut expected = format!("* 1 FETCH (X {{{n}}}\r\n").into_bytes();
+        expected.extend_from_slice(&huge.as_bytes()[..n]);
+        expected.extend_from_slice(b")\r\n");
+        assert_eq!(out, expected);
+        assert_eq!(g.cut.load(Ordering::Relaxed), 1);
+        assert_eq!(utf8_prefix("aé".as_bytes()), 3);
+        assert_eq!(utf8_prefix(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_prefix(b""), 0);
+        // An unterminated quote in a line goes on as it came.
+        let mut g = guard(8, 1000, 10);
+        let input = b"* OK [ALERT] it's \"broken\r\nA1 OK done\r\n";
+        assert_eq!(through(&mut g, input, 3).unwrap(), input.to_vec());
     }
 
     #[test]
