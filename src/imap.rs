@@ -20,8 +20,9 @@
 //! It also owns what protects imipd from the server's answers: every byte
 //! read passes a [`WireGuard`] before async-imap's parser sees it (a literal
 //! larger than imipd can need is cut or refused before the parser reserves
-//! memory for it; parentheses nested deeper than [`MAX_NESTING`] are
-//! refused), and the IMAP work runs on threads with an [`IMAP_STACK`]-byte
+//! memory for it; a long quoted string goes on as a literal, which the
+//! parser reads in linear time; parentheses nested deeper than
+//! [`MAX_NESTING`] are refused), and the IMAP work runs on threads with an [`IMAP_STACK`]-byte
 //! stack, on which imap-proto's recursive BODYSTRUCTURE parser fits up to
 //! that nesting (it overflows a 2 MiB tokio worker stack at ~350 levels in
 //! a release build, ~120 in a debug build).
