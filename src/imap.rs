@@ -22,10 +22,10 @@
 //! larger than imipd can need is cut or refused before the parser reserves
 //! memory for it; a long quoted string goes on as a literal, which the
 //! parser reads in linear time; parentheses nested deeper than
-//! [`MAX_NESTING`] are refused), and the IMAP work runs on threads with an [`IMAP_STACK`]-byte
-//! stack, on which imap-proto's recursive BODYSTRUCTURE parser fits up to
-//! that nesting (it overflows a 2 MiB tokio worker stack at ~350 levels in
-//! a release build, ~120 in a debug build).
+//! [`MAX_NESTING`] are refused), and the IMAP work runs on threads with an
+//! [`IMAP_STACK`]-byte stack, on which imap-proto's recursive BODYSTRUCTURE
+//! parser fits up to that nesting (it overflows a 2 MiB tokio worker stack
+//! at ~350 levels in a release build, ~120 in a debug build).
 //!
 //! Every network step has a timeout.
 
