@@ -8,30 +8,33 @@
 //! (or a user replaying old mail) gets the same decisions on any day.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-/// The difference between the clock imipd uses and the system clock.
-fn offset() -> chrono::Duration {
-    static OFFSET: OnceLock<chrono::Duration> = OnceLock::new();
-    *OFFSET.get_or_init(|| {
-        let Some(text) = std::env::var("IMIPD_NOW").ok().filter(|s| !s.is_empty()) else {
-            return chrono::Duration::zero();
-        };
+/// `IMIPD_NOW` and the moment it was read; `None` for the system clock.
+fn origin() -> Option<(DateTime<Utc>, Instant)> {
+    static ORIGIN: OnceLock<Option<(DateTime<Utc>, Instant)>> = OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let text = std::env::var("IMIPD_NOW").ok().filter(|s| !s.is_empty())?;
         match DateTime::parse_from_rfc3339(text.trim()) {
-            Ok(t) => t.with_timezone(&Utc) - Utc::now(),
+            Ok(t) => Some((t.with_timezone(&Utc), Instant::now())),
             Err(e) => {
                 tracing::warn!(
                     "IMIPD_NOW={text} is not an RFC 3339 time ({e}); using the system clock"
                 );
-                chrono::Duration::zero()
+                None
             }
         }
     })
 }
 
-/// The current time.
+/// The current time. With `IMIPD_NOW`, the first call gives that instant
+/// itself (to well under a microsecond, so two processes started at the
+/// same instant agree on it), and time runs on from there.
 pub fn now() -> DateTime<Utc> {
-    let offset = offset();
-    Utc::now() + offset
+    match origin() {
+        Some((t, start)) => t + chrono::Duration::from_std(start.elapsed()).unwrap_or_default(),
+        None => Utc::now(),
+    }
 }

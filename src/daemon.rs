@@ -3,7 +3,10 @@
 //! `poll_interval` otherwise; reconnecting with capped exponential backoff),
 //! one task that sends the outbox (at once when a reply is queued, and
 //! retries with backoff), and a clean stop on SIGINT/SIGTERM: the message in
-//! hand is finished, nothing is lost. A broken account never stops the others.
+//! hand is finished, nothing is lost. A broken account never stops the
+//! others, and neither does a hanging password command (it runs off the
+//! worker threads, within the account's timeout). The runtime's threads have
+//! an [`imap::IMAP_STACK`]-byte stack for imap-proto's recursive parser.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Account, Config, Source};
-use crate::imap::{self, PassContext};
+use crate::imap::{self, PassContext, Woke};
 use crate::outbox::Transport;
 use crate::process::{MessageOutcome, Processor};
 use crate::run::{self, Options};
@@ -28,20 +31,26 @@ pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     let processor = Arc::new(Mutex::new(Processor::open(cfg, opts.dry_run)?));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(imap::IMAP_STACK)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
+        let shutdown = Shutdown {
+            flag: Arc::new(AtomicBool::new(false)),
+            rx: stop_rx,
+        };
         let outbox_kick = Arc::new(Notify::new());
         {
-            let stopping = stopping.clone();
+            let flag = shutdown.flag.clone();
             tokio::spawn(async move {
                 wait_for_signal().await;
-                tracing::info!("stopping: finishing the message in hand");
-                stopping.store(true, Ordering::SeqCst);
+                // Stop first, then say so: nothing after this point may keep
+                // the service from stopping.
+                flag.store(true, Ordering::SeqCst);
                 let _ = stop_tx.send(true);
+                tracing::info!("stopping: finishing the message in hand");
             });
         }
         let mut tasks = Vec::new();
@@ -50,8 +59,7 @@ pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                 cfg,
                 account,
                 processor.clone(),
-                stop_rx.clone(),
-                stopping.clone(),
+                shutdown.clone(),
                 outbox_kick.clone(),
                 opts,
             )));
@@ -59,7 +67,7 @@ pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
         let outbox = tokio::spawn(outbox_task(
             cfg,
             processor.clone(),
-            stop_rx.clone(),
+            shutdown.clone(),
             outbox_kick.clone(),
             opts,
         ));
@@ -69,32 +77,64 @@ pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
         outbox_kick.notify_one();
         let _ = outbox.await;
     });
+    // Whatever still runs (a task stuck in a system call) is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(run::EXIT_OK)
 }
 
+/// SIGTERM or SIGINT. A signal that cannot be listened for is logged and
+/// never arrives (the other may); neither failing makes the service stop.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            tracing::error!("cannot listen for {name}: {e}");
+            None
         }
     };
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+        if let Some(s) = s {
+            // `None` from recv: the signal driver is gone; no signal comes.
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = next(&mut term) => {}
+        _ = next(&mut int) => {}
     }
 }
 
-/// Resolves when the service is asked to stop.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
+/// The service's stop signal, as every task sees it. It counts as given
+/// when the signal task set it, and also when that task is gone without
+/// setting it: a loop waiting on a closed channel would otherwise spin.
+#[derive(Clone)]
+struct Shutdown {
+    flag: Arc<AtomicBool>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst) || *self.rx.borrow() || self.rx.has_changed().is_err()
+    }
+
+    /// Resolves when the service is asked to stop.
+    async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        while !self.is_set() {
+            if rx.changed().await.is_err() {
+                break;
+            }
         }
+        // The pass loops read the flag; make sure they see it.
+        self.flag.store(true, Ordering::SeqCst);
     }
 }
 
@@ -112,8 +152,7 @@ async fn account_task(
     cfg: &'static Config,
     account: &'static Account,
     processor: Arc<Mutex<Processor<'static>>>,
-    stop_rx: watch::Receiver<bool>,
-    stopping: Arc<AtomicBool>,
+    shutdown: Shutdown,
     outbox_kick: Arc<Notify>,
     opts: Options,
 ) {
@@ -132,22 +171,28 @@ async fn account_task(
             outbox_kick.notify_one();
             tokio::select! {
                 _ = tokio::time::sleep(*poll_interval) => {}
-                _ = stopped(stop_rx.clone()) => return,
+                _ = shutdown.wait() => return,
             }
         },
         Source::Imap(icfg) => {
             let mut backoff = Duration::from_secs(1);
             loop {
-                if stopping.load(Ordering::SeqCst) {
+                if shutdown.is_set() {
                     return;
                 }
-                let conn = match imap::connect(icfg).await {
+                // A login that waits (a password command, a silent server)
+                // is given up at once on SIGTERM.
+                let connected = tokio::select! {
+                    r = imap::connect(icfg, &cfg.limits) => r,
+                    _ = shutdown.wait() => return,
+                };
+                let conn = match connected {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(account = %account.name, "{e}; trying again in {} s", backoff.as_secs());
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = stopped(stop_rx.clone()) => return,
+                            _ = shutdown.wait() => return,
                         }
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
@@ -161,8 +206,7 @@ async fn account_task(
                     icfg,
                     conn,
                     &processor,
-                    &stop_rx,
-                    &stopping,
+                    &shutdown,
                     &outbox_kick,
                     opts,
                 )
@@ -171,7 +215,7 @@ async fn account_task(
                     tracing::warn!(account = %account.name, "{e}; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stopped(stop_rx.clone()) => return,
+                        _ = shutdown.wait() => return,
                     }
                 } else {
                     return; // stopped cleanly
@@ -190,16 +234,16 @@ async fn serve(
     icfg: &'static crate::config::ImapConfig,
     mut conn: imap::Connection,
     processor: &Arc<Mutex<Processor<'static>>>,
-    stop_rx: &watch::Receiver<bool>,
-    stopping: &Arc<AtomicBool>,
+    shutdown: &Shutdown,
     outbox_kick: &Arc<Notify>,
     opts: Options,
 ) -> Result<(), imap::ImapError> {
     loop {
-        if stopping.load(Ordering::SeqCst) {
+        if shutdown.is_set() {
             conn.logout().await;
             return Ok(());
         }
+        let mut first = None;
         for folder in &icfg.folders {
             let ctx = PassContext {
                 account: &account.name,
@@ -208,15 +252,16 @@ async fn serve(
                 state_dir: &cfg.state,
                 processor: processor.as_ref(),
                 dry_run: opts.dry_run,
-                stop: Some(stopping.as_ref()),
+                stop: Some(shutdown.flag.as_ref()),
             };
             let mut print = |o: &MessageOutcome| report(o, opts);
             let r = conn.pass(folder, &ctx, &mut print).await?;
             if r.with_calendar > 0 {
                 outbox_kick.notify_one();
             }
+            first.get_or_insert(r.seen);
         }
-        if stopping.load(Ordering::SeqCst) {
+        if shutdown.is_set() {
             continue; // logs out at the top
         }
         if conn.caps.idle && icfg.idle {
@@ -226,13 +271,17 @@ async fn serve(
             } else {
                 IDLE_MAX
             };
-            conn = conn
-                .idle(&icfg.folders[0], wait, stopped(stop_rx.clone()))
+            let (c, woke) = conn
+                .idle(&icfg.folders[0], wait, first, shutdown.wait())
                 .await?;
+            conn = c;
+            if woke == Woke::Arrived {
+                tracing::debug!(account = %account.name, "mail arrived before IDLE: passing again");
+            }
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(icfg.poll_interval) => {}
-                _ = stopped(stop_rx.clone()) => {}
+                _ = shutdown.wait() => {}
             }
         }
     }
@@ -243,7 +292,7 @@ async fn serve(
 async fn outbox_task(
     cfg: &'static Config,
     processor: Arc<Mutex<Processor<'static>>>,
-    stop_rx: watch::Receiver<bool>,
+    shutdown: Shutdown,
     kick: Arc<Notify>,
     opts: Options,
 ) {
@@ -255,7 +304,7 @@ async fn outbox_task(
     }
     let transport = Transport::from_config(outgoing);
     loop {
-        let stop_now = *stop_rx.borrow();
+        let stop_now = shutdown.is_set();
         // Send outside the processor's lock: handling goes on meanwhile.
         let sender = {
             let p = processor.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,7 +332,7 @@ async fn outbox_task(
         tokio::select! {
             _ = kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            _ = stopped(stop_rx.clone()) => {}
+            _ = shutdown.wait() => {}
         }
     }
 }

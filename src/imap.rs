@@ -7,10 +7,25 @@
 //!   folder state remembers them, the last UID handled and HIGHESTMODSEQ);
 //!   nothing new means no FETCH at all;
 //! - new mail is fetched in batches as BODYSTRUCTURE plus a few header
-//!   fields; only messages with calendar parts get a second FETCH, of those
-//!   parts alone (`BODY.PEEK[n]`), so a 20 MB attachment is never downloaded;
+//!   fields (cut at `limits.max_header_bytes` by a partial fetch); only
+//!   messages with calendar parts get a second FETCH, of those parts alone
+//!   (`BODY.PEEK[n]`), so a 20 MB attachment is never downloaded;
+//! - only the UIDs a FETCH asked for are handled, and only they move the
+//!   folder's last UID (a server's unsolicited FETCH never does);
 //! - handled iTIP mail gets the keyword `$iMIPProcessed` (or is moved), never
-//!   `\Seen` unless configured, and is never deleted.
+//!   `\Seen` unless configured, and is never deleted;
+//! - IDLE: when mail came in between the pass and the SELECT before IDLE, the
+//!   caller is told to pass again instead of idling.
+//!
+//! It also owns what protects imipd from the server's answers: every byte
+//! read passes a [`WireGuard`] before async-imap's parser sees it (a literal
+//! larger than imipd can need is cut or refused before the parser reserves
+//! memory for it; a long quoted string goes on as a literal, which the
+//! parser reads in linear time; parentheses nested deeper than
+//! [`MAX_NESTING`] are refused), and the IMAP work runs on threads with an
+//! [`IMAP_STACK`]-byte stack, on which imap-proto's recursive BODYSTRUCTURE
+//! parser fits up to that nesting (it overflows a 2 MiB tokio worker stack
+//! at ~350 levels in a release build, ~120 in a debug build).
 //!
 //! Every network step has a timeout.
 
@@ -19,7 +34,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_imap::imap_proto::{BodyStructure, ContentEncoding, SectionPath};
@@ -33,21 +48,408 @@ use crate::config::{ImapAuth, ImapConfig, Limits, Tls};
 use crate::process::{MessageOutcome, Origin, Processor};
 use crate::store::{safe_name, write_atomic};
 
-/// The connection under the IMAP session: plain TCP or TLS, counting the
-/// bytes read (for the benchmark's "bytes fetched").
-pub enum ImapStream {
-    Plain(TcpStream, Arc<AtomicU64>),
-    Tls(
-        Box<tokio_rustls::client::TlsStream<TcpStream>>,
-        Arc<AtomicU64>,
-    ),
+/// Parentheses nested deeper than this in one server response are refused
+/// (the connection ends with an error). Dovecot never nests a BODYSTRUCTURE
+/// deeper than ~100 levels (its MIME parser stops there), so only a broken
+/// or hostile server gets here; up to this depth a deep BODYSTRUCTURE is
+/// parsed and the message is reported with `limits.max_depth`.
+pub const MAX_NESTING: usize = 1000;
+
+/// The stack of the threads that run IMAP work. imap-proto parses a
+/// BODYSTRUCTURE recursively: 1,000 levels take < 8 MiB in a release build
+/// and < 32 MiB in a debug build; this leaves room for both. Only the pages
+/// touched count against memory.
+pub const IMAP_STACK: usize = 64 * 1024 * 1024;
+
+/// Run `f` (which drives IMAP work, e.g. `rt.block_on(...)`) on a thread
+/// with an [`IMAP_STACK`]-byte stack, and return what it returns.
+pub fn on_imap_stack<T: Send>(f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("imap".into())
+            .stack_size(IMAP_STACK)
+            .spawn_scoped(s, f)
+            .map_err(|e| anyhow::anyhow!("cannot start the IMAP thread: {e}"))?;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("cannot finish the IMAP work: its thread panicked"))
+    })
+}
+
+/// The bounds a [`WireGuard`] enforces, derived from `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLimits {
+    /// A literal larger than this is cut to this size (the rest is read and
+    /// dropped): the largest literal imipd can need is a calendar part
+    /// within `limits.max_part_bytes` (base64: 4/3 of it) or the header
+    /// fields within `limits.max_header_bytes`. A BODYSTRUCTURE may carry
+    /// larger ones (the Subject of a forwarded message), which imipd never
+    /// reads.
+    pub literal_cut: usize,
+    /// A literal larger than this is refused: no message imipd reads
+    /// (`limits.max_message_bytes`) holds one.
+    pub literal_refuse: usize,
+    /// See [`MAX_NESTING`].
+    pub nesting: usize,
+}
+
+impl WireLimits {
+    pub fn new(l: &Limits) -> WireLimits {
+        let part = (l.max_part_bytes / 3).saturating_add(1).saturating_mul(4);
+        let literal_cut = part.max(l.max_header_bytes);
+        WireLimits {
+            literal_cut,
+            literal_refuse: l.max_message_bytes.max(literal_cut),
+            nesting: MAX_NESTING,
+        }
+    }
+}
+
+/// A quoted string longer than this reaches the parser as a literal (with
+/// the same content): async-imap parses a response again from its start
+/// after every read of at most 4 KiB until it is complete, except while it
+/// waits for the rest of a literal, so a long quoted string (a 4 MB MIME
+/// parameter in a BODYSTRUCTURE from real Dovecot) would cost time
+/// quadratic in its length.
+pub const QUOTED_INLINE: usize = 1024;
+
+/// A quoted string longer than this is cut (at a UTF-8 character boundary)
+/// and counted like a cut literal: no parameter or envelope field imipd
+/// reads is anywhere near it.
+pub const MAX_STRING: usize = 64 * 1024;
+
+/// Where the guard is in the server's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// In a response line, outside strings.
+    Line,
+    /// In a quoted string (held back until it ends).
+    Quoted,
+    /// After a backslash in a quoted string.
+    Escape,
+    /// `{` and digits so far (held back).
+    Brace,
+    /// `{N}` (held back).
+    BraceEnd,
+    /// `{N}\r` (held back).
+    BraceCr,
+    /// In a literal: `pass` more bytes go to the parser, then `skip` are dropped.
+    Literal { pass: usize, skip: usize },
+}
+
+/// Looks at every byte the server sends, in one pass and before the parser
+/// does, and keeps the parser from being made to spend more than imipd
+/// needs: a literal `{N}` over [`WireLimits::literal_refuse`] ends the
+/// connection with an error before anything is reserved for it; one over
+/// [`WireLimits::literal_cut`] reaches the parser as `{cut}` with its first
+/// `cut` bytes (the rest is read and dropped, and counted in `cut`);
+/// parentheses nested deeper than [`WireLimits::nesting`] end the
+/// connection; a quoted string longer than [`QUOTED_INLINE`] is handed on as
+/// a literal, cut at [`MAX_STRING`]. Quoted strings and literals are skipped
+/// over, so their content never looks like syntax.
+#[derive(Debug)]
+pub struct WireGuard {
+    limits: WireLimits,
+    state: Wire,
+    depth: usize,
+    held: Vec<u8>,
+    /// The quoted string in hand: as sent (while short enough to go on as
+    /// it is), and its content without escapes (up to [`MAX_STRING`]).
+    quoted_raw: Vec<u8>,
+    quoted: Vec<u8>,
+    quoted_len: usize,
+    failed: Option<String>,
+    /// How many literals and strings were cut so far.
+    pub cut: Arc<AtomicU64>,
+}
+
+impl WireGuard {
+    pub fn new(limits: WireLimits) -> WireGuard {
+        WireGuard {
+            limits,
+            state: Wire::Line,
+            depth: 0,
+            held: Vec::new(),
+            quoted_raw: Vec::new(),
+            quoted: Vec::new(),
+            quoted_len: 0,
+            failed: None,
+            cut: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn fail(&mut self, reason: String) -> Result<(), String> {
+        self.failed = Some(reason.clone());
+        Err(reason)
+    }
+
+    /// Give back bytes held while deciding whether they announce a literal.
+    fn release(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.held);
+        self.held.clear();
+        self.state = Wire::Line;
+    }
+
+    /// The end of the stream: what was held goes out as it came.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            Wire::Brace | Wire::BraceEnd | Wire::BraceCr => self.release(out),
+            Wire::Quoted | Wire::Escape => {
+                out.append(&mut self.quoted_raw);
+                self.state = Wire::Line;
+            }
+            _ => {}
+        }
+    }
+
+    /// One byte of a quoted string's content (escapes taken off).
+    fn quoted_byte(&mut self, b: u8) {
+        if self.quoted_raw.len() <= 2 * QUOTED_INLINE + 2 {
+            self.quoted_raw.push(b);
+        }
+        if self.quoted.len() < MAX_STRING {
+            self.quoted.push(b);
+        }
+        self.quoted_len += 1;
+    }
+
+    /// The closing quote: the string goes on as it came, or as a literal.
+    fn end_quoted(&mut self, out: &mut Vec<u8>) {
+        if self.quoted_len <= QUOTED_INLINE {
+            out.append(&mut self.quoted_raw);
+            out.push(b'"');
+        } else {
+            let mut n = self.quoted.len();
+            if self.quoted_len > n {
+                self.cut.fetch_add(1, Ordering::Relaxed);
+                n = utf8_prefix(&self.quoted);
+            }
+            out.extend_from_slice(format!("{{{n}}}\r\n").as_bytes());
+            out.extend_from_slice(&self.quoted[..n]);
+        }
+        self.quoted_raw.clear();
+        self.quoted.clear();
+        self.quoted_len = 0;
+        self.state = Wire::Line;
+    }
+
+    /// Pass `input` (the next bytes from the server) on to `out`, as the
+    /// parser may see them. An error ends the connection; every later call
+    /// fails the same way.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if let Some(reason) = &self.failed {
+            return Err(reason.clone());
+        }
+        let mut i = 0;
+        while i < input.len() {
+            if let Wire::Literal { pass, skip } = self.state {
+                let left = input.len() - i;
+                if pass > 0 {
+                    let n = pass.min(left);
+                    out.extend_from_slice(&input[i..i + n]);
+                    i += n;
+                    self.state = Wire::Literal {
+                        pass: pass - n,
+                        skip,
+                    };
+                } else {
+                    let n = skip.min(left);
+                    i += n;
+                    self.state = Wire::Literal {
+                        pass: 0,
+                        skip: skip - n,
+                    };
+                }
+                if self.state == (Wire::Literal { pass: 0, skip: 0 }) {
+                    self.state = Wire::Line;
+                }
+                continue;
+            }
+            let b = input[i];
+            match self.state {
+                Wire::Line => match b {
+                    b'"' => {
+                        self.quoted_raw.clear();
+                        self.quoted_raw.push(b);
+                        self.quoted.clear();
+                        self.quoted_len = 0;
+                        self.state = Wire::Quoted;
+                    }
+                    b'(' => {
+                        self.depth += 1;
+                        if self.depth > self.limits.nesting {
+                            return self.fail(format!(
+                                "the server's response is nested deeper than {} levels",
+                                self.limits.nesting
+                            ));
+                        }
+                        out.push(b);
+                    }
+                    b')' => {
+                        self.depth = self.depth.saturating_sub(1);
+                        out.push(b);
+                    }
+                    b'{' => {
+                        self.held.clear();
+                        self.held.push(b);
+                        self.state = Wire::Brace;
+                    }
+                    b'\n' => {
+                        // The end of a response (a literal's line break is
+                        // taken by the Brace states).
+                        self.depth = 0;
+                        out.push(b);
+                    }
+                    _ => out.push(b),
+                },
+                Wire::Quoted => match b {
+                    b'\\' => {
+                        if self.quoted_raw.len() <= 2 * QUOTED_INLINE + 2 {
+                            self.quoted_raw.push(b);
+                        }
+                        self.state = Wire::Escape;
+                    }
+                    b'"' => self.end_quoted(out),
+                    b'\n' => {
+                        // Not a string after all (a broken line): as it came.
+                        out.append(&mut self.quoted_raw);
+                        out.push(b);
+                        self.state = Wire::Line;
+                        self.depth = 0;
+                    }
+                    _ => self.quoted_byte(b),
+                },
+                Wire::Escape => {
+                    self.quoted_byte(b);
+                    self.state = Wire::Quoted;
+                }
+                Wire::Brace => match b {
+                    b'0'..=b'9' if self.held.len() <= 20 => self.held.push(b),
+                    b'}' if self.held.len() > 1 => {
+                        self.held.push(b);
+                        self.state = Wire::BraceEnd;
+                    }
+                    _ => {
+                        self.release(out);
+                        continue; // look at `b` again, as part of the line
+                    }
+                },
+                Wire::BraceEnd => {
+                    if b == b'\r' {
+                        self.held.push(b);
+                        self.state = Wire::BraceCr;
+                    } else {
+                        self.release(out);
+                        continue;
+                    }
+                }
+                Wire::BraceCr => {
+                    if b != b'\n' {
+                        self.release(out);
+                        continue;
+                    }
+                    let digits = &self.held[1..self.held.len() - 2];
+                    let n = std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<usize>().ok())
+                        .unwrap_or(usize::MAX);
+                    self.held.clear();
+                    if n > self.limits.literal_refuse {
+                        return self.fail(format!(
+                            "the server announced a literal of {n} bytes, more than any message imipd reads ({} bytes, limits.max_message_bytes)",
+                            self.limits.literal_refuse
+                        ));
+                    }
+                    let pass = n.min(self.limits.literal_cut);
+                    if pass < n {
+                        self.cut.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out.extend_from_slice(format!("{{{pass}}}\r\n").as_bytes());
+                    self.state = if n == 0 {
+                        Wire::Line
+                    } else {
+                        Wire::Literal {
+                            pass,
+                            skip: n - pass,
+                        }
+                    };
+                }
+                Wire::Literal { .. } => unreachable!("literals are handled above"),
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The length of the longest prefix of `s` that does not end in the middle
+/// of a UTF-8 character.
+fn utf8_prefix(s: &[u8]) -> usize {
+    let Some(lead) = s.iter().rposition(|&b| b & 0xC0 != 0x80) else {
+        return 0;
+    };
+    let len = match s[lead] {
+        b if b < 0x80 => 1,
+        b if b >= 0xF0 => 4,
+        b if b >= 0xE0 => 3,
+        b if b >= 0xC0 => 2,
+        _ => 1,
+    };
+    if lead + len <= s.len() {
+        s.len()
+    } else {
+        lead
+    }
+}
+
+/// The transport under the IMAP session.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The connection under the IMAP session: plain TCP or TLS. Every byte read
+/// is counted (the benchmark's "bytes fetched") and passes the
+/// [`WireGuard`] before async-imap's parser sees it.
+pub struct ImapStream {
+    inner: Transport,
+    counter: Arc<AtomicU64>,
+    guard: WireGuard,
+    /// Bytes through the guard, not yet handed to the parser (from `pos`).
+    out: Vec<u8>,
+    pos: usize,
+    scratch: Box<[u8]>,
+    eof: bool,
+}
+
+impl ImapStream {
+    fn new(inner: Transport, counter: Arc<AtomicU64>, limits: WireLimits) -> ImapStream {
+        ImapStream {
+            inner,
+            counter,
+            guard: WireGuard::new(limits),
+            out: Vec::new(),
+            pos: 0,
+            scratch: vec![0; 16 * 1024].into_boxed_slice(),
+            eof: false,
+        }
+    }
+
+    /// The plain TCP stream under a connection before STARTTLS (anything
+    /// the server sent after its OK is dropped, as RFC 3501 requires).
+    fn into_plain(self) -> Option<TcpStream> {
+        match self.inner {
+            Transport::Plain(tcp) => Some(tcp),
+            Transport::Tls(_) => None,
+        }
+    }
 }
 
 impl fmt::Debug for ImapStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ImapStream::Plain(..) => write!(f, "ImapStream::Plain"),
-            ImapStream::Tls(..) => write!(f, "ImapStream::Tls"),
+        match self.inner {
+            Transport::Plain(..) => write!(f, "ImapStream::Plain"),
+            Transport::Tls(..) => write!(f, "ImapStream::Tls"),
         }
     }
 }
@@ -58,13 +460,41 @@ impl AsyncRead for ImapStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let (r, counter) = match self.get_mut() {
-            ImapStream::Plain(s, c) => (Pin::new(s).poll_read(cx, buf), c),
-            ImapStream::Tls(s, c) => (Pin::new(s.as_mut()).poll_read(cx, buf), c),
-        };
-        counter.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        r
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.out.len() {
+                    this.out.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = ReadBuf::new(&mut this.scratch);
+            let r = match &mut this.inner {
+                Transport::Plain(s) => Pin::new(s).poll_read(cx, &mut raw),
+                Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut raw),
+            };
+            ready!(r)?;
+            let n = raw.filled().len();
+            this.counter.fetch_add(n as u64, Ordering::Relaxed);
+            if n == 0 {
+                this.guard.finish(&mut this.out);
+                this.eof = true;
+                continue;
+            }
+            if let Err(reason) = this.guard.feed(&this.scratch[..n], &mut this.out) {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    reason,
+                )));
+            }
+        }
     }
 }
 
@@ -74,23 +504,23 @@ impl AsyncWrite for ImapStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ImapStream::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-            ImapStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ImapStream::Plain(s, _) => Pin::new(s).poll_flush(cx),
-            ImapStream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ImapStream::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
-            ImapStream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -141,6 +571,8 @@ pub struct Connection {
     pub caps: Caps,
     pub server: String,
     pub bytes_read: Arc<AtomicU64>,
+    /// Literals the [`WireGuard`] cut so far.
+    literals_cut: Arc<AtomicU64>,
     timeout: Duration,
 }
 
@@ -185,13 +617,27 @@ async fn timed<T, E: fmt::Display>(
     }
 }
 
-/// Connect, secure and log in.
-pub async fn connect(cfg: &ImapConfig) -> Result<Connection, ImapError> {
+/// Connect, secure and log in. `limits` bound what the server's answers
+/// may cost (see [`WireGuard`]).
+pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, ImapError> {
     let server = format!("{}:{}", cfg.host, cfg.port);
     let conn_err = |reason: String| ImapError::Connect {
         server: server.clone(),
         reason,
     };
+    let login_err = |reason: String| ImapError::Login {
+        server: server.clone(),
+        user: cfg.username.clone(),
+        reason,
+    };
+    // The secret first, so that no connection waits on it. A command
+    // (password_command, oauth_token_command) runs off the worker threads,
+    // within the account's timeout.
+    let secret = cfg
+        .secret
+        .resolve_within(cfg.timeout)
+        .await
+        .map_err(|e| login_err(format!("{e:#}")))?;
     let tcp = timed(
         cfg.timeout,
         TcpStream::connect((cfg.host.as_str(), cfg.port)),
@@ -200,6 +646,8 @@ pub async fn connect(cfg: &ImapConfig) -> Result<Connection, ImapError> {
     .map_err(conn_err)?;
     let _ = tcp.set_nodelay(true);
     let counter = Arc::new(AtomicU64::new(0));
+    let wire = WireLimits::new(limits);
+    let stream = |t: Transport| ImapStream::new(t, counter.clone(), wire);
     let tls = || -> Result<tokio_rustls::TlsConnector, ImapError> {
         let config = crate::tls::client_config(cfg.ca_file.as_deref())
             .map_err(|e| conn_err(format!("{e:#}")))?;
@@ -214,40 +662,32 @@ pub async fn connect(cfg: &ImapConfig) -> Result<Connection, ImapError> {
             let s = timed(cfg.timeout, tls()?.connect(name()?, tcp))
                 .await
                 .map_err(conn_err)?;
-            let mut c = async_imap::Client::new(ImapStream::Tls(Box::new(s), counter.clone()));
+            let mut c = async_imap::Client::new(stream(Transport::Tls(Box::new(s))));
             greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
             c
         }
         Tls::None => {
-            let mut c = async_imap::Client::new(ImapStream::Plain(tcp, counter.clone()));
+            let mut c = async_imap::Client::new(stream(Transport::Plain(tcp)));
             greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
             c
         }
         Tls::StartTls => {
-            let mut c = async_imap::Client::new(ImapStream::Plain(tcp, counter.clone()));
+            let mut c = async_imap::Client::new(stream(Transport::Plain(tcp)));
             greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
             timed(cfg.timeout, c.run_command_and_check_ok("STARTTLS", None))
                 .await
                 .map_err(|e| conn_err(format!("STARTTLS refused: {e}")))?;
-            let ImapStream::Plain(tcp, _) = c.into_inner() else {
-                unreachable!("the stream was plain before STARTTLS")
-            };
+            let tcp = c
+                .into_inner()
+                .into_plain()
+                .ok_or_else(|| conn_err("the stream was not plain before STARTTLS".into()))?;
             let s = timed(cfg.timeout, tls()?.connect(name()?, tcp))
                 .await
                 .map_err(conn_err)?;
-            async_imap::Client::new(ImapStream::Tls(Box::new(s), counter.clone()))
+            async_imap::Client::new(stream(Transport::Tls(Box::new(s))))
         }
     };
-    let secret = cfg.secret.resolve().map_err(|e| ImapError::Login {
-        server: server.clone(),
-        user: cfg.username.clone(),
-        reason: format!("{e:#}"),
-    })?;
-    let login_err = |reason: String| ImapError::Login {
-        server: server.clone(),
-        user: cfg.username.clone(),
-        reason,
-    };
+    let literals_cut = client.get_ref().guard.cut.clone();
     let logged_in = match cfg.auth {
         ImapAuth::Login => {
             tokio::time::timeout(cfg.timeout, client.login(&cfg.username, &secret)).await
@@ -302,6 +742,7 @@ pub async fn connect(cfg: &ImapConfig) -> Result<Connection, ImapError> {
         caps,
         server,
         bytes_read: counter,
+        literals_cut,
         timeout: cfg.timeout,
     })
 }
@@ -350,7 +791,7 @@ fn save_state(
     s: &FolderState,
 ) -> anyhow::Result<()> {
     let (dir, name) = state_path(state_dir, account, folder);
-    std::fs::create_dir_all(&dir)
+    crate::state::create_private_dir(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     write_atomic(&dir, &name, &serde_json::to_vec_pretty(s)?)
 }
@@ -367,6 +808,41 @@ pub struct PassReport {
     pub fetch_commands: usize,
     /// Bytes read from the server during the pass.
     pub bytes_read: u64,
+    /// What the pass's SELECT showed, so that the SELECT before IDLE can
+    /// tell whether mail arrived since.
+    #[serde(skip)]
+    pub seen: Seen,
+}
+
+/// The size of a folder as a pass saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// UIDNEXT of the SELECT (0: the server gave none).
+    pub uidnext: u32,
+    /// EXISTS of the SELECT, less the messages the pass moved away.
+    pub exists: u32,
+}
+
+/// Whether mail arrived in a folder between a pass that saw `seen` and a
+/// later SELECT that shows `uidnext` and `exists`: UIDNEXT grows with every
+/// new message; without UIDNEXT, more messages than the pass left.
+pub fn arrived_since(seen: Seen, uidnext: Option<u32>, exists: u32) -> bool {
+    match uidnext {
+        Some(now) if seen.uidnext != 0 => now > seen.uidnext,
+        _ => exists > seen.exists,
+    }
+}
+
+/// How an [`Connection::idle`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// Mail had arrived before IDLE began (the SELECT showed it): no IDLE
+    /// was sent, pass again now.
+    Arrived,
+    /// The server reported a change, or the time was up: pass again.
+    Event,
+    /// The service is stopping.
+    Stopped,
 }
 
 /// The messages of one pass, reported as they are handled.
@@ -387,6 +863,79 @@ pub struct PassContext<'a, 'p> {
 
 const HEADER_FIELDS: &str = "FROM SENDER TO CC MESSAGE-ID REFERENCES IN-REPLY-TO SUBJECT DATE AUTHENTICATION-RESULTS AUTO-SUBMITTED";
 const BATCH: u32 = 200;
+
+/// What the batch FETCH said about one message, kept small: the response
+/// itself (with whatever a BODYSTRUCTURE carries) is dropped as soon as it
+/// is read, so a batch costs its calendar parts list and bounded headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub uid: Option<u32>,
+    /// Carries the keyword of handled mail.
+    pub handled: bool,
+    /// The header fields (at most `limits.max_header_bytes`).
+    pub header: Vec<u8>,
+    /// What the BODYSTRUCTURE says; `None` when the response had none (an
+    /// unsolicited FETCH: a flag change, not an answer to the batch).
+    pub structure: Option<Structure>,
+}
+
+impl Fetched {
+    fn new(f: &Fetch, keyword: &str, max_depth: usize) -> Fetched {
+        Fetched {
+            uid: f.uid,
+            handled: f
+                .flags()
+                .any(|fl| matches!(fl, Flag::Custom(ref k) if k.eq_ignore_ascii_case(keyword))),
+            header: f.header().unwrap_or_default().to_vec(),
+            structure: f.bodystructure().map(|b| calendar_parts(b, max_depth)),
+        }
+    }
+}
+
+/// Which messages of a batch FETCH of `start:stop` to handle, in UID order:
+/// those with a UID in that range and the BODYSTRUCTURE that was asked for,
+/// each once. A server may add FETCH responses nobody asked for (another
+/// client changed flags, or it is hostile), for any message: they are
+/// left out.
+pub fn plan_batch(fetched: &[Fetched], start: u32, stop: u32) -> Vec<usize> {
+    let mut picked: Vec<(u32, usize)> = fetched
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let uid = f.uid?;
+            (start <= uid && uid <= stop && f.structure.is_some()).then_some((uid, i))
+        })
+        .collect();
+    picked.sort_by_key(|&(uid, i)| (uid, i));
+    picked.dedup_by_key(|&mut (uid, _)| uid);
+    picked.into_iter().map(|(_, i)| i).collect()
+}
+
+/// How far the folder's last UID may move after a batch: over each UID
+/// handled (in order) until the first that failed; and, when every message
+/// of the batch was handled and the batch's range ended at `range_end` (a
+/// UID below the UIDNEXT of the SELECT), up to that end: a UID there that
+/// the server did not return no longer exists, and UIDs are never reused.
+/// `handled` holds only UIDs of the range (see [`plan_batch`]); nothing
+/// else moves it.
+pub fn advance_last_uid(
+    last_uid: u32,
+    handled: &[(u32, bool)],
+    whole_batch: bool,
+    range_end: Option<u32>,
+) -> u32 {
+    let mut last = last_uid;
+    for &(uid, ok) in handled {
+        if !ok {
+            return last;
+        }
+        last = last.max(uid);
+    }
+    match range_end {
+        Some(end) if whole_batch => last.max(end),
+        _ => last,
+    }
+}
 
 impl Connection {
     fn err(&self, what: impl Into<String>, reason: impl fmt::Display) -> ImapError {
@@ -413,6 +962,27 @@ impl Connection {
         let r: Result<Vec<Fetch>, String> = async {
             let stream = timed(t, self.session.uid_fetch(uids, query)).await?;
             timed(t, stream.try_collect::<Vec<Fetch>>()).await
+        }
+        .await;
+        r.map_err(|e| self.err(format!("fetch UID {uids}"), e))
+    }
+
+    /// A batch FETCH, each response made [`Fetched`] as it arrives.
+    async fn fetch_batch(
+        &mut self,
+        uids: &str,
+        query: &str,
+        keyword: &str,
+        max_depth: usize,
+    ) -> Result<Vec<Fetched>, ImapError> {
+        let t = self.timeout;
+        let r: Result<Vec<Fetched>, String> = async {
+            let mut stream = timed(t, self.session.uid_fetch(uids, query)).await?;
+            let mut out = Vec::new();
+            while let Some(f) = timed(t, stream.try_next()).await? {
+                out.push(Fetched::new(&f, keyword, max_depth));
+            }
+            Ok(out)
         }
         .await;
         r.map_err(|e| self.err(format!("fetch UID {uids}"), e))
@@ -451,6 +1021,10 @@ impl Connection {
         let mailbox = self.select(folder).await?;
         let uidvalidity = mailbox.uid_validity.unwrap_or(0);
         let uidnext = mailbox.uid_next.unwrap_or(0);
+        rep.seen = Seen {
+            uidnext,
+            exists: mailbox.exists,
+        };
         let mut st = load_state(ctx.state_dir, ctx.account, folder);
         if st.uidvalidity != uidvalidity {
             if st.uidvalidity != 0 {
@@ -481,10 +1055,13 @@ impl Connection {
             matches!(f, Flag::MayCreate)
                 || matches!(f, Flag::Custom(k) if k.eq_ignore_ascii_case(&ctx.cfg.keyword))
         });
+        // Without UIDNEXT the end of the folder is unknown: one FETCH of
+        // `start:*`, and only the UIDs handled move the last UID.
         let end = if uidnext > 0 { uidnext - 1 } else { u32::MAX };
         let mut start = st.last_uid.saturating_add(1);
-        let mut contiguous = true;
         let mut any_failed = false;
+        let mut contiguous = true;
+        let stopping = || ctx.stop.is_some_and(|s| s.load(Ordering::SeqCst));
         while start <= end {
             let stop = start.saturating_add(BATCH - 1).min(end);
             let range = if uidnext == 0 {
@@ -493,40 +1070,46 @@ impl Connection {
                 format!("{start}:{stop}")
             };
             let query = format!(
-                "(UID FLAGS RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
+                "(UID FLAGS RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]<0.{}>)",
+                ctx.limits.max_header_bytes
             );
             rep.fetch_commands += 1;
-            let mut batch = self.fetch(&range, &query).await?;
-            batch.retain(|f| f.uid.is_some_and(|u| u >= start));
-            batch.sort_by_key(|f| f.uid);
-            for f in &batch {
-                if ctx.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-                    contiguous = false;
+            let batch = self
+                .fetch_batch(&range, &query, &ctx.cfg.keyword, ctx.limits.max_depth)
+                .await?;
+            let plan = plan_batch(&batch, start, if uidnext == 0 { u32::MAX } else { stop });
+            let mut handled = Vec::with_capacity(plan.len());
+            let mut whole_batch = true;
+            for i in plan {
+                if stopping() {
+                    whole_batch = false;
                     break;
                 }
+                let f = &batch[i];
                 let uid = f.uid.unwrap_or(0);
                 rep.examined += 1;
                 let done = self
                     .message(uid, f, folder, keyword_ok, ctx, &mut rep, report)
                     .await?;
-                if done {
-                    if contiguous {
-                        st.last_uid = uid;
-                    }
-                } else {
-                    contiguous = false;
+                if !done {
                     any_failed = true;
                     rep.failed += 1;
                 }
+                handled.push((uid, done));
             }
+            // After a failure, later batches are still handled in this
+            // pass, but the last UID stays before the failed message, which
+            // is tried again next time.
             if contiguous {
-                st.last_uid = st.last_uid.max(stop.min(end));
+                let range_end = (uidnext != 0).then_some(stop);
+                st.last_uid = advance_last_uid(st.last_uid, &handled, whole_batch, range_end);
             }
+            contiguous &= whole_batch && handled.iter().all(|&(_, ok)| ok);
             if !ctx.dry_run {
                 save_state(ctx.state_dir, ctx.account, folder, &st)
                     .map_err(|e| self.err("save folder state", format!("{e:#}")))?;
             }
-            if uidnext == 0 || ctx.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            if uidnext == 0 || !whole_batch || stopping() || stop == u32::MAX {
                 break;
             }
             start = stop + 1;
@@ -546,23 +1129,17 @@ impl Connection {
     async fn message(
         &mut self,
         uid: u32,
-        f: &Fetch,
+        f: &Fetched,
         folder: &str,
         keyword_ok: bool,
         ctx: &PassContext<'_, '_>,
         rep: &mut PassReport,
         report: Report<'_>,
     ) -> Result<bool, ImapError> {
-        if f.flags()
-            .any(|fl| matches!(fl, Flag::Custom(ref k) if k.eq_ignore_ascii_case(&ctx.cfg.keyword)))
-        {
+        if f.handled {
             return Ok(true); // handled before (a crash after marking, or a rescan)
         }
-        let header = f.header().unwrap_or_default().to_vec();
-        let structure = f
-            .bodystructure()
-            .map(|b| calendar_parts(b, ctx.limits.max_depth))
-            .unwrap_or_default();
+        let structure = f.structure.clone().unwrap_or_default();
         let mut problems = Vec::new();
         if structure.too_deep {
             problems.push(format!(
@@ -584,6 +1161,7 @@ impl Connection {
         if !parts.is_empty() {
             rep.with_calendar += 1;
         }
+        let header = bounded_header(&f.header, ctx.limits.max_header_bytes, &mut problems);
         // BODYSTRUCTURE gives the encoded size: allow for base64's 4/3.
         let limit = ctx.limits.max_part_bytes;
         let too_big = |p: &CalPart| {
@@ -606,23 +1184,36 @@ impl Connection {
             .map(|p| format!("BODY.PEEK[{}]", p.section()))
             .collect();
         rep.fetch_commands += 1;
+        let cut_before = self.literals_cut.load(Ordering::Relaxed);
         let fetched = if sections.is_empty() {
             Vec::new()
         } else {
             self.fetch(&uid.to_string(), &format!("(UID {})", sections.join(" ")))
                 .await?
         };
+        // The server sent a part larger than its BODYSTRUCTURE said (and
+        // than the limit): what arrived is cut, so none of it is used.
+        let lied = self.literals_cut.load(Ordering::Relaxed) != cut_before;
+        if lied {
+            problems.push(format!(
+                "the server sent a calendar part larger than {} bytes (limits.max_part_bytes) although its BODYSTRUCTURE said less; it was not read",
+                ctx.limits.max_part_bytes
+            ));
+        }
         let mut bodies = Vec::new();
-        for p in &wanted {
+        for p in wanted.iter().filter(|_| !lied) {
             let path = SectionPath::Part(p.path.clone(), None);
             let body = fetched
                 .iter()
+                .filter(|x| x.uid == Some(uid))
                 .find_map(|x| x.section(&path))
                 .unwrap_or_default()
                 .to_vec();
             bodies.push((*p, body));
         }
+        drop(fetched);
         let raw = synthetic_message(&header, &bodies);
+        drop(bodies);
         let source = format!("{}/{folder}/{uid}", ctx.account);
         let outcome = {
             let mut p = ctx.processor.lock().unwrap_or_else(|e| e.into_inner());
@@ -638,6 +1229,17 @@ impl Connection {
             )
         };
         report(&outcome);
+        if outcome.stop {
+            // The store or the state cannot be written: the pass stops here,
+            // leaving this message and every later one unmarked.
+            return Err(self.err(
+                format!("handle message UID {uid}"),
+                outcome
+                    .error
+                    .as_deref()
+                    .unwrap_or("the store or the state cannot be written"),
+            ));
+        }
         if outcome.failed() {
             return Ok(false);
         }
@@ -647,6 +1249,7 @@ impl Connection {
         let set = uid.to_string();
         if let (true, Some(q)) = (outcome.quarantine, &ctx.cfg.quarantine_folder) {
             self.move_to(&set, q).await?;
+            rep.seen.exists = rep.seen.exists.saturating_sub(1);
             return Ok(true);
         }
         if !outcome.imip {
@@ -654,6 +1257,7 @@ impl Connection {
         }
         if let Some(dest) = &ctx.cfg.move_to {
             self.move_to(&set, dest).await?;
+            rep.seen.exists = rep.seen.exists.saturating_sub(1);
         } else if keyword_ok {
             let seen = if ctx.cfg.mark_seen { " \\Seen" } else { "" };
             self.run(
@@ -696,15 +1300,23 @@ impl Connection {
         Ok(())
     }
 
-    /// Wait in IDLE on a folder until something happens there, the time is
-    /// up, or `stop` resolves. Returns the connection for the next command.
+    /// Wait in IDLE on a folder until something happens there, `wait` is
+    /// up, or `stop` resolves. The SELECT before IDLE is compared with
+    /// `seen` (what the last pass over the folder saw): when mail arrived in
+    /// between, IDLE would never report it (the SELECT already counted it),
+    /// so no IDLE is sent and [`Woke::Arrived`] says to pass again at once.
+    /// Returns the connection for the next command.
     pub async fn idle(
         mut self,
         folder: &str,
         wait: Duration,
+        seen: Option<Seen>,
         stop: impl std::future::Future<Output = ()>,
-    ) -> Result<Connection, ImapError> {
-        self.select(folder).await?;
+    ) -> Result<(Connection, Woke), ImapError> {
+        let mailbox = self.select(folder).await?;
+        if seen.is_some_and(|s| arrived_since(s, mailbox.uid_next, mailbox.exists)) {
+            return Ok((self, Woke::Arrived));
+        }
         let server = self.server.clone();
         let t = self.timeout;
         let err = |what: &str, e: String| ImapError::Command {
@@ -716,23 +1328,47 @@ impl Connection {
         timed(t, handle.init())
             .await
             .map_err(|e| err("start IDLE", e))?;
-        {
+        let woke = {
             // Keep the stop source alive while waiting: dropping it ends IDLE.
             let (fut, _interrupt) = handle.wait_with_timeout(wait);
             tokio::select! {
-                r = fut => { r.map_err(|e| err("wait in IDLE", e.to_string()))?; }
-                _ = stop => {}
+                r = fut => {
+                    r.map_err(|e| err("wait in IDLE", e.to_string()))?;
+                    Woke::Event
+                }
+                // async-imap's timeout restarts with every keepalive the
+                // server sends ("* OK Still here" every 2 minutes in
+                // Dovecot): this one does not.
+                _ = tokio::time::sleep(wait) => Woke::Event,
+                _ = stop => Woke::Stopped,
             }
-        }
+        };
         self.session = timed(t, handle.done())
             .await
             .map_err(|e| err("end IDLE", e))?;
-        Ok(self)
+        Ok((self, woke))
     }
 
     pub async fn logout(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.session.logout()).await;
     }
+}
+
+/// The header fields as read, cut back to their last whole line when the
+/// partial fetch stopped at `max` bytes (a problem says so).
+fn bounded_header(header: &[u8], max: usize, problems: &mut Vec<String>) -> Vec<u8> {
+    if header.len() < max {
+        return header.to_vec();
+    }
+    problems.push(format!(
+        "the header fields are longer than {max} bytes (limits.max_header_bytes); only the first {max} were read"
+    ));
+    let end = header
+        .windows(2)
+        .rposition(|w| w == b"\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(0);
+    header[..end].to_vec()
 }
 
 /// IMAP quoted string.
@@ -743,7 +1379,7 @@ fn quote(s: &str) -> String {
 /// A calendar part found in a BODYSTRUCTURE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalPart {
-    /// The part number path ("2.1" → [2, 1]); for a single-part message [1].
+    /// The part number path ("2.1" → `[2, 1]`); for a single-part message `[1]`.
     pub path: Vec<u32>,
     pub content_type: String,
     pub params: Vec<(String, String)>,
@@ -763,10 +1399,91 @@ impl CalPart {
     }
 }
 
-/// The calendar parts (text/calendar, application/ics) of a BODYSTRUCTURE.
+/// The calendar parts (text/calendar, application/ics) of a BODYSTRUCTURE,
+/// walked depth-first with a stack of its own (no recursion, however deep
+/// the structure) and no deeper than `max_depth`.
 pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
+    struct Node<'b, 'a> {
+        bs: &'b BodyStructure<'a>,
+        path: Vec<u32>,
+        forwarded: bool,
+        top: bool,
+        depth: usize,
+    }
     let mut s = Structure::default();
-    walk(bs, &mut Vec::new(), false, true, 0, max_depth, &mut s);
+    let mut stack = vec![Node {
+        bs,
+        path: Vec::new(),
+        forwarded: false,
+        top: true,
+        depth: 0,
+    }];
+    while let Some(n) = stack.pop() {
+        // The same depth rule as the MIME walker of `process`.
+        if n.depth > max_depth {
+            s.too_deep = true;
+            continue;
+        }
+        match n.bs {
+            BodyStructure::Multipart { bodies, .. } => {
+                // Pushed last to first, so that they come off in order.
+                for (i, b) in bodies.iter().enumerate().rev() {
+                    let mut path = n.path.clone();
+                    path.push(i as u32 + 1);
+                    stack.push(Node {
+                        bs: b,
+                        path,
+                        forwarded: n.forwarded,
+                        top: false,
+                        depth: n.depth + 1,
+                    });
+                }
+            }
+            BodyStructure::Message { body, .. } => {
+                // The parts of an encapsulated message are numbered under it;
+                // a non-multipart body of it is part 1.
+                let mut path = n.path.clone();
+                if !matches!(**body, BodyStructure::Multipart { .. }) {
+                    path.push(1);
+                }
+                stack.push(Node {
+                    bs: body,
+                    path,
+                    forwarded: true,
+                    top: false,
+                    depth: n.depth + 1,
+                });
+            }
+            BodyStructure::Basic { common, other, .. }
+            | BodyStructure::Text { common, other, .. } => {
+                let ty = common.ty.ty.to_ascii_lowercase();
+                let sub = common.ty.subtype.to_ascii_lowercase();
+                if (ty == "text" && sub == "calendar") || (ty == "application" && sub == "ics") {
+                    s.parts.push(CalPart {
+                        path: if n.top { vec![1] } else { n.path },
+                        content_type: format!("{ty}/{sub}"),
+                        params: common
+                            .ty
+                            .params
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        encoding: match &other.transfer_encoding {
+                            ContentEncoding::SevenBit => "7bit".into(),
+                            ContentEncoding::EightBit => "8bit".into(),
+                            ContentEncoding::Binary => "binary".into(),
+                            ContentEncoding::Base64 => "base64".into(),
+                            ContentEncoding::QuotedPrintable => "quoted-printable".into(),
+                            ContentEncoding::Other(o) => o.to_string(),
+                        },
+                        size: other.octets,
+                        forwarded: n.forwarded,
+                    });
+                }
+            }
+        }
+    }
     s
 }
 
@@ -778,91 +1495,40 @@ pub struct Structure {
     pub too_deep: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    bs: &BodyStructure<'_>,
-    path: &mut Vec<u32>,
-    forwarded: bool,
-    top: bool,
-    depth: usize,
-    max_depth: usize,
-    s: &mut Structure,
-) {
-    // The same depth rule as the MIME walker of `process`.
-    if depth > max_depth {
-        s.too_deep = true;
-        return;
-    }
-    match bs {
-        BodyStructure::Multipart { bodies, .. } => {
-            for (i, b) in bodies.iter().enumerate() {
-                path.push(i as u32 + 1);
-                walk(b, path, forwarded, false, depth + 1, max_depth, s);
-                path.pop();
-            }
-        }
-        BodyStructure::Message { body, .. } => {
-            // The parts of an encapsulated message are numbered under it;
-            // a non-multipart body of it is part 1.
-            let inner_multipart = matches!(**body, BodyStructure::Multipart { .. });
-            if inner_multipart {
-                walk(body, path, true, false, depth + 1, max_depth, s);
-            } else {
-                path.push(1);
-                walk(body, path, true, false, depth + 1, max_depth, s);
-                path.pop();
-            }
-        }
-        BodyStructure::Basic { common, other, .. } | BodyStructure::Text { common, other, .. } => {
-            let ty = common.ty.ty.to_ascii_lowercase();
-            let sub = common.ty.subtype.to_ascii_lowercase();
-            if (ty == "text" && sub == "calendar") || (ty == "application" && sub == "ics") {
-                let p = if top { vec![1] } else { path.clone() };
-                s.parts.push(CalPart {
-                    path: p,
-                    content_type: format!("{ty}/{sub}"),
-                    params: common
-                        .ty
-                        .params
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    encoding: match &other.transfer_encoding {
-                        ContentEncoding::SevenBit => "7bit".into(),
-                        ContentEncoding::EightBit => "8bit".into(),
-                        ContentEncoding::Binary => "binary".into(),
-                        ContentEncoding::Base64 => "base64".into(),
-                        ContentEncoding::QuotedPrintable => "quoted-printable".into(),
-                        ContentEncoding::Other(o) => o.to_string(),
-                    },
-                    size: other.octets,
-                    forwarded,
-                });
-            }
+/// A multipart boundary that occurs in none of `bodies`, found in one scan
+/// of them: the base followed by one `x` more than the longest run of `x`
+/// that follows the base anywhere in them.
+fn boundary(bodies: &[(&CalPart, Vec<u8>)]) -> String {
+    const BASE: &[u8] = b"imipd-part-boundary";
+    let mut longest: Option<usize> = None;
+    for (_, body) in bodies {
+        let mut at = 0;
+        while let Some(p) = body[at..].windows(BASE.len()).position(|w| w == BASE) {
+            let after = at + p + BASE.len();
+            let run = body[after..].iter().take_while(|&&b| b == b'x').count();
+            longest = Some(longest.map_or(run, |l| l.max(run)));
+            // The run holds no further BASE: go on after it.
+            at = after + run;
         }
     }
+    let mut b = String::from_utf8_lossy(BASE).into_owned();
+    if let Some(run) = longest {
+        b.extend(std::iter::repeat_n('x', run + 1));
+    }
+    b
 }
 
 /// The message as imipd's classifier reads it, built from the fetched
 /// header fields and the calendar parts alone (their MIME headers rebuilt
 /// from the BODYSTRUCTURE). Forwarded parts are wrapped in a message/rfc822
-/// part so they are still known as forwarded.
+/// part so they are still known as forwarded. Linear in the size of the
+/// parts.
 pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u8> {
     let mut head = header.to_vec();
     while head.last().is_some_and(|b| *b == b'\r' || *b == b'\n') {
         head.pop();
     }
-    let boundary = {
-        let mut b = String::from("imipd-part-boundary");
-        while bodies
-            .iter()
-            .any(|(_, body)| body.windows(b.len()).any(|w| w == b.as_bytes()))
-        {
-            b.push('x');
-        }
-        b
-    };
+    let boundary = boundary(bodies);
     let mut out = head;
     out.extend_from_slice(
         format!("\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").as_bytes(),
@@ -891,4 +1557,281 @@ pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u
     }
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(uid: Option<u32>, structure: bool) -> Fetched {
+        Fetched {
+            uid,
+            structure: structure.then(Structure::default),
+            ..Fetched::default()
+        }
+    }
+
+    #[test]
+    fn unsolicited_fetch_never_moves_last_uid() {
+        // A batch FETCH of 5:200 answered with, besides 5 and 7: flag
+        // updates (no BODYSTRUCTURE) for an old message, for a message of
+        // the range, for one past the range and for a far UID; a FETCH with
+        // no UID; and a full answer for a UID nobody asked for.
+        let batch = vec![
+            fetched(Some(7), true),
+            fetched(Some(3), false),
+            fetched(Some(5), true),
+            fetched(Some(5), false),
+            fetched(Some(201), false),
+            fetched(Some(4_000_000_000), false),
+            fetched(None, false),
+            fetched(Some(250), true),
+        ];
+        let plan = plan_batch(&batch, 5, 200);
+        let uids: Vec<u32> = plan.iter().map(|&i| batch[i].uid.unwrap()).collect();
+        assert_eq!(uids, [5, 7], "only the UIDs asked for, each once, in order");
+        // Both handled: up to the end of the range asked for (UIDNEXT 201).
+        assert_eq!(
+            advance_last_uid(4, &[(5, true), (7, true)], true, Some(200)),
+            200
+        );
+        // Without UIDNEXT (a `5:*` FETCH): only as far as handled.
+        let plan = plan_batch(&batch, 5, u32::MAX);
+        let uids: Vec<u32> = plan.iter().map(|&i| batch[i].uid.unwrap()).collect();
+        assert_eq!(uids, [5, 7, 250], "`*` asked for every UID from 5 on");
+        assert_eq!(
+            advance_last_uid(4, &[(5, true), (7, true), (250, true)], true, None),
+            250
+        );
+        // A failure stops it before the failed message; so does a stop in
+        // the middle of the batch.
+        assert_eq!(
+            advance_last_uid(4, &[(5, true), (7, false)], true, Some(200)),
+            5
+        );
+        assert_eq!(advance_last_uid(4, &[(5, true)], false, Some(200)), 5);
+        assert_eq!(advance_last_uid(4, &[], false, Some(200)), 4);
+        // Never backwards.
+        assert_eq!(advance_last_uid(300, &[(5, true)], true, Some(200)), 300);
+    }
+
+    #[test]
+    fn mail_arrived_since_the_pass() {
+        let seen = Seen {
+            uidnext: 10,
+            exists: 9,
+        };
+        assert!(!arrived_since(seen, Some(10), 9));
+        assert!(!arrived_since(seen, Some(10), 3), "expunged: nothing new");
+        assert!(arrived_since(seen, Some(11), 9));
+        assert!(arrived_since(seen, Some(11), 8), "one moved away, one came");
+        let no_uidnext = Seen {
+            uidnext: 0,
+            exists: 9,
+        };
+        assert!(arrived_since(no_uidnext, None, 10));
+        assert!(!arrived_since(no_uidnext, None, 9));
+    }
+
+    fn part(path: &[u32]) -> CalPart {
+        CalPart {
+            path: path.to_vec(),
+            content_type: "text/calendar".into(),
+            params: vec![("method".into(), "REQUEST".into())],
+            encoding: "7bit".into(),
+            size: 0,
+            forwarded: false,
+        }
+    }
+
+    #[test]
+    fn the_boundary_is_found_in_one_scan_and_occurs_in_no_part() {
+        let p = part(&[1]);
+        let plain = vec![(&p, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR".to_vec())];
+        assert_eq!(boundary(&plain), "imipd-part-boundary");
+        let mut hostile = b"X:imipd-part-boundaryxxx imipd-part-boundary ".to_vec();
+        hostile.extend_from_slice(b"imipd-part-boundary");
+        hostile.extend(std::iter::repeat_n(b'x', 200_000));
+        hostile.extend_from_slice(b"imipd-part-boundaryx");
+        let bodies = vec![(&p, hostile)];
+        let b = boundary(&bodies);
+        assert_eq!(b.len(), "imipd-part-boundary".len() + 200_001);
+        let raw = synthetic_message(b"From: a@b.c\r\n", &bodies);
+        let delimiter = format!("--{b}");
+        let occurrences = raw
+            .windows(delimiter.len())
+            .filter(|w| *w == delimiter.as_bytes())
+            .count();
+        assert_eq!(occurrences, 2, "the opening and the closing delimiter only");
+    }
+
+    #[test]
+    fn a_deep_bodystructure_is_walked_without_recursion() {
+        let mut bs = BodyStructure::Text {
+            common: async_imap::imap_proto::BodyContentCommon {
+                ty: async_imap::imap_proto::ContentType {
+                    ty: "TEXT".into(),
+                    subtype: "CALENDAR".into(),
+                    params: None,
+                },
+                disposition: None,
+                language: None,
+                location: None,
+            },
+            other: async_imap::imap_proto::BodyContentSinglePart {
+                id: None,
+                md5: None,
+                octets: 10,
+                description: None,
+                transfer_encoding: ContentEncoding::SevenBit,
+            },
+            lines: 1,
+            extension: None,
+        };
+        for _ in 0..100_000 {
+            bs = BodyStructure::Multipart {
+                common: async_imap::imap_proto::BodyContentCommon {
+                    ty: async_imap::imap_proto::ContentType {
+                        ty: "MULTIPART".into(),
+                        subtype: "MIXED".into(),
+                        params: None,
+                    },
+                    disposition: None,
+                    language: None,
+                    location: None,
+                },
+                bodies: vec![bs],
+                extension: None,
+            };
+        }
+        let s = calendar_parts(&bs, 200_000);
+        assert_eq!(s.parts.len(), 1);
+        assert_eq!(s.parts[0].path.len(), 100_000);
+        let s = calendar_parts(&bs, 24);
+        assert!(s.too_deep && s.parts.is_empty());
+        // Dropping a structure this deep recurses (not our code): forget it.
+        std::mem::forget(bs);
+    }
+
+    fn guard(cut: usize, refuse: usize, nesting: usize) -> WireGuard {
+        WireGuard::new(WireLimits {
+            literal_cut: cut,
+            literal_refuse: refuse,
+            nesting,
+        })
+    }
+
+    /// Feed `input` in pieces of `step` bytes.
+    fn through(g: &mut WireGuard, input: &[u8], step: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for chunk in input.chunks(step) {
+            g.feed(chunk, &mut out)?;
+        }
+        g.finish(&mut out);
+        Ok(out)
+    }
+
+    #[test]
+    fn the_wire_guard_passes_what_fits_in_any_pieces() {
+        let input =
+            b"* 1 FETCH (UID 1 BODY[1] {5}\r\n(((((\"{9}\r\n\" {2}\r\n)\n)\r\nA1 OK {x}\r\n";
+        for step in 1..input.len() {
+            let mut g = guard(100, 1000, 3);
+            assert_eq!(
+                through(&mut g, input, step).unwrap(),
+                input.to_vec(),
+                "{step}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wire_guard_cuts_and_refuses_literals() {
+        let mut input = b"* 1 FETCH (BODY[1] {20}\r\n".to_vec();
+        input.extend_from_slice(b"0123456789abcdefghij");
+        input.extend_from_slice(b" FLAGS (\\Seen))\r\n");
+        for step in [1, 3, 7, 1000] {
+            let mut g = guard(8, 1000, 10);
+            let out = through(&mut g, &input, step).unwrap();
+            assert_eq!(
+                out,
+                b"* 1 FETCH (BODY[1] {8}\r\n01234567 FLAGS (\\Seen))\r\n".to_vec()
+            );
+            assert_eq!(g.cut.load(Ordering::Relaxed), 1);
+        }
+        let mut g = guard(8, 1000, 10);
+        let e = through(&mut g, b"* 1 FETCH (BODY[] {500000000}\r\nab", 4).unwrap_err();
+        assert!(e.contains("literal of 500000000 bytes"), "{e}");
+        let mut out = Vec::new();
+        assert!(g.feed(b"more", &mut out).is_err(), "it stays refused");
+        let mut g = guard(8, 1000, 10);
+        let e = through(&mut g, b"* 1 FETCH (BODY[] {99999999999999999999}\r\n", 4).unwrap_err();
+        assert!(e.contains("literal of"), "{e}");
+    }
+
+    #[test]
+    fn the_wire_guard_refuses_deep_nesting_outside_strings_only() {
+        let mut g = guard(8, 1000, 3);
+        assert!(through(&mut g, b"* 1 FETCH (((\"((((\"))))\r\n", 2).is_ok());
+        let mut g = guard(8, 1000, 3);
+        assert!(through(&mut g, b"* 1 FETCH (x {5}\r\n((((( y)\r\n", 2).is_ok());
+        let mut g = guard(8, 1000, 3);
+        // A new response starts at depth 0.
+        assert!(through(&mut g, b"* 1 (((\r\n* 2 (((\r\n", 2).is_ok());
+        let mut g = guard(8, 1000, 3);
+        let e = through(&mut g, b"* 1 FETCH ((((x))))\r\n", 2).unwrap_err();
+        assert!(e.contains("nested deeper than 3"), "{e}");
+    }
+
+    #[test]
+    fn a_long_quoted_string_reaches_the_parser_as_a_literal() {
+        let long = "n".repeat(3000);
+        let input = format!(
+            "* 1 FETCH (UID 1 BODYSTRUCTURE (\"application\" \"pdf\" (\"name\" \"{long}\\\"q\") NIL NIL \"base64\" 10 NIL NIL NIL NIL))\r\n"
+        );
+        for step in [1, 5, 4096] {
+            let mut g = guard(8, 1000, 10);
+            let out = through(&mut g, input.as_bytes(), step).unwrap();
+            let expected = format!(
+                "* 1 FETCH (UID 1 BODYSTRUCTURE (\"application\" \"pdf\" (\"name\" {{3002}}\r\n{long}\"q) NIL NIL \"base64\" 10 NIL NIL NIL NIL))\r\n"
+            );
+            assert_eq!(String::from_utf8_lossy(&out), expected, "{step}");
+            // imap-proto takes a literal where a string may be.
+            let (rest, r) = async_imap::imap_proto::parser::parse_response(&out).unwrap();
+            assert!(rest.is_empty());
+            assert!(format!("{r:?}").contains("application"));
+        }
+        // Longer than MAX_STRING: cut on a character boundary, counted.
+        let huge = "é".repeat(MAX_STRING);
+        let input = format!("* 1 FETCH (X \"{huge}\")\r\n");
+        let mut g = guard(8, 1000, 10);
+        let out = through(&mut g, input.as_bytes(), 999).unwrap();
+        let n = MAX_STRING / 2 * 2;
+        let mut expected = format!("* 1 FETCH (X {{{n}}}\r\n").into_bytes();
+        expected.extend_from_slice(&huge.as_bytes()[..n]);
+        expected.extend_from_slice(b")\r\n");
+        assert_eq!(out, expected);
+        assert_eq!(g.cut.load(Ordering::Relaxed), 1);
+        assert_eq!(utf8_prefix("aé".as_bytes()), 3);
+        assert_eq!(utf8_prefix(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(utf8_prefix(b""), 0);
+        // An unterminated quote in a line goes on as it came.
+        let mut g = guard(8, 1000, 10);
+        let input = b"* OK [ALERT] it's \"broken\r\nA1 OK done\r\n";
+        assert_eq!(through(&mut g, input, 3).unwrap(), input.to_vec());
+    }
+
+    #[test]
+    fn a_cut_header_keeps_whole_lines_and_says_so() {
+        let mut problems = Vec::new();
+        let h = bounded_header(b"From: a@b.c\r\nSubject: xxxxx", 25, &mut problems);
+        assert_eq!(h, b"From: a@b.c\r\n");
+        assert!(problems[0].contains("limits.max_header_bytes"));
+        let mut problems = Vec::new();
+        assert_eq!(
+            bounded_header(b"From: a\r\n\r\n", 64, &mut problems).len(),
+            11
+        );
+        assert!(problems.is_empty());
+    }
 }

@@ -98,8 +98,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // A log line that cannot be written (standard error closed, its pipe
+    // broken) is dropped: with internal errors on, the subscriber would
+    // report it with eprintln!, which panics on that very standard error.
+    // Colours only for a terminal, not for a log file or the journal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMIPD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -131,7 +137,7 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
     match f(&cfg) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("imipd: {e:#}");
+            imipd::say_err!("imipd: {e:#}");
             if e.chain().any(|c| c.is::<imipd::state::LockBusy>()) {
                 ExitCode::from(run::EXIT_TEMPFAIL)
             } else {
@@ -145,7 +151,7 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
 fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
     let path = config::default_path(given);
     config::load(&path).map_err(|e| {
-        eprintln!("imipd: {e}");
+        imipd::say_err!("imipd: {e}");
         ExitCode::from(2)
     })
 }
@@ -180,7 +186,7 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
             Ok(raw) => classify::classify(&raw, file, &cfg.limits).report,
             Err(e) => {
                 failed = true;
-                eprintln!("imipd: cannot read {file}: {e}");
+                imipd::say_err!("imipd: cannot read {file}: {e}");
                 classify::Report {
                     file: file.clone(),
                     message_id: None,

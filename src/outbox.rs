@@ -489,7 +489,8 @@ async fn smtp_connect(
     };
     if let (Some(user), Some(secret)) = (&cfg.username, &cfg.secret) {
         let password = secret
-            .resolve()
+            .resolve_within(t)
+            .await
             .map_err(|err| SendError::Login(format!("cannot get the SMTP password: {err:#}")))?;
         let creds = Credentials::new(user.clone(), password);
         timed(t, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))

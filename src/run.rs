@@ -27,6 +27,17 @@ pub const EXIT_SERVER: u8 = 3;
 /// state); the mail server should deliver again later.
 pub const EXIT_TEMPFAIL: u8 = 75;
 
+/// Write one line to standard error, like `eprintln!` but never panicking:
+/// a closed or broken standard error (a log pipe whose reader went away)
+/// must not kill the service or a pass; the line is lost instead.
+#[macro_export]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub fn print_json(value: &impl serde::Serialize) {
     let line = serde_json::to_string(value).unwrap_or_default();
     let stdout = std::io::stdout();
@@ -40,10 +51,10 @@ pub fn report(o: &MessageOutcome, opts: Options) {
         print_json(o);
         // Messages left for the next pass are named on stderr in any case.
         if let Some(e) = &o.error {
-            eprintln!("imipd: {}: {e}", o.source);
+            crate::say_err!("imipd: {}: {e}", o.source);
         }
     } else {
-        eprintln!("{o}");
+        crate::say_err!("{o}");
     }
 }
 
@@ -93,7 +104,9 @@ pub fn flush(p: &mut Processor<'_>, opts: Options) -> anyhow::Result<u8> {
     let Some(outgoing) = &p.cfg.outgoing else {
         let n = p.outbox.pending()?.len();
         if n > 0 {
-            eprintln!("imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured");
+            crate::say_err!(
+                "imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured"
+            );
         }
         return Ok(EXIT_OK);
     };
@@ -120,14 +133,14 @@ fn print_send(r: &SendReport, opts: Options) {
         print_json(&serde_json::json!({ "outbox": r }));
     } else {
         match &r.error {
-            None => eprintln!("sent to {}: {}", r.to.join(", "), r.summary),
+            None => crate::say_err!("sent to {}: {}", r.to.join(", "), r.summary),
             Some(e) if r.status == "rejected" => {
-                eprintln!(
+                crate::say_err!(
                     "imipd: rejected for good, kept in outbox-rejected/: {}: {e}",
                     r.summary
                 )
             }
-            Some(e) => eprintln!(
+            Some(e) => crate::say_err!(
                 "imipd: not sent yet, kept in the outbox: {}: {e}",
                 r.summary
             ),
@@ -145,7 +158,10 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
             Source::Maildir { path, .. } => once_maildir(&mut p, &account.name, path, opts),
             Source::Imap(icfg) => {
                 let locked = std::sync::Mutex::new(p);
-                let r = rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts));
+                let r = imap::on_imap_stack(|| {
+                    rt.block_on(once_imap(cfg, &account.name, icfg, &locked, opts))
+                })
+                .and_then(|r| r);
                 p = locked.into_inner().unwrap_or_else(|e| e.into_inner());
                 r
             }
@@ -153,7 +169,7 @@ pub fn once(cfg: &Config, opts: Options) -> anyhow::Result<u8> {
         match result {
             Ok(s) => status = status.max(s),
             Err(e) => {
-                eprintln!("imipd: account {}: {e:#}", account.name);
+                crate::say_err!("imipd: account {}: {e:#}", account.name);
                 status = status.max(EXIT_SOME_FAILED);
             }
         }
@@ -176,10 +192,10 @@ async fn once_imap(
     p: &std::sync::Mutex<Processor<'_>>,
     opts: Options,
 ) -> anyhow::Result<u8> {
-    let mut conn = match imap::connect(icfg).await {
+    let mut conn = match imap::connect(icfg, &cfg.limits).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("imipd: account {account}: {e}");
+            crate::say_err!("imipd: account {account}: {e}");
             return Ok(if e.is_server_problem() {
                 EXIT_SERVER
             } else {
@@ -210,7 +226,7 @@ async fn once_imap(
                 }
             }
             Err(e) => {
-                eprintln!("imipd: account {account}: {e}");
+                crate::say_err!("imipd: account {account}: {e}");
                 status = status.max(if e.is_server_problem() {
                     EXIT_SERVER
                 } else {
@@ -226,10 +242,18 @@ async fn once_imap(
 
 /// `imipd check --connect`: log in to every server and say what imipd would use.
 pub fn check_connect(cfg: &Config) -> u8 {
+    // The servers' answers are parsed on a thread with the IMAP stack.
+    imap::on_imap_stack(|| check_connect_here(cfg)).unwrap_or_else(|e| {
+        crate::say_err!("imipd: {e:#}");
+        EXIT_SOME_FAILED
+    })
+}
+
+fn check_connect_here(cfg: &Config) -> u8 {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("imipd: {e:#}");
+            crate::say_err!("imipd: {e:#}");
             return EXIT_SOME_FAILED;
         }
     };
@@ -239,7 +263,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
             continue;
         };
         let r: Result<(), imap::ImapError> = rt.block_on(async {
-            let mut conn = imap::connect(icfg).await?;
+            let mut conn = imap::connect(icfg, &cfg.limits).await?;
             crate::say!(
                 "account {}: logged in to {} as {} (IDLE: {}, CONDSTORE: {}, MOVE: {})",
                 account.name,
@@ -266,7 +290,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
             Ok(())
         });
         if let Err(e) = r {
-            eprintln!("imipd: account {}: {e}", account.name);
+            crate::say_err!("imipd: account {}: {e}", account.name);
             status = status.max(if e.is_server_problem() {
                 EXIT_SERVER
             } else {
@@ -282,7 +306,7 @@ pub fn check_connect(cfg: &Config) -> u8 {
                 s.port
             ),
             Err(e) => {
-                eprintln!("imipd: outgoing: {e}");
+                crate::say_err!("imipd: outgoing: {e}");
                 status = status.max(EXIT_SERVER);
             }
         }

@@ -964,3 +964,67 @@ fn folded_utf8_in_an_8bit_part_is_exact() {
         .unwrap()
         .contains("SUMMARY:Café crème"));
 }
+
+/// The same through IMAP: the pass stops, nothing is marked, and the next
+/// pass handles both messages.
+#[test]
+fn a_failed_store_write_stops_the_imap_pass() {
+    use crate::chaos::imap_account;
+    use crate::harness::dovecot::Dovecot;
+    let user = ("bob@example.com", "bob-secret");
+    let d = Dovecot::start(&[user]);
+    let uid = "bobs-weekly@example.com";
+    d.append(user.0, "INBOX", bobs_series(uid).as_bytes());
+    d.append(
+        user.0,
+        "INBOX",
+        reply_from(
+            "erin@example.com",
+            uid,
+            "20261121T100000Z",
+            &[("ACCEPTED", None)],
+        )
+        .as_bytes(),
+    );
+    let env = Env::new(&imap_account(&d, "mail", user, ""));
+    std::fs::create_dir_all(env.store()).unwrap();
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    chown_tree(env.dir.path());
+    std::fs::set_permissions(
+        env.store(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let out = as_nobody(&env, &["once"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flags = d.flags(user.0, "INBOX");
+    assert!(
+        flags
+            .iter()
+            .all(|f| !f.iter().any(|x| x == "$iMIPProcessed")),
+        "nothing is marked: {flags:?}"
+    );
+    std::fs::set_permissions(
+        env.store(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = as_nobody(&env, &["once"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stored_vevents(&env, uid);
+    assert_eq!(partstat_in(&v[0], "erin@example.com"), "ACCEPTED", "{v:#?}");
+}

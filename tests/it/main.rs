@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod hostile;
 mod imap;
+mod imap_hardening;
 mod itip;
 mod khal;
 mod load;

@@ -33,6 +33,7 @@ pub mod certs;
 pub mod dovecot;
 pub mod python;
 pub mod smtp;
+pub mod tap;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
