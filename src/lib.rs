@@ -11,6 +11,7 @@
 //! - [`clock`]: the one clock (`IMIPD_NOW` moves it, for tests and replays).
 //! - [`config`]: the TOML configuration, validated once; secrets.
 //! - [`address`]: when two calendar addresses are the same person; globs.
+//! - [`limits`]: the `[limits]` that keep hostile mail cheap (a leaf).
 //! - [`mime`]: raw message → headers and decoded calendar parts.
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
@@ -44,6 +45,7 @@ pub mod gather;
 pub mod ical;
 pub mod imap;
 pub mod itip;
+pub mod limits;
 pub mod maildir;
 pub mod mime;
 pub mod originator;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use calcard::common::timezone::Tz;
 use calcard::common::PartialDateTime;
@@ -305,6 +306,56 @@ pub fn start_zone(c: &Node, zones: &Zones) -> Tz {
     c.prop(&P::Dtstart)
         .map(|e| Form::of(e, zones).zone())
         .unwrap_or(Tz::UTC)
+}
+
+/// "90m", "2h", "30d", "1w", "45s", a number of seconds, or an ISO 8601 /
+/// RFC 5545 duration such as "PT1H30M" or "P2D".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix(['P', 'p']) {
+        let mut secs: u64 = 0;
+        let mut num = String::new();
+        let mut in_time = false;
+        for ch in rest.chars() {
+            match ch.to_ascii_uppercase() {
+                'T' => in_time = true,
+                c if c.is_ascii_digit() => num.push(c),
+                unit => {
+                    let n: u64 = num.parse().ok()?;
+                    num.clear();
+                    let mul = match (unit, in_time) {
+                        ('W', false) => 7 * 86400,
+                        ('D', false) => 86400,
+                        ('H', true) => 3600,
+                        ('M', true) => 60,
+                        ('S', true) => 1,
+                        _ => return None,
+                    };
+                    secs = secs.checked_add(n.checked_mul(mul)?)?;
+                }
+            }
+        }
+        return if num.is_empty() {
+            Some(Duration::from_secs(secs))
+        } else {
+            None
+        };
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mul = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86400,
+        "w" | "week" | "weeks" => 7 * 86400,
+        _ => return None,
+    };
+    n.checked_mul(mul).map(Duration::from_secs)
 }
 
 #[cfg(test)]

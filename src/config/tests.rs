@@ -1,0 +1,90 @@
+//! Loading and validating configurations.
+
+use super::*;
+
+fn p(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("/etc/imipd/config.toml"), text)
+}
+
+const MIN: &str = "[identity]\naddresses = [\"Bob@Example.com\"]\n[store]\npath = \"cal\"\n";
+
+#[test]
+fn minimal_config_loads_with_relative_paths() {
+    let c = p(MIN).unwrap();
+    assert_eq!(c.identity.addresses, vec!["bob@example.com"]);
+    assert_eq!(c.store, PathBuf::from("/etc/imipd/cal"));
+    assert!(c.identity.is_me("MAILTO:BOB@example.com"));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = p(&format!("{MIN}colour = 1\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("colour"));
+    assert_eq!(e.position, Some((5, 1)));
+    assert!(e.to_string().contains("/etc/imipd/config.toml"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let e = p("[identity]\naddresses = \"bob@example.com\"\n[store]\npath = \"c\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("addresses"));
+    assert_eq!(e.position.map(|p| p.0), Some(2));
+}
+
+#[test]
+fn bad_action_is_reported_with_position() {
+    let e = p(&format!(
+        "{MIN}[[policy]]\nname = \"x\"\naction = \"maybe\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("policy.action"));
+    assert_eq!(e.position, Some((7, 10)));
+}
+
+#[test]
+fn unreachable_policies_fail_at_load_time() {
+    let catch_all = format!("{MIN}[[policy]]\nname = \"all\"\naction = \"file\"\n[[policy]]\nname = \"late\"\nmethods = [\"REQUEST\"]\naction = \"accept\"\n");
+    let e = p(&catch_all).unwrap_err();
+    assert!(
+        e.message.contains("`late` can never match") && e.message.contains("`all`"),
+        "{e}"
+    );
+    assert_eq!(e.position.map(|p| p.0), Some(9));
+    let shadowed = format!("{MIN}[[policy]]\nname = \"a\"\norganizers = [\"*@x.org\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\norganizers = [\"*@x.org\"]\nmethods = [\"ADD\"]\naction = \"accept\"\n");
+    assert!(p(&shadowed).is_err());
+    let fine = format!("{MIN}[outgoing]\ntransport = \"file\"\npath = \"out\"\n[[policy]]\nname = \"a\"\nmethods = [\"REQUEST\"]\naction = \"decline\"\n[[policy]]\nname = \"b\"\naction = \"file\"\n");
+    assert!(p(&fine).is_ok());
+}
+
+#[test]
+fn answering_a_method_that_is_never_answered_fails() {
+    let e = p(&format!(
+        "{MIN}[[policy]]\nname = \"r\"\nmethods = [\"REPLY\", \"CANCEL\"]\naction = \"accept\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("can never accept"), "{e}");
+}
+
+#[test]
+fn tilde_expands() {
+    std::env::set_var("HOME", "/home/bob");
+    let c = p("[identity]\naddresses = [\"b@x.org\"]\n[store]\npath = \"~/cal\"\n").unwrap();
+    assert_eq!(c.store, PathBuf::from("/home/bob/cal"));
+}
+
+#[test]
+fn two_secrets_are_an_error() {
+    let e = p(&format!(
+        "{MIN}[[account]]\nname = \"w\"\nsource = \"imap\"\nhost = \"h\"\nusername = \"u\"\npassword = \"a\"\npassword_command = \"b\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("only one"), "{e}");
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("PT1H30M"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("P2D"), Some(Duration::from_secs(172800)));
+    assert_eq!(parse_duration("soon"), None);
+}
