@@ -45,8 +45,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{ImapAuth, ImapConfig, Limits, Tls};
+use crate::fsutil::{safe_name, write_atomic};
 use crate::process::{MessageOutcome, Origin, Processor};
-use crate::store::{safe_name, write_atomic};
 
 /// Parentheses nested deeper than this in one server response are refused
 /// (the connection ends with an error). Dovecot never nests a BODYSTRUCTURE
@@ -791,7 +791,7 @@ fn save_state(
     s: &FolderState,
 ) -> anyhow::Result<()> {
     let (dir, name) = state_path(state_dir, account, folder);
-    crate::state::create_private_dir(&dir)
+    crate::fsutil::create_private_dir(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     write_atomic(&dir, &name, &serde_json::to_vec_pretty(s)?)
 }

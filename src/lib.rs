@@ -25,6 +25,7 @@
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
+//! - [`fsutil`]: atomic writes, private files, no followed links, safe names.
 //! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
 //! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
 //! - [`process`]: one message end to end, in a crash-safe order; outcomes.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod conflict;
 pub mod daemon;
 pub mod engine;
+pub mod fsutil;
 pub mod gather;
 pub mod ical;
 pub mod imap;

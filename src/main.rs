@@ -249,7 +249,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
     probe(
         "store folder",
         &cfg.store,
-        imipd::store::probe_writable(&cfg.store),
+        imipd::fsutil::probe_writable(&cfg.store),
     );
     probe(
         "state folder",
@@ -257,7 +257,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         imipd::state::State::probe_writable(&cfg.state),
     );
     if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
-        probe("outgoing folder", path, imipd::store::probe_writable(path));
+        probe("outgoing folder", path, imipd::fsutil::probe_writable(path));
     }
     let status = if connect {
         run::check_connect(&cfg)

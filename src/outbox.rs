@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Outgoing as OutgoingConfig, SmtpConfig, Tls};
+use crate::fsutil::write_atomic;
 use crate::reply::Outgoing;
-use crate::store::write_atomic;
 
 /// One queued message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,9 +71,9 @@ pub struct Outbox {
 impl Outbox {
     pub fn open(state: &Path) -> anyhow::Result<Outbox> {
         let dir = state.join("outbox");
-        crate::state::create_private_dir(&dir)
+        crate::fsutil::create_private_dir(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
-        crate::store::remove_temp_files(&dir);
+        crate::fsutil::remove_temp_files(&dir);
         let ledger = state.join("answered.log");
         let mut answered = HashMap::new();
         match fs::File::open(&ledger) {
@@ -153,7 +153,7 @@ impl Outbox {
         let name = entry_name(seq, &entry.message.key);
         let json = serde_json::to_vec_pretty(&entry)?;
         write_atomic(&self.dir, &name, &json)?;
-        let mut f = crate::store::open_append(&self.ledger, 0o600)
+        let mut f = crate::fsutil::open_append(&self.ledger, 0o600)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.ledger.display()))?;
         writeln!(
             f,
@@ -259,7 +259,7 @@ impl Sender {
                     reports.push(report);
                 }
                 Err(SendError::Permanent(msg)) => {
-                    crate::state::create_private_dir(&self.rejected).map_err(|e| {
+                    crate::fsutil::create_private_dir(&self.rejected).map_err(|e| {
                         anyhow::anyhow!("cannot create {}: {e}", self.rejected.display())
                     })?;
                     entry.last_error = Some(msg.clone());
@@ -312,7 +312,7 @@ impl Transport {
     /// reused for every message of a flush.
     pub fn session(&self) -> Session<'_> {
         if let Transport::File(dir) = self {
-            crate::store::remove_temp_files(dir);
+            crate::fsutil::remove_temp_files(dir);
         }
         Session {
             transport: self,

@@ -589,7 +589,7 @@ impl<'a> Processor<'a> {
             if self.dry_run {
                 out.file =
                     Some(self.store.path_of(&it.uid).unwrap_or_else(|| {
-                        self.store.dir().join(crate::store::safe_name(&it.uid))
+                        self.store.dir().join(crate::fsutil::safe_name(&it.uid))
                     }));
             }
         }

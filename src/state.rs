@@ -16,11 +16,11 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::store::{explain_link, open_append, safe_name, write_new};
+use crate::fsutil::{create_private_dir, explain_link, open_append, safe_name, write_new};
 
 /// The lock stayed busy for the whole `state.lock_timeout`: another imipd
 /// works on this state. The caller should exit with status 75 (EX_TEMPFAIL).
@@ -101,7 +101,7 @@ impl State {
     pub fn probe_writable(dir: &Path) -> anyhow::Result<()> {
         create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        crate::store::probe_file(dir)
+        crate::fsutil::probe_file(dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -237,24 +237,6 @@ fn short(safe: &str) -> String {
     s[..s.len().min(60)].to_string()
 }
 
-/// Create a folder 0700 (its parents as usual), or make an existing one 0700.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
-            let m = fs::metadata(dir)?.permissions().mode();
-            if m & 0o077 != 0 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(m & 0o700))?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Close what an older version (or an umask) left open to group and
 /// others, and remove the temp files a killed run left. Symbolic links are
 /// neither followed nor changed.
@@ -269,7 +251,7 @@ fn tighten(dir: &Path, depth: usize) {
         if meta.file_type().is_symlink() {
             continue;
         }
-        if meta.is_file() && crate::store::is_our_temp_file(&entry.file_name().to_string_lossy()) {
+        if meta.is_file() && crate::fsutil::is_our_temp_file(&entry.file_name().to_string_lossy()) {
             let _ = fs::remove_file(&path);
             continue;
         }
