@@ -15,7 +15,8 @@
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
-//! - [`conflict`]: occurrences, durations and overlaps, for the policies.
+//! - [`recur`]: recurrence expansion in windows, next occurrence, is-over; budgets.
+//! - [`conflict`]: busy time of the store (an interval index), durations.
 //! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
@@ -45,6 +46,7 @@ pub mod mime;
 pub mod outbox;
 pub mod policy;
 pub mod process;
+pub mod recur;
 pub mod reply;
 pub mod run;
 pub mod state;
