@@ -63,12 +63,11 @@ pub const MAX_PERIOD_CANDIDATES: u64 = 10_000;
 /// The zone of floating times and dates.
 pub const DEFAULT_TZ: Tz = Tz::UTC;
 
-/// Periods one calcard run may walk: below calcard's own give-up (100,000
-/// periods in a row without an occurrence), so a run never ends silently.
-const CHUNK_PERIODS: i64 = 50_000;
 /// calcard stops looking after this many periods without an occurrence.
 const CALCARD_GIVE_UP: i64 = 100_000;
-/// Walking this many periods costs as much as one occurrence.
+/// Laying out this many days of periods costs as much as one occurrence
+/// (a YEARLY period lays out 366, a MONTHLY one 31, a WEEKLY one 7, the
+/// others 1).
 const PERIODS_PER_UNIT: i64 = 64;
 /// The first window [`next_occurrence`] looks in; each next one is 4× wider.
 const FIRST_STEP: i64 = 7 * DAY;
@@ -99,8 +98,8 @@ impl Budget {
         Budget::new(MESSAGE_BUDGET, UID_BOUND)
     }
 
-    /// Units left (an occurrence is one unit; walking
-    /// `PERIODS_PER_UNIT` (64) periods of a rule is another).
+    /// Units left (an occurrence is one unit; walking a rule's periods
+    /// costs one unit per 64 days they span, 64 periods for DAILY and finer).
     pub fn left(&self) -> usize {
         self.left
     }
@@ -247,11 +246,15 @@ struct Rule {
     invalid: Cell<bool>,
     /// With COUNT: the start of the last instance, once a run saw it.
     count_end: Cell<Option<i64>>,
+    /// Where calcard found the rule to end, once a run walked there.
+    barren: Cell<Option<Barren>>,
+    /// Candidates per period, estimated from the BY* lists.
+    per_period: u64,
 }
 
 #[derive(Clone, Copy)]
 struct Until {
-    /// The bound handed to calcard, in DTSTART's local time (loose for UTC).
+    /// In DTSTART's local time: instances after it go (loose for UTC).
     local: NaiveDateTime,
     /// UNTIL as an instant, when given in UTC: instances after it go.
     exact: Option<i64>,
@@ -425,8 +428,8 @@ impl<'a> Series<'a> {
     }
 
     /// An instant no occurrence starts or ends after, when the series is
-    /// finite and that is known without expanding it (COUNT: once a run
-    /// reached the last instance).
+    /// known to end: by UNTIL, or once a run reached its COUNT or found it
+    /// never matches again.
     fn finite_end(&self) -> Option<i64> {
         let mut end = i64::MIN;
         let (pos, _) = self.taf_shifts();
@@ -437,12 +440,12 @@ impl<'a> Series<'a> {
                 i64::MIN
             };
             for r in &m.rules {
-                let b = match (&r.until, r.count) {
-                    (Some(u), _) => u.bound,
-                    (None, Some(_)) => r.count_end.get()?,
-                    (None, None) => return None,
-                };
-                last = last.max(b);
+                let ends = [
+                    r.until.map(|u| u.bound),
+                    r.count_end.get(),
+                    r.barren.get().filter(|b| b.complete).map(|b| b.after),
+                ];
+                last = last.max(ends.into_iter().flatten().min()?);
             }
             if let Some(&(s, _)) = m.rdates.last() {
                 last = last.max(s);
@@ -523,7 +526,11 @@ impl<'a> Series<'a> {
             let hi = to.saturating_add(neg);
             let mut cands: Vec<(i64, Option<i64>)> = Vec::new();
             if m.rules.is_empty() && (lo..hi).contains(&m.start.utc) {
-                cands.push((m.start.utc, None));
+                if meter.spend(1) {
+                    cands.push((m.start.utc, None));
+                } else {
+                    complete = false;
+                }
             }
             for r in &m.rules {
                 let run = run_rule(m, r, lo, hi, ff, meter);
@@ -581,91 +588,120 @@ struct Run {
     fallback: bool,
 }
 
+/// The end of a rule found by a run: no instance starts after `after`
+/// (`complete: false`: calcard gave up looking, there may be more).
+#[derive(Clone, Copy)]
+struct Barren {
+    after: i64,
+    complete: bool,
+}
+
 /// The instances of one rule whose original start is in `[lo, hi)`.
+///
+/// calcard is never given an UNTIL: its iterator checks UNTIL only against
+/// a candidate, so a rule with no candidate for a long time (BYMONTH=4;
+/// BYMONTHDAY=31) walks on to year 10,000 or to its give-up after 100,000
+/// empty periods whatever UNTIL says. Runs stop at `limit` instances
+/// instead (doubling from a small number), so every walk ends at an
+/// instance this function sees and pays for; one that ends without
+/// reaching its limit or COUNT walked to calcard's end, is paid as such and
+/// remembered in `Rule::barren`.
 fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter) -> Run {
     let mut run = Run {
         starts: Vec::new(),
         complete: true,
         fallback: false,
     };
-    if r.dense || r.invalid.get() {
+    if r.invalid.get() {
         run.complete = false;
-        run.fallback = r.invalid.get();
+        run.fallback = true;
+        return run;
+    }
+    if r.dense {
+        run.complete = false;
         return run;
     }
     if r.until.is_some_and(|u| u.bound < lo) || r.count_end.get().is_some_and(|e| e < lo) {
         return run;
     }
-    let zone = m.start.zone;
-    let (pmin, pmax) = period_secs(r.freq, r.interval);
-    // Local-time bounds, loose by two days for any UTC offset.
-    let local_lo = naive(lo.saturating_sub(2 * DAY));
-    let local_hi = naive(hi.saturating_add(2 * DAY));
-    let cap = match r.until {
-        Some(u) => u.local.min(local_hi),
-        None => local_hi,
-    };
-    if cap < m.start.local {
+    if let Some(b) = r.barren.get().filter(|b| b.after < lo) {
+        run.complete = b.complete;
         return run;
     }
+    let zone = m.start.zone;
+    let (pmin, pmax) = period_secs(r.freq, r.interval);
+    let weight = days_per_period(r.freq);
+    // Instances are generated in local time: stop two days past `hi`
+    // (UTC offsets, DST gaps make local and UTC order differ a little).
+    let stop = hi.saturating_add(2 * DAY);
     let shifting = ff && r.count.is_none();
-    let mut start = if shifting {
+    let from = if shifting {
         shift(
             m.start.local,
             r.freq,
             r.interval,
-            sub_secs(local_lo, 2 * pmax),
+            sub_secs(naive(lo.saturating_sub(2 * DAY)), 2 * pmax),
         )
     } else {
         m.start.local
     };
-    let mut done_up_to: Option<NaiveDateTime> = None;
+    let mut start = from;
+    let mut seen: Option<NaiveDateTime> = None;
+    // Enough for the window when every candidate is an instance; no more
+    // than a period's worth (or 32) at first, doubling, so a sparse rule
+    // does not walk centuries for a few instances.
+    let want = ((stop - to_utc(from, zone)).max(0) / pmin.max(1) + 2)
+        .saturating_mul(i64::try_from(r.per_period).unwrap_or(i64::MAX));
+    let mut limit = want.clamp(1, i64::try_from(r.per_period.max(32)).unwrap_or(i64::MAX)) as usize;
     loop {
-        let chunk_end = if shifting {
-            add_secs(start, CHUNK_PERIODS.saturating_mul(pmin)).min(cap)
-        } else {
-            cap
-        };
         let allowed = meter.left;
         if allowed == 0 {
             run.complete = false;
             return run;
         }
-        let Some(mut got) = calcard_run(start, m.start.date_only, r, chunk_end, allowed + 1) else {
+        let n = limit.min(allowed);
+        let Some(got) = calcard_run(start, m.start.date_only, r, n) else {
             r.invalid.set(true);
             run.complete = false;
             run.fallback = true;
             return run;
         };
-        let cut = got.len() > allowed;
-        got.truncate(allowed);
-        let counted_out = !cut && r.count.is_some_and(|c| got.len() as u64 == u64::from(c));
-        let reached = if cut || counted_out {
-            got.last().copied().unwrap_or(chunk_end)
-        } else {
-            chunk_end
-        };
-        let periods = (reached - start).num_seconds().max(0) / pmin.max(1);
-        let cost = got.len() + (periods / PERIODS_PER_UNIT) as usize;
-        if !meter.spend(cost) || cut {
+        let counted_out = r.count.is_some_and(|c| got.len() as u64 == u64::from(c));
+        let natural_end = got.len() < n && !counted_out;
+        let last = got.last().copied();
+        // What calcard walked: to the last instance, or to its own end.
+        let walked_from = last.unwrap_or(start);
+        let mut periods = (walked_from - start).num_seconds().max(0) / pmin.max(1);
+        let mut gave_up = false;
+        if natural_end {
+            // calcard stopped at year 10,000 or gave up after 100,000 empty
+            // periods; the latter hides nothing when UNTIL comes first.
+            let to_year_end = (naive(MAX_TS) - walked_from).num_seconds().max(0) / pmin.max(1);
+            let horizon = add_secs(walked_from, CALCARD_GIVE_UP.saturating_mul(pmin));
+            gave_up = to_year_end > CALCARD_GIVE_UP && r.until.is_none_or(|u| u.local > horizon);
+            periods = periods.saturating_add(to_year_end.min(CALCARD_GIVE_UP));
+        }
+        let walk = periods.saturating_mul(weight) / PERIODS_PER_UNIT;
+        let cost = got
+            .len()
+            .saturating_add(usize::try_from(walk).unwrap_or(usize::MAX));
+        if !meter.spend(cost) {
             run.complete = false;
         }
-        if counted_out {
-            let last = got.last().map(|&l| to_utc(l, zone)).unwrap_or(i64::MIN);
-            r.count_end.set(Some(last));
-        } else if !cut && !shifting {
-            // calcard gives up after 100,000 periods without an occurrence:
-            // a gap that long may hide more.
-            let last = got.last().copied().unwrap_or(start);
-            if (chunk_end - last).num_seconds() / pmin.max(1) >= CALCARD_GIVE_UP - 1 {
-                run.complete = false;
-            }
-        }
-        for l in got {
-            if done_up_to.is_some_and(|d| l <= d) {
+        let mut passed = false;
+        for &l in &got {
+            if seen.is_some_and(|p| l <= p) {
                 continue;
             }
+            if r.until.is_some_and(|u| l > u.local) {
+                passed = true;
+                break;
+            }
             let s = to_utc(l, zone);
+            if s >= stop {
+                passed = true;
+                break;
+            }
             if r.until.and_then(|u| u.exact).is_some_and(|u| s > u) {
                 continue;
             }
@@ -673,30 +709,49 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
                 run.starts.push(s);
             }
         }
-        if !run.complete || chunk_end >= cap {
+        if counted_out {
+            r.count_end
+                .set(Some(last.map(|l| to_utc(l, zone)).unwrap_or(i64::MIN)));
+        }
+        if natural_end {
+            let after = last.map(|l| to_utc(l, zone)).unwrap_or(m.start.utc);
+            r.barren.set(Some(Barren {
+                after,
+                complete: !gave_up,
+            }));
+            run.complete &= !gave_up;
+        }
+        if passed || counted_out || natural_end || !run.complete {
             return run;
         }
-        done_up_to = Some(chunk_end);
-        start = shift(
-            m.start.local,
-            r.freq,
-            r.interval,
-            sub_secs(chunk_end, 2 * pmax),
-        );
+        if n < limit {
+            // The budget ran out before the window did.
+            run.complete = false;
+            return run;
+        }
+        // More is needed: go on from the last instance, with a larger limit
+        // (a new start a couple of periods back needs the limit to cover them).
+        seen = last;
+        limit = limit.saturating_mul(2);
+        if shifting {
+            if let Some(l) = last {
+                start = shift(m.start.local, r.freq, r.interval, sub_secs(l, 2 * pmax)).max(start);
+            }
+        }
     }
 }
 
-/// One calcard run: the local starts of the rule's instances from `start`
-/// up to `until`, at most `limit`; `None` when calcard rejects the rule.
+/// One calcard run: the local starts of the first `limit` instances of the
+/// rule from `start` on (COUNT still counted from `start`); `None` when
+/// calcard rejects the rule.
 fn calcard_run(
     start: NaiveDateTime,
     date_only: bool,
     r: &Rule,
-    until: NaiveDateTime,
     limit: usize,
 ) -> Option<Vec<NaiveDateTime>> {
     let mut rule = r.rule.clone();
-    rule.until = Some(pdt(until, false));
+    rule.until = None;
     rule.count = r.count;
     let event = ICalendarComponent {
         component_type: Ct::VEvent,
@@ -780,6 +835,16 @@ fn shift(start: NaiveDateTime, freq: Freq, interval: i64, target: NaiveDateTime)
     moved
         .filter(|m| *m >= start && *m <= target)
         .unwrap_or(start)
+}
+
+/// The days calcard lays out for one period (its cost, roughly).
+fn days_per_period(freq: Freq) -> i64 {
+    match freq {
+        Freq::Yearly => 366,
+        Freq::Monthly => 31,
+        Freq::Weekly => 7,
+        _ => 1,
+    }
 }
 
 /// The shortest and longest length of one period (FREQ × INTERVAL), seconds.
@@ -872,7 +937,14 @@ impl Rule {
                 })
             }
         };
-        let dense = candidates_per_period(&rule) > MAX_PERIOD_CANDIDATES;
+        let per_period = candidates_per_period(&rule);
+        let dense = per_period > MAX_PERIOD_CANDIDATES;
+        // UNTIL before DTSTART contradicts the first instance: calcard
+        // refuses it, and so do we (DTSTART stands in, reported unsure).
+        let backwards = until.is_some_and(|u| match u.exact {
+            Some(exact) => exact < start.utc,
+            None => u.local < start.local,
+        });
         Some(Rule {
             freq: rule.freq,
             interval: i64::from(rule.interval.unwrap_or(1).max(1)),
@@ -880,8 +952,10 @@ impl Rule {
             count,
             until,
             dense,
-            invalid: Cell::new(false),
+            invalid: Cell::new(backwards),
             count_end: Cell::new(None),
+            barren: Cell::new(None),
+            per_period,
         })
     }
 }
@@ -1279,4 +1353,924 @@ fn ended(s: i64, e: i64, now: i64) -> bool {
 fn cancelled(c: &Node) -> bool {
     c.text(&P::Status)
         .is_some_and(|t| t.eq_ignore_ascii_case("CANCELLED"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(body: &str) -> Node {
+        let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
+        match calcard::Parser::new(&text).entry() {
+            calcard::Entry::ICalendar(i) => Node::from_ical(&i),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ev(lines: &str) -> Node {
+        root(&format!("BEGIN:VEVENT\r\nUID:u\r\n{lines}END:VEVENT\r\n"))
+    }
+
+    fn ts(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    fn all(_: &Node) -> bool {
+        true
+    }
+
+    fn big() -> Budget {
+        Budget::new(usize::MAX, usize::MAX)
+    }
+
+    const NOW: &str = "2027-03-01T12:00:00Z";
+
+    #[test]
+    fn daily_series_from_2020_next_occurrence_is_after_now() {
+        let r = ev("DTSTART:20200106T090000Z\r\nDTEND:20200106T100000Z\r\nRRULE:FREQ=DAILY\r\n");
+        let mut b = Budget::per_message();
+        let next = next_occurrence(&r, "u", ts(NOW), &mut b);
+        assert_eq!(
+            next,
+            Some((ts("2027-03-02T09:00:00Z"), ts("2027-03-02T10:00:00Z")))
+        );
+        // Without expanding the seven years before: a handful of units.
+        assert!(MESSAGE_BUDGET - b.left() < 20, "{}", b.left());
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), Some(false));
+        // And the window from now holds a year of them, not 2020–2022.
+        let o = occurrences(&r, "u", ts(NOW), ts("2028-03-01T12:00:00Z"), &mut b, all);
+        assert!(o.complete);
+        assert_eq!(o.spans.len(), 366);
+        assert_eq!(o.spans[0].0, ts("2027-03-02T09:00:00Z"));
+    }
+
+    #[test]
+    fn count_1000_daily_from_2020_is_over() {
+        let r = ev(
+            "DTSTART:20200106T090000Z\r\nDTEND:20200106T100000Z\r\nRRULE:FREQ=DAILY;COUNT=1000\r\n",
+        );
+        let mut b = Budget::per_message();
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), Some(true));
+        assert_eq!(next_occurrence(&r, "u", ts(NOW), &mut b), None);
+        // The last one is 2022-10-01; before it, the series is not over.
+        assert_eq!(
+            is_over(&r, "u", ts("2022-10-01T09:30:00Z"), &mut b),
+            Some(false)
+        );
+        assert_eq!(
+            next_occurrence(&r, "u", ts("2022-10-01T09:30:00Z"), &mut b),
+            Some((ts("2022-10-01T09:00:00Z"), ts("2022-10-01T10:00:00Z")))
+        );
+        assert_eq!(
+            is_over(&r, "u", ts("2022-10-01T10:00:00Z"), &mut b),
+            Some(true)
+        );
+        // A COUNT beyond the per-UID bound cannot be told.
+        let r = ev("DTSTART:20000106T090000Z\r\nRRULE:FREQ=DAILY;COUNT=100000\r\n");
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut Budget::per_message()), None);
+    }
+
+    #[test]
+    fn until_and_infinite_series() {
+        let r = ev("DTSTART:20200106T090000Z\r\nRRULE:FREQ=WEEKLY;UNTIL=20260101T000000Z\r\n");
+        let mut b = Budget::per_message();
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), Some(true));
+        assert_eq!(
+            is_over(&r, "u", ts("2025-12-29T08:00:00Z"), &mut b),
+            Some(false)
+        );
+        let r = ev("DTSTART:20200106T090000Z\r\nRRULE:FREQ=YEARLY\r\n");
+        assert_eq!(
+            is_over(&r, "u", ts("9000-01-01T00:00:00Z"), &mut b),
+            Some(false)
+        );
+        // Not a known UID: cannot tell.
+        assert_eq!(is_over(&r, "other", ts(NOW), &mut b), None);
+        // A single event.
+        let r = ev("DTSTART:20270301T110000Z\r\nDTEND:20270301T130000Z\r\n");
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), Some(false));
+        assert_eq!(
+            is_over(&r, "u", ts("2027-03-01T13:00:00Z"), &mut b),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn next_occurrence_far_ahead_and_rare() {
+        // Every 29 February, from 2021: next after 2027-03 is 2028-02-29.
+        let r = ev("DTSTART;VALUE=DATE:20210101\r\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29\r\n");
+        let mut b = Budget::per_message();
+        let n = next_occurrence(&r, "u", ts(NOW), &mut b).unwrap();
+        assert_eq!(n, (ts("2028-02-29T00:00:00Z"), ts("2028-03-01T00:00:00Z")));
+        // One event 300 years ahead.
+        let r = ev("DTSTART:23270301T110000Z\r\n");
+        assert_eq!(
+            next_occurrence(&r, "u", ts(NOW), &mut b),
+            Some((ts("2327-03-01T11:00:00Z"), ts("2327-03-01T11:00:00Z")))
+        );
+        // A rule that never matches: nothing, and no hang.
+        let r = ev("DTSTART:20200101T090000Z\r\nRRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30\r\n");
+        assert_eq!(
+            next_occurrence(&r, "u", ts(NOW), &mut Budget::per_message()),
+            None
+        );
+        assert_eq!(
+            is_over(&r, "u", ts(NOW), &mut Budget::per_message()),
+            Some(false)
+        );
+        // Until 2100 it is known to never come again: over.
+        let r = ev("DTSTART:20200101T090000Z\r\nRRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30;UNTIL=21000101T000000Z\r\n");
+        assert_eq!(
+            is_over(&r, "u", ts(NOW), &mut Budget::per_message()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn ten_thousand_rdates_and_exdates() {
+        // RDATEs every 2 hours from 2027-03-01; EXDATEs on every other one
+        // and 5,000 instants that are not instances.
+        let start = ts("2027-03-01T00:00:00Z");
+        let fmt = |t: i64| naive(t).format("%Y%m%dT%H%M%SZ").to_string();
+        let rdates: Vec<String> = (0..10_000).map(|i| fmt(start + i * 7200)).collect();
+        let mut exdates: Vec<String> = (0..5_000).map(|i| fmt(start + i * 14_400)).collect();
+        exdates.extend((0..5_000).map(|i| fmt(start + 3600 + i * 14_400)));
+        let mut lines = String::from("DTSTART:20270301T000000Z\r\nDURATION:PT30M\r\n");
+        for r in &rdates {
+            lines.push_str(&format!("RDATE:{r}\r\n"));
+        }
+        lines.push_str(&format!("EXDATE:{}\r\n", exdates.join(",")));
+        let r = ev(&lines);
+        let o = occurrences(
+            &r,
+            "u",
+            start,
+            start + 30 * DAY,
+            &mut Budget::per_message(),
+            all,
+        );
+        assert!(o.complete);
+        // 360 two-hour slots in 30 days, every other one removed.
+        assert_eq!(o.spans.len(), 180);
+        assert_eq!(o.spans[0], (start + 7200, start + 7200 + 1800));
+        assert!(o.spans.windows(2).all(|w| w[1].0 - w[0].0 == 14_400));
+    }
+
+    #[test]
+    fn per_uid_and_message_bounds_cut_and_say_so() {
+        let start = ts("2027-03-01T00:00:00Z");
+        let mut lines = String::from("DTSTART:20270228T000000Z\r\nDURATION:PT30M\r\nRDATE:");
+        let values: Vec<String> = (0..24_000)
+            .map(|i| naive(start + i * 3600).format("%Y%m%dT%H%M%SZ").to_string())
+            .collect();
+        lines.push_str(&values.join(","));
+        lines.push_str("\r\n");
+        let r = ev(&lines);
+        let mut b = Budget::per_message();
+        let o = occurrences(&r, "u", start, start + 3 * 365 * DAY, &mut b, all);
+        assert!(!o.complete);
+        assert_eq!(o.spans.len(), UID_BOUND);
+        assert_eq!(o.spans[0].0, start);
+        assert_eq!(b.left(), MESSAGE_BUDGET - UID_BOUND);
+        // The message budget is shared: after four such UIDs nothing is left.
+        for _ in 0..3 {
+            occurrences(&r, "u", start, start + 3 * 365 * DAY, &mut b, all);
+        }
+        assert_eq!(b.left(), 0);
+        let o = occurrences(&r, "u", start, start + DAY, &mut b, all);
+        assert!(!o.complete && o.spans.is_empty());
+        // A daily rule cut by a small budget keeps its earliest occurrences.
+        let r = ev("DTSTART:20200106T090000Z\r\nRRULE:FREQ=DAILY\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            start,
+            start + 365 * DAY,
+            &mut Budget::new(100, 50),
+            all,
+        );
+        assert!(!o.complete);
+        assert!(!o.spans.is_empty() && o.spans.len() <= 50);
+        assert_eq!(o.spans[0].0, ts("2027-03-01T09:00:00Z"));
+    }
+
+    const DENSE: &str = "FREQ=YEARLY;BYYEARDAY=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,\
+        21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,\
+        52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,\
+        83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,\
+        111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127,128,129,130,131,132,133,\
+        134,135,136,137,138,139,140,141,142,143,144,145,146,147,148,149,150,151,152,153,154,155,156,\
+        157,158,159,160,161,162,163,164,165,166,167,168,169,170,171,172,173,174,175,176,177,178,179,\
+        180,181,182,183,184,185,186,187,188,189,190,191,192,193,194,195,196,197,198,199,200,201,202,\
+        203,204,205,206,207,208,209,210,211,212,213,214,215,216,217,218,219,220,221,222,223,224,225,\
+        226,227,228,229,230,231,232,233,234,235,236,237,238,239,240,241,242,243,244,245,246,247,248,\
+        249,250,251,252,253,254,255,256,257,258,259,260,261,262,263,264,265,266,267,268,269,270,271,\
+        272,273,274,275,276,277,278,279,280,281,282,283,284,285,286,287,288,289,290,291,292,293,294,\
+        295,296,297,298,299,300,301,302,303,304,305,306,307,308,309,310,311,312,313,314,315,316,317,\
+        318,319,320,321,322,323,324,325,326,327,328,329,330,331,332,333,334,335,336,337,338,339,340,\
+        341,342,343,344,345,346,347,348,349,350,351,352,353,354,355,356,357,358,359,360,361,362,363,\
+        364,365,366;BYHOUR=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23;BYMINUTE=0,\
+        1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,\
+        35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59;BYSECOND=0,1,2,3,\
+        4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,\
+        37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59;BYMONTH=1,2,3,4,5,6,7,8,9,\
+        10,11,12;BYMONTHDAY=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,\
+        29,30,31;BYWEEKNO=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,\
+        29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53;WKST=MO";
+
+    #[test]
+    fn dense_rule_is_refused_and_reported_incomplete() {
+        assert!(DENSE.len() > 2000);
+        let r = ev(&format!("DTSTART:20270101T000000Z\r\nRRULE:{DENSE}\r\n"));
+        let mut b = Budget::per_message();
+        let o = occurrences(&r, "u", ts(NOW), ts("2028-01-01T00:00:00Z"), &mut b, all);
+        assert!(!o.complete);
+        assert!(o.spans.is_empty());
+        assert_eq!(b.left(), MESSAGE_BUDGET);
+        assert_eq!(next_occurrence(&r, "u", ts(NOW), &mut b), None);
+        // Infinite: never over, dense or not; finite: cannot tell.
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), Some(false));
+        let r = ev(&format!(
+            "DTSTART:20270101T000000Z\r\nRRULE:{DENSE};COUNT=5\r\n"
+        ));
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), None);
+        // A busy but reasonable rule still expands: weekdays, 9–17 hourly.
+        let r = ev(
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=YEARLY;BYDAY=MO,TU,WE,TH,FR;\
+                    BYHOUR=9,10,11,12,13,14,15,16,17\r\n",
+        );
+        let o = occurrences(&r, "u", ts(NOW), ts(NOW) + 7 * DAY, &mut b, all);
+        assert!(o.complete);
+        assert_eq!(o.spans.len(), 45);
+    }
+
+    #[test]
+    fn hostile_rules_do_not_panic() {
+        let cases = [
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;UNTIL=20200101T000000Z\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;INTERVAL=0\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;INTERVAL=4294967295\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=SECONDLY;INTERVAL=65535\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=MONTHLY;BYDAY=FR;BYSETPOS=400\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=MONTHLY;BYDAY=FR;BYSETPOS=-99999999999\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=MONTHLY;BYMONTHDAY=0,99,-99\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=YEARLY;BYWEEKNO=60;BYYEARDAY=-400\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;COUNT=4294967295\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=SECONDLY\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=SECONDLY;BYMONTH=6;BYHOUR=9;BYMINUTE=0;BYSECOND=0\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=MINUTELY;BYDAY=MO;BYHOUR=3\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:garbage\r\n",
+            "DTSTART:20270101T090000Z\r\nRRULE:FREQ=WEEKLY;BYMONTHDAY=3\r\n",
+            "RRULE:FREQ=DAILY\r\nDTEND:20270101T090000Z\r\n",
+            "DTSTART:20270230T090000Z\r\nRRULE:FREQ=DAILY\r\n",
+            "DTSTART:99991230T100000Z\r\nRRULE:FREQ=DAILY\r\n",
+            "DTSTART:99991230T100000Z\r\nRRULE:FREQ=YEARLY;UNTIL=99991231T235959Z\r\n",
+            "DTSTART;VALUE=DATE:99991231\r\nRRULE:FREQ=DAILY;COUNT=10\r\nRDATE;VALUE=DATE:99991231\r\n",
+            "DTSTART:00010101T000000Z\r\nRRULE:FREQ=YEARLY;INTERVAL=9999\r\n",
+            "DTSTART:20270101T090000Z\r\nDURATION:P4294967295W\r\nRRULE:FREQ=DAILY\r\n",
+            "DTSTART:20270101T090000Z\r\nDURATION:-PT1H\r\nDTEND:20200101T000000Z\r\n",
+            "DTSTART;TZID=Nowhere/Special:20270101T090000\r\nRRULE:FREQ=DAILY;COUNT=3\r\n",
+            "DTSTART:20270101T090000Z\r\nRECURRENCE-ID;RANGE=THISANDFUTURE:99991231T000000Z\r\n",
+        ];
+        let windows = [
+            (i64::MIN, i64::MAX),
+            (ts(NOW), ts(NOW) + 400 * DAY),
+            (ts("9999-12-01T00:00:00Z"), i64::MAX),
+            (i64::MAX, i64::MIN),
+        ];
+        for c in cases {
+            let r = ev(c);
+            for (from, to) in windows {
+                let mut b = Budget::per_message();
+                let o = occurrences(&r, "u", from, to, &mut b, all);
+                assert!(o.spans.windows(2).all(|w| w[0] <= w[1]), "{c}");
+                assert!(o.spans.len() <= UID_BOUND, "{c}");
+                next_occurrence(&r, "u", from, &mut b);
+                is_over(&r, "u", from, &mut Budget::per_message());
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_rule_results() {
+        let mut b = big();
+        let w = (ts("2026-12-31T00:00:00Z"), ts("2027-01-10T00:00:00Z"));
+        // UNTIL before DTSTART: DTSTART stands alone, and we say we are unsure.
+        let r = ev("DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;UNTIL=20200101T000000Z\r\n");
+        let o = occurrences(&r, "u", w.0, w.1, &mut b, all);
+        assert_eq!(
+            o.spans,
+            [(ts("2027-01-01T09:00:00Z"), ts("2027-01-01T09:00:00Z"))]
+        );
+        assert!(!o.complete);
+        // BYSETPOS out of range: calcard refuses the rule; the same.
+        let r = ev("DTSTART:20270101T090000Z\r\nRRULE:FREQ=MONTHLY;BYDAY=FR;BYSETPOS=400\r\n");
+        let o = occurrences(&r, "u", w.0, w.1, &mut b, all);
+        assert_eq!(o.spans.len(), 1);
+        assert!(!o.complete);
+        // Missing DTSTART: nothing known.
+        let r = ev("RRULE:FREQ=DAILY\r\n");
+        let o = occurrences(&r, "u", w.0, w.1, &mut b, all);
+        assert!(o.spans.is_empty() && !o.complete);
+        assert_eq!(is_over(&r, "u", ts(NOW), &mut b), None);
+        // calcard reads INTERVAL=0 as 1.
+        let r = ev("DTSTART:20270101T090000Z\r\nRRULE:FREQ=DAILY;INTERVAL=0\r\n");
+        assert_eq!(occurrences(&r, "u", w.0, w.1, &mut b, all).spans.len(), 9);
+        // Year 9999: the last instants exist, nothing after.
+        let r = ev("DTSTART:99991230T100000Z\r\nRRULE:FREQ=DAILY\r\n");
+        let o = occurrences(&r, "u", ts("9999-12-01T00:00:00Z"), i64::MAX, &mut b, all);
+        assert_eq!(o.spans.len(), 2);
+        assert!(o.complete);
+        // SECONDLY: cut by the bound, earliest first.
+        let r = ev("DTSTART:20270101T090000Z\r\nRRULE:FREQ=SECONDLY\r\n");
+        let o = occurrences(&r, "u", w.0, w.1, &mut Budget::per_message(), all);
+        assert!(!o.complete);
+        assert!(o.spans.len() > UID_BOUND * 9 / 10 && o.spans.len() <= UID_BOUND);
+        assert_eq!(o.spans[1].0 - o.spans[0].0, 1);
+    }
+
+    #[test]
+    fn keep_is_asked_per_component() {
+        // Weekly Monday 10:00 UTC; the 8 March one moved to Tuesday 15:00,
+        // the 15 March one cancelled, the master transparent.
+        let r = root(
+            "BEGIN:VEVENT\r\nUID:u\r\nDTSTART:20270301T100000Z\r\nDTEND:20270301T110000Z\r\n\
+             RRULE:FREQ=WEEKLY;COUNT=4\r\nTRANSP:TRANSPARENT\r\nEND:VEVENT\r\n\
+             BEGIN:VEVENT\r\nUID:u\r\nRECURRENCE-ID:20270308T100000Z\r\nSEQUENCE:3\r\n\
+             DTSTART:20270309T150000Z\r\nDTEND:20270309T160000Z\r\nEND:VEVENT\r\n\
+             BEGIN:VEVENT\r\nUID:u\r\nRECURRENCE-ID:20270315T100000Z\r\nSTATUS:CANCELLED\r\n\
+             DTSTART:20270315T100000Z\r\nDTEND:20270315T110000Z\r\nEND:VEVENT\r\n",
+        );
+        let w = (ts("2027-03-01T00:00:00Z"), ts("2027-04-01T00:00:00Z"));
+        let o = occurrences(&r, "u", w.0, w.1, &mut big(), all);
+        assert_eq!(
+            o.spans,
+            [
+                (ts("2027-03-01T10:00:00Z"), ts("2027-03-01T11:00:00Z")),
+                (ts("2027-03-09T15:00:00Z"), ts("2027-03-09T16:00:00Z")),
+                (ts("2027-03-15T10:00:00Z"), ts("2027-03-15T11:00:00Z")),
+                (ts("2027-03-22T10:00:00Z"), ts("2027-03-22T11:00:00Z")),
+            ]
+        );
+        let asked = std::cell::Cell::new(0);
+        let busy = |c: &Node| {
+            asked.set(asked.get() + 1);
+            c.text(&P::Transp).is_none() && !cancelled(c)
+        };
+        let o = occurrences(&r, "u", w.0, w.1, &mut big(), busy);
+        assert_eq!(
+            o.spans,
+            [(ts("2027-03-09T15:00:00Z"), ts("2027-03-09T16:00:00Z"))]
+        );
+        assert_eq!(asked.get(), 3);
+        // The next occurrence skips the cancelled one.
+        let n = next_occurrence(&r, "u", ts("2027-03-10T00:00:00Z"), &mut big());
+        assert_eq!(
+            n,
+            Some((ts("2027-03-22T10:00:00Z"), ts("2027-03-22T11:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn this_and_future_shifts_later_instances() {
+        let r = root(
+            "BEGIN:VEVENT\r\nUID:u\r\nDTSTART:20270301T100000Z\r\nDTEND:20270301T110000Z\r\n\
+             RRULE:FREQ=DAILY;COUNT=5\r\nEND:VEVENT\r\n\
+             BEGIN:VEVENT\r\nUID:u\r\nRECURRENCE-ID;RANGE=THISANDFUTURE:20270303T100000Z\r\n\
+             DTSTART:20270303T140000Z\r\nDTEND:20270303T160000Z\r\nEND:VEVENT\r\n",
+        );
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-01T00:00:00Z"),
+            &mut big(),
+            all,
+        );
+        let starts: Vec<String> = o
+            .spans
+            .iter()
+            .map(|s| format!("{}+{}", naive(s.0).format("%d %H"), s.1 - s.0))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "01 10+3600",
+                "02 10+3600",
+                "03 14+7200",
+                "04 14+7200",
+                "05 14+7200"
+            ]
+        );
+    }
+
+    #[test]
+    fn time_zones_dst_and_all_day() {
+        let mut b = big();
+        // Weekly 10:00 Berlin across the March change: 09:00Z, then 08:00Z.
+        let r = ev("DTSTART;TZID=Europe/Berlin:20270315T100000\r\nDTEND;TZID=Europe/Berlin:20270315T110000\r\n\
+                    RRULE:FREQ=WEEKLY;COUNT=3\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-30T00:00:00Z"),
+            &mut b,
+            all,
+        );
+        assert_eq!(
+            o.spans.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [
+                ts("2027-03-15T09:00:00Z"),
+                ts("2027-03-22T09:00:00Z"),
+                ts("2027-03-29T08:00:00Z")
+            ]
+        );
+        // 02:30 on 28 March 2027 does not exist in Berlin: read at +01:00.
+        // On 31 October it exists twice: the first (+02:00).
+        let r = ev("DTSTART;TZID=Europe/Berlin:20270328T023000\r\nRRULE:FREQ=YEARLY;BYMONTH=3,10;BYDAY=-1SU;COUNT=2\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-01-01T00:00:00Z"),
+            ts("2028-01-01T00:00:00Z"),
+            &mut b,
+            all,
+        );
+        assert_eq!(
+            o.spans.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [ts("2027-03-28T01:30:00Z"), ts("2027-10-31T00:30:00Z")]
+        );
+        // All-day series with a DATE EXDATE: whole UTC days.
+        let r = ev("DTSTART;VALUE=DATE:20270301\r\nDTEND;VALUE=DATE:20270302\r\nRRULE:FREQ=DAILY;COUNT=3\r\n\
+                    EXDATE;VALUE=DATE:20270302\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-01T00:00:00Z"),
+            &mut b,
+            all,
+        );
+        assert_eq!(
+            o.spans,
+            [
+                (ts("2027-03-01T00:00:00Z"), ts("2027-03-02T00:00:00Z")),
+                (ts("2027-03-03T00:00:00Z"), ts("2027-03-04T00:00:00Z"))
+            ]
+        );
+        // UNTIL in UTC is an instant: 20:00 New York on 10 March is 01:00Z
+        // on the 11th, after UNTIL.
+        let r = ev("DTSTART;TZID=America/New_York:20270301T200000\r\nRRULE:FREQ=DAILY;UNTIL=20270310T235959Z\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-01T00:00:00Z"),
+            &mut b,
+            all,
+        );
+        assert_eq!(o.spans.len(), 9);
+        // EXDATE removes an RDATE too; DTSTART without DTEND lasts nothing.
+        let r = ev("DTSTART:20270301T100000Z\r\nRDATE:20270305T100000Z,20270306T100000Z\r\nEXDATE:20270305T100000Z\r\n");
+        let o = occurrences(
+            &r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-01T00:00:00Z"),
+            &mut b,
+            all,
+        );
+        assert_eq!(
+            o.spans,
+            [
+                (ts("2027-03-01T10:00:00Z"), ts("2027-03-01T10:00:00Z")),
+                (ts("2027-03-06T10:00:00Z"), ts("2027-03-06T10:00:00Z"))
+            ]
+        );
+    }
+
+    #[test]
+    fn windows_select_by_overlap() {
+        let r = ev(
+            "DTSTART:20270301T100000Z\r\nDTEND:20270301T110000Z\r\nRRULE:FREQ=DAILY;COUNT=3\r\n",
+        );
+        let mut b = big();
+        let at = |from: &str, to: &str, b: &mut Budget| {
+            occurrences(&r, "u", ts(from), ts(to), b, all).spans.len()
+        };
+        assert_eq!(
+            at("2027-03-01T11:00:00Z", "2027-03-02T10:00:00Z", &mut b),
+            0
+        );
+        assert_eq!(
+            at("2027-03-01T10:59:59Z", "2027-03-02T10:00:01Z", &mut b),
+            2
+        );
+        assert_eq!(
+            at("2027-03-02T10:30:00Z", "2027-03-02T10:31:00Z", &mut b),
+            1
+        );
+    }
+
+    // ---- The proof that fast-forward changes nothing: random rules, random
+    // windows, against calcard's own full expansion and our own expansion
+    // from DTSTART.
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+            &v[self.below(v.len() as u64) as usize]
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    /// How a generated series writes its dates.
+    #[derive(Clone, Copy, Debug)]
+    enum Style {
+        Utc,
+        Tzid(&'static str),
+        Floating,
+        Date,
+    }
+
+    impl Style {
+        fn zone(self) -> Tz {
+            match self {
+                Style::Tzid(id) => Tz::from_str(id).unwrap(),
+                _ => Tz::UTC,
+            }
+        }
+        fn prop(self, name: &str, local: NaiveDateTime) -> String {
+            match self {
+                Style::Utc => format!("{name}:{}Z", local.format("%Y%m%dT%H%M%S")),
+                Style::Tzid(id) => {
+                    format!("{name};TZID=\"{id}\":{}", local.format("%Y%m%dT%H%M%S"))
+                }
+                Style::Floating => format!("{name}:{}", local.format("%Y%m%dT%H%M%S")),
+                Style::Date => format!("{name};VALUE=DATE:{}", local.format("%Y%m%d")),
+            }
+        }
+    }
+
+    /// calcard's full expansion, sorted; `None` when it rejects the rule
+    /// (UNTIL before DTSTART, tested elsewhere).
+    fn reference(text: &str, limit: usize) -> Option<Vec<(i64, i64)>> {
+        let ical = match calcard::Parser::new(text).entry() {
+            calcard::Entry::ICalendar(i) => i,
+            other => panic!("{other:?}"),
+        };
+        let x = ical.expand_dates(Tz::UTC, limit);
+        if !x.errors.is_empty() {
+            return None;
+        }
+        let mut v: Vec<(i64, i64)> = x.events.iter().map(|e| e.timestamps()).collect();
+        v.sort_unstable();
+        Some(v)
+    }
+
+    /// The same calendar with infinite RRULEs ending in 2031, after every
+    /// window the test looks at: calcard then does not walk to year 10000.
+    fn capped(text: &str, style: Style) -> String {
+        let until = match style {
+            Style::Date => ";UNTIL=20310101",
+            _ => ";UNTIL=20310101T000000Z",
+        };
+        text.split_inclusive("\r\n")
+            .map(|l| {
+                if l.starts_with("RRULE:") && !l.contains("COUNT=") && !l.contains("UNTIL=") {
+                    l.replace("\r\n", &format!("{until}\r\n"))
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect()
+    }
+
+    fn calendar(components: &[String]) -> String {
+        format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{}END:VCALENDAR\r\n",
+            components.concat()
+        )
+    }
+
+    /// One random series: the master's lines (without EXDATE) and its style.
+    fn random_master(g: &mut Rng) -> (String, Style, NaiveDateTime) {
+        let style = *g.pick(&[
+            Style::Utc,
+            Style::Tzid("Europe/Berlin"),
+            Style::Tzid("W. Europe Standard Time"),
+            Style::Tzid("America/New_York"),
+            Style::Floating,
+            Style::Date,
+        ]);
+        let freq = *g.pick(&[
+            "DAILY", "WEEKLY", "WEEKLY", "MONTHLY", "MONTHLY", "YEARLY", "YEARLY", "HOURLY",
+        ]);
+        let date_only = matches!(style, Style::Date);
+        let year = 2019 + g.below(5) as i32;
+        let month = 1 + g.below(12) as u32;
+        let day = if g.chance(15) {
+            28 + g.below(4) as u32
+        } else {
+            1 + g.below(28) as u32
+        };
+        let date = NaiveDate::from_ymd_opt(year, month, day)
+            .unwrap_or_else(|| NaiveDate::from_ymd_opt(year, month, 28).unwrap());
+        // Times of day away from DST changes and from UTC midnight.
+        let (h, m) = if date_only {
+            (0, 0)
+        } else {
+            (9 + g.below(8) as u32, 15 * g.below(4) as u32)
+        };
+        let start = date.and_hms_opt(h, m, 0).unwrap();
+        let mut rule = format!("FREQ={freq}");
+        let days = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
+        match freq {
+            "DAILY" => {
+                rule += &format!(";INTERVAL={}", 1 + g.below(3));
+                if g.chance(30) {
+                    rule += ";BYDAY=MO,TU,WE,TH,FR";
+                }
+                if g.chance(20) {
+                    rule += ";BYMONTH=1,3,5,7,9,11";
+                }
+                if !date_only && g.chance(20) {
+                    rule += ";BYHOUR=9,14;BYMINUTE=0,30";
+                }
+            }
+            "WEEKLY" => {
+                rule += &format!(";INTERVAL={}", 1 + g.below(3));
+                if g.chance(60) {
+                    let mut set: Vec<&str> = (0..1 + g.below(3)).map(|_| *g.pick(&days)).collect();
+                    set.sort_unstable();
+                    set.dedup();
+                    rule += &format!(";BYDAY={}", set.join(","));
+                }
+                if g.chance(30) {
+                    rule += ";WKST=SU";
+                }
+            }
+            "MONTHLY" => {
+                rule += &format!(";INTERVAL={}", 1 + g.below(3));
+                rule += *g.pick(&[
+                    "",
+                    ";BYDAY=-1FR",
+                    ";BYDAY=2TU,4TU",
+                    ";BYMONTHDAY=1,15,-1",
+                    ";BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1",
+                    ";BYMONTHDAY=31",
+                ]);
+            }
+            "YEARLY" => {
+                rule += &format!(";INTERVAL={}", 1 + g.below(2));
+                rule += *g.pick(&[
+                    "",
+                    ";BYMONTH=3,10;BYDAY=-1SU",
+                    ";BYMONTH=11;BYDAY=4TH",
+                    ";BYYEARDAY=1,100,200,-1",
+                    ";BYWEEKNO=1,20;BYDAY=MO",
+                    ";BYMONTH=2;BYMONTHDAY=29",
+                ]);
+            }
+            _ => {
+                let iv = 7 + g.below(5);
+                rule = format!("FREQ=HOURLY;INTERVAL={iv};BYHOUR=9,10,11,12,13,14,15,16,17");
+            }
+        }
+        let style = if freq == "HOURLY" && date_only {
+            Style::Utc
+        } else {
+            style
+        };
+        match g.below(3) {
+            0 => rule += &format!(";COUNT={}", 1 + g.below(300)),
+            1 => {
+                let u = NaiveDate::from_ymd_opt(
+                    2020 + g.below(10) as i32,
+                    1 + g.below(12) as u32,
+                    1 + g.below(28) as u32,
+                )
+                .unwrap();
+                if matches!(style, Style::Date) {
+                    rule += &format!(";UNTIL={}", u.format("%Y%m%d"));
+                } else {
+                    rule += &format!(";UNTIL={}T235959Z", u.format("%Y%m%d"));
+                }
+            }
+            _ => {}
+        }
+        let mut lines = style.prop("DTSTART", start) + "\r\n";
+        if matches!(style, Style::Date) {
+            if g.chance(50) {
+                lines += &style.prop("DTEND", start + TimeDelta::days(1 + g.below(3) as i64));
+                lines += "\r\n";
+            }
+        } else if g.chance(50) {
+            lines += &style.prop(
+                "DTEND",
+                start + TimeDelta::minutes(30 * (1 + g.below(8) as i64)),
+            );
+            lines += "\r\n";
+        } else {
+            // (Not DTSTART alone: calcard makes that last until 23:59:59.)
+            lines += &format!("DURATION:PT{}M\r\n", 15 * (1 + g.below(16)));
+        }
+        lines += &format!("RRULE:{rule}\r\n");
+        (lines, style, start)
+    }
+
+    fn local_of(utc: i64, style: Style) -> NaiveDateTime {
+        to_local(utc, style.zone())
+    }
+
+    #[test]
+    fn fast_forward_equals_full_expansion() {
+        const LIMIT: usize = 20_000;
+        let mut g = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut compared = 0usize;
+        let mut nonempty = 0usize;
+        let mut nexts = 0usize;
+        let mut unknown = 0usize;
+        let lo = ts("2019-01-01T00:00:00Z");
+        let hi = ts("2030-01-01T00:00:00Z");
+        for case in 0..250 {
+            let (mut lines, style, _start) = random_master(&mut g);
+            let Some(base) = reference(
+                &capped(
+                    &calendar(&[format!("BEGIN:VEVENT\r\nUID:u\r\n{lines}END:VEVENT\r\n")]),
+                    style,
+                ),
+                LIMIT,
+            ) else {
+                continue;
+            };
+            // Instances to except, move, and maybe shift with THISANDFUTURE.
+            let mut extra = Vec::new();
+            let picks: Vec<usize> = (0..g.below(5))
+                .map(|_| g.below(base.len() as u64) as usize)
+                .collect();
+            let taf_at = (base.len() > 4 && g.chance(25))
+                .then(|| picks.iter().copied().max().unwrap_or(0) + 1);
+            let mut used = std::collections::BTreeSet::new();
+            let mut exdates = Vec::new();
+            for (k, &i) in picks.iter().enumerate() {
+                if i >= base.len() || !used.insert(i) || taf_at.is_some_and(|t| i >= t) {
+                    continue;
+                }
+                let (s, e) = base[i];
+                let rid = local_of(s, style);
+                if k % 2 == 0 {
+                    exdates.push(style.prop("EXDATE", rid));
+                } else {
+                    let shift = *g.pick(&[3600, -DAY, 3 * DAY]);
+                    let shift = if matches!(style, Style::Date) {
+                        -DAY
+                    } else {
+                        shift
+                    };
+                    extra.push(format!(
+                        "BEGIN:VEVENT\r\nUID:u\r\n{}\r\n{}\r\n{}\r\nEND:VEVENT\r\n",
+                        style.prop("RECURRENCE-ID", rid),
+                        style.prop("DTSTART", local_of(s + shift, style)),
+                        style.prop("DTEND", local_of(e + shift, style)),
+                    ));
+                }
+            }
+            if let Some(t) = taf_at.filter(|&t| t < base.len()) {
+                let (s, e) = base[t];
+                let shift = if matches!(style, Style::Date) {
+                    -DAY
+                } else {
+                    *g.pick(&[7200, -DAY])
+                };
+                let rid = style.prop("RECURRENCE-ID", local_of(s, style)).replacen(
+                    "RECURRENCE-ID",
+                    "RECURRENCE-ID;RANGE=THISANDFUTURE",
+                    1,
+                );
+                extra.push(format!(
+                    "BEGIN:VEVENT\r\nUID:u\r\n{rid}\r\n{}\r\n{}\r\nEND:VEVENT\r\n",
+                    style.prop("DTSTART", local_of(s + shift, style)),
+                    style.prop("DTEND", local_of(e + shift, style)),
+                ));
+            }
+            for x in exdates {
+                lines += &(x + "\r\n");
+            }
+            // RDATEs at 07:17 local, never an instance of the rules above
+            // (and before any THISANDFUTURE, which calcard does not apply
+            // to RDATEs).
+            if !matches!(style, Style::Date) && taf_at.is_none() && g.chance(30) {
+                for _ in 0..1 + g.below(3) {
+                    let t = lo + g.below((hi - lo) as u64) as i64;
+                    let l = local_of(t, style).date().and_hms_opt(7, 17, 0).unwrap();
+                    lines += &(style.prop("RDATE", l) + "\r\n");
+                }
+            }
+            let mut comps = vec![format!("BEGIN:VEVENT\r\nUID:u\r\n{lines}END:VEVENT\r\n")];
+            comps.extend(extra);
+            let infinite = !lines.contains("COUNT=") && !lines.contains("UNTIL=");
+            let text = calendar(&comps);
+            let full = reference(&capped(&text, style), LIMIT).expect("calcard expands it");
+            // calcard stops after LIMIT rule instances: compare up to there.
+            let covered = if full.len() >= LIMIT - 10 {
+                full.iter().map(|s| s.0).max().unwrap_or(hi).min(hi)
+            } else {
+                hi
+            };
+            let r = root(
+                &text["BEGIN:VCALENDAR\r\nVERSION:2.0\r\n".len()
+                    ..text.len() - "END:VCALENDAR\r\n".len()],
+            );
+            let series = Series::new(&r, "u");
+            for w in 0..12 {
+                let from = match w {
+                    0 if !full.is_empty() => full[g.below(full.len() as u64) as usize].1,
+                    1 if !full.is_empty() => full[g.below(full.len() as u64) as usize].0,
+                    _ => lo + g.below((covered - lo).max(1) as u64) as i64,
+                };
+                let len = *g.pick(&[3600, DAY, 7 * DAY, 40 * DAY, 400 * DAY, 3 * 365 * DAY]);
+                let to = (from + len).min(covered);
+                if to <= from {
+                    continue;
+                }
+                let want: Vec<(i64, i64)> = full
+                    .iter()
+                    .copied()
+                    .filter(|&(s, e)| overlaps(s, e, from, to))
+                    .collect();
+                let got = series.occurrences(from, to, &mut big(), all);
+                assert!(got.complete, "case {case}\n{text}");
+                assert_eq!(
+                    got.spans,
+                    want,
+                    "case {case} window {} .. {}\n{text}",
+                    naive(from),
+                    naive(to)
+                );
+                if w % 4 == 0 {
+                    let mut m = Meter {
+                        left: usize::MAX,
+                        used: 0,
+                    };
+                    let slow = series.spans_in(from, to, &mut m, &all, false);
+                    assert_eq!(slow.spans, want, "case {case} (from DTSTART)\n{text}");
+                }
+                compared += 1;
+                nonempty += usize::from(!want.is_empty());
+                // The next occurrence and whether it is over, from `from`.
+                let next = full.iter().copied().find(|&(s, e)| !ended(s, e, from));
+                // (Past 2031 an infinite rule's reference was capped.)
+                let known = match next {
+                    Some(n) => n.0 < covered,
+                    None => !infinite && full.len() < LIMIT - 10,
+                };
+                if known {
+                    // Within the per-message budget; a rule that matches
+                    // nothing for centuries may be "unknown", never wrong.
+                    let mut m = Budget::per_message().meter();
+                    match series.first_after(from, &mut m, &|c: &Node| !cancelled(c)) {
+                        Next::Found(o) => assert_eq!(
+                            Some(o),
+                            next,
+                            "case {case} next after {}\n{text}",
+                            naive(from)
+                        ),
+                        Next::NoneLeft => {
+                            assert_eq!(None, next, "case {case} next after {}\n{text}", naive(from))
+                        }
+                        Next::Unknown => unknown += 1,
+                    }
+                    nexts += 1;
+                }
+                if full.len() < LIMIT - 10 {
+                    let over = series.is_over(from, &mut Budget::per_message());
+                    if over.is_some() || infinite {
+                        assert_eq!(
+                            over,
+                            Some(next.is_none() && !infinite),
+                            "case {case}\n{text}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            compared > 2000 && nonempty > 800 && nexts > 1500 && unknown < nexts / 50,
+            "{compared} {nonempty} {nexts} {unknown}"
+        );
+    }
 }
