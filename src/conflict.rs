@@ -407,10 +407,12 @@ mod tests {
                 "transparent",
                 "DTSTART:20270302T120000Z\r\nDTEND:20270302T130000Z\r\nTRANSP:TRANSPARENT\r\n",
             ),
+            // No start: its busy time is unknown, and the index says so.
+            ("nostart", "DTEND:20270302T130000Z\r\n"),
         ]);
         let from = ts("2027-03-01T00:00:00Z");
         let busy = Busy::build(&store, &me(), from, from + 400 * 86_400).unwrap();
-        assert_eq!(busy.incomplete().count(), 0);
+        assert_eq!(busy.incomplete().collect::<Vec<_>>(), ["nostart"]);
         // 2027-03-02 is a Tuesday.
         let tue = (ts("2027-03-02T10:30:00Z"), ts("2027-03-02T10:45:00Z"));
         assert_eq!(

@@ -15,11 +15,17 @@
 //!   as one from last week (see [`shift`] for why that is exact).
 //!
 //! calcard does the RRULE arithmetic: its iterator is crate-private, so each
-//! run hands `ICalendar::expand_dates` a one-component calendar (DTSTART,
-//! the RRULE with its DTSTART-derived parts made explicit, UNTIL capped at
-//! the window) in floating time, and this module converts the local times it
-//! returns to UTC and applies RDATE, EXDATE and overrides itself, with sorted
-//! lists and binary search, so 10,000 RDATEs and EXDATEs cost milliseconds.
+//! run hands `ICalendar::expand_dates` a one-component calendar (DTSTART and
+//! the RRULE with its DTSTART-derived parts made explicit) in floating time,
+//! with a `limit`; this module converts the local times it returns to UTC,
+//! stops at the window, UNTIL or COUNT itself, and applies RDATE, EXDATE and
+//! overrides with sorted lists and binary search, so 10,000 RDATEs and
+//! EXDATEs cost a fraction of a millisecond. calcard checks UNTIL only
+//! against a candidate it found, so a rule that stops matching (BYMONTH=4;
+//! BYMONTHDAY=31) walks to year 10,000 or to calcard's give-up after
+//! 100,000 empty periods, whatever UNTIL says: that walk (a few ms) is paid
+//! from the budget and remembered per rule, so it happens once per
+//! [`Series`].
 //!
 //! Where it deliberately differs from `expand_dates` (RFC 5545 wins):
 //! EXDATE also removes RDATE instances (§3.8.5.1); an override replaces the
@@ -101,8 +107,11 @@ impl Budget {
         Budget::new(MESSAGE_BUDGET, UID_BOUND)
     }
 
-    /// Units left (an occurrence is one unit; walking a rule's periods
-    /// costs one unit per 64 days they span, 64 periods for DAILY and finer).
+    /// Units left. An occurrence expanded (in the window or not: a series
+    /// fast-forwarded to a period or two before it, a COUNT series from
+    /// DTSTART) is one unit; walking a rule's periods costs one unit per 64
+    /// days they lay out (a YEARLY period lays out 366, MONTHLY 31, WEEKLY 7,
+    /// DAILY and finer 1).
     pub fn left(&self) -> usize {
         self.left
     }
@@ -1852,6 +1861,37 @@ mod tests {
                 (ts("2027-03-06T10:00:00Z"), ts("2027-03-06T10:00:00Z"))
             ]
         );
+    }
+
+    #[test]
+    fn a_rule_that_stops_matching_is_walked_once_and_paid() {
+        // 31 April never comes: calcard walks 100,000 days looking for it.
+        let r = ev("DTSTART:20210829T090000Z\r\nRRULE:FREQ=DAILY;BYMONTH=4;BYMONTHDAY=31\r\n");
+        let series = Series::new(&r, "u");
+        let mut b = Budget::new(MESSAGE_BUDGET, MESSAGE_BUDGET);
+        let o = series.occurrences(ts(NOW), ts(NOW) + 400 * DAY, &mut b, all);
+        // calcard gave up: there may be more after 274 years.
+        assert!(o.spans.is_empty() && !o.complete);
+        let paid = MESSAGE_BUDGET - b.left();
+        assert!(paid >= 100_000 / 64, "{paid}");
+        // Asked again, the walk is not made again.
+        let o = series.occurrences(ts(NOW) + DAY, ts(NOW) + 400 * DAY, &mut b, all);
+        assert!(o.spans.is_empty() && !o.complete);
+        assert_eq!(MESSAGE_BUDGET - b.left(), paid);
+        assert_eq!(series.next_occurrence(ts(NOW), &mut b), None);
+        // With UNTIL before calcard's give-up, "never" is known for sure.
+        let r = ev("DTSTART:20210829T090000Z\r\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30;UNTIL=20400101T000000Z\r\n");
+        assert_eq!(
+            is_over(&r, "u", ts(NOW), &mut Budget::per_message()),
+            Some(true)
+        );
+        // A message of many such UIDs stops at its budget, quickly.
+        let mut b = Budget::per_message();
+        let answered = (0..50)
+            .filter(|_| next_occurrence(&r, "u", ts(NOW), &mut b).is_some())
+            .count();
+        assert_eq!(answered, 0);
+        assert_eq!(b.left(), 0);
     }
 
     #[test]
