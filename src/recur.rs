@@ -975,17 +975,13 @@ impl Rule {
 /// An upper bound of the candidates calcard builds for one period of a rule
 /// (days the BY* lists allow × times of day), from the list lengths alone.
 fn candidates_per_period(r: &ICalendarRecurrenceRule) -> u64 {
-    fn n<T: PartialEq>(v: &[T]) -> u64 {
-        let mut distinct: Vec<&T> = Vec::new();
-        for x in v {
-            if !distinct.contains(&x) {
-                distinct.push(x);
-            }
-            if distinct.len() > 400 {
-                break;
-            }
-        }
-        distinct.len() as u64
+    /// Distinct values in a list (sorted copy: no quadratic work on a
+    /// hostile list).
+    fn n<T: Ord + Copy>(v: &[T]) -> u64 {
+        let mut d = v.to_vec();
+        d.sort_unstable();
+        d.dedup();
+        d.len() as u64
     }
     fn or1(k: u64) -> u64 {
         k.max(1)
