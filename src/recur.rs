@@ -512,8 +512,9 @@ impl<'a> Series<'a> {
     ) -> Occurrences {
         let mut spans = Vec::new();
         let mut complete = !self.unknown;
-        for o in &self.overrides {
-            if keep(o.node) && overlaps(o.start, o.end, from, to) {
+        let kept: Vec<bool> = self.overrides.iter().map(|o| keep(o.node)).collect();
+        for (o, _) in self.overrides.iter().zip(&kept).filter(|(_, k)| **k) {
+            if overlaps(o.start, o.end, from, to) {
                 if !meter.spend(1) {
                     complete = false;
                     break;
@@ -521,11 +522,7 @@ impl<'a> Series<'a> {
                 spans.push((o.start, o.end));
             }
         }
-        let taf_keep: Vec<bool> = self
-            .taf
-            .iter()
-            .map(|&i| keep(self.overrides[i].node))
-            .collect();
+        let taf_keep: Vec<bool> = self.taf.iter().map(|&i| kept[i]).collect();
         let (pos, neg) = self.taf_shifts();
         for m in &self.masters {
             let keep_m = keep(m.node);
