@@ -2,7 +2,8 @@
 //! 10,000 EXDATEs; the busy-time index over a 1,000-event store (weekly,
 //! daily and single events since 2019, one with 24,000 RDATEs) and 200
 //! overlap queries against it; the 2 kB RRULE that would make millions of
-//! instances a year; rules that never match (calcard walks to its limits).
+//! instances a year; rules that never match (calcard walks to its limits,
+//! once per rule), alone and as a store of 50.
 //! `cargo bench --bench recur` (add `-- --quick` for a fast pass).
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -172,13 +173,22 @@ fn bench(c: &mut Criterion) {
     });
 
     for (name, rule) in [
+        // Known from the rule alone: no walk.
+        ("impossible_day", "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=30"),
+        // calcard walks to year 10,000 or 100,000 empty periods, once.
         (
             "never_yearly",
             "FREQ=YEARLY;INTERVAL=2;BYMONTH=2;BYMONTHDAY=29",
         ),
-        ("never_monthly", "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=30"),
-        ("never_daily", "FREQ=DAILY;BYMONTH=4;BYMONTHDAY=31"),
-        ("never_hourly", "FREQ=HOURLY;BYMONTH=4;BYMONTHDAY=31"),
+        (
+            "never_monthly",
+            "FREQ=MONTHLY;BYDAY=MO;BYMONTHDAY=1,2,3;BYSETPOS=4",
+        ),
+        ("never_daily", "FREQ=DAILY;BYHOUR=9;BYSETPOS=2"),
+        (
+            "never_hourly",
+            "FREQ=HOURLY;BYMINUTE=0;BYSECOND=0;BYSETPOS=2",
+        ),
     ] {
         let root = node(&calendar(&event(
             "never",
@@ -236,6 +246,26 @@ fn bench(c: &mut Criterion) {
                 })
                 .count()
         })
+    });
+
+    // A hostile store: 50 events whose rules never match.
+    let hostile = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        std::fs::write(
+            hostile.path().join(format!("never-{i}.ics")),
+            calendar(&event(
+                &format!("never-{i}@bench.example"),
+                &format!(
+                    "DTSTART:2021{:02}01T090000Z\r\nRRULE:FREQ=MONTHLY;BYDAY=MO;BYMONTHDAY=1,2,3;BYSETPOS=4\r\n",
+                    1 + i % 12
+                ),
+            )),
+        )
+        .unwrap();
+    }
+    let hostile = Store::open(hostile.path()).unwrap();
+    g.bench_function("busy_build_50_never_matching_events", |b| {
+        b.iter(|| Busy::build(&hostile, &me, NOW, NOW + 400 * DAY).unwrap())
     });
     g.finish();
     eprintln!(
