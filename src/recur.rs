@@ -654,6 +654,13 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
     } else {
         m.start.local
     };
+    // Run in a frame moved forward by whole 400-year cycles, close to
+    // calcard's end at year 10,000: see `cycle_years`.
+    let moved = if shifting {
+        translation(r.freq, r.interval, naive(stop.saturating_add(2 * DAY)))
+    } else {
+        0
+    };
     let mut start = from;
     let mut seen: Option<NaiveDateTime> = None;
     // Enough for the window when every candidate is an instance; no more
@@ -669,7 +676,14 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
             return run;
         }
         let n = limit.min(allowed);
-        let Some(got) = calcard_run(start, m.start.date_only, r, n) else {
+        let got = add_years(start, moved)
+            .and_then(|s| calcard_run(s, m.start.date_only, r, n))
+            .map(|got| {
+                got.into_iter()
+                    .filter_map(|l| add_years(l, -moved))
+                    .collect::<Vec<_>>()
+            });
+        let Some(got) = got else {
             r.invalid.set(true);
             run.complete = false;
             run.fallback = true;
@@ -684,8 +698,11 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
         let mut gave_up = false;
         if natural_end {
             // calcard stopped at year 10,000 or gave up after 100,000 empty
-            // periods; the latter hides nothing when UNTIL comes first.
-            let to_year_end = (naive(MAX_TS) - walked_from).num_seconds().max(0) / pmin.max(1);
+            // periods; the latter hides nothing when UNTIL comes first. In a
+            // moved frame year 10,000 is at least a whole cycle after the
+            // window: nothing in a cycle means nothing ever.
+            let walked_to = add_years(walked_from, moved).unwrap_or(walked_from);
+            let to_year_end = (naive(MAX_TS) - walked_to).num_seconds().max(0) / pmin.max(1);
             let horizon = add_secs(walked_from, CALCARD_GIVE_UP.saturating_mul(pmin));
             gave_up = to_year_end > CALCARD_GIVE_UP && r.until.is_none_or(|u| u.local > horizon);
             periods = periods.saturating_add(to_year_end.min(CALCARD_GIVE_UP));
@@ -722,7 +739,9 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
             r.count_end
                 .set(Some(last.map(|l| to_utc(l, zone)).unwrap_or(i64::MIN)));
         }
-        if natural_end {
+        // (In a moved frame, an end found after the window may be less than
+        // a cycle before year 10,000: proof of nothing.)
+        if natural_end && !(passed && moved != 0) {
             let after = last.map(|l| to_utc(l, zone)).unwrap_or(m.start.utc);
             r.barren.set(Some(Barren {
                 after,
@@ -748,6 +767,54 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
             }
         }
     }
+}
+
+/// The Gregorian calendar repeats every 400 years (146,097 days, 20,871
+/// weeks, 4,800 months): moving a YEARLY, MONTHLY or WEEKLY series by a
+/// multiple of 400 years that is also a multiple of FREQ × INTERVAL moves
+/// each of its instances by exactly as many years (same date, weekday, week
+/// number). This is the shortest such move, when it is at most 2,000 years.
+fn cycle_years(freq: Freq, interval: i64) -> Option<i64> {
+    fn gcd(a: i64, b: i64) -> i64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let per_cycle = match freq {
+        Freq::Yearly => 400,
+        Freq::Monthly => 4800,
+        Freq::Weekly => 20_871,
+        _ => return None,
+    };
+    let interval = interval.max(1);
+    let years = 400i64.checked_mul(interval / gcd(per_cycle, interval))?;
+    (years <= 2000).then_some(years)
+}
+
+/// How many years to move a series (whole cycles) so that the window ending
+/// at local time `stop` ends at least one cycle, and less than two, before
+/// year 10,000, where calcard stops walking: a rule that never matches then
+/// costs at most two cycles of walking instead of thousands of years
+/// (and is known never to match). 0 when that is not possible.
+fn translation(freq: Freq, interval: i64, stop: NaiveDateTime) -> i64 {
+    let Some(c) = cycle_years(freq, interval) else {
+        return 0;
+    };
+    let room = 9999 - c - i64::from(stop.year());
+    if room < c {
+        return 0;
+    }
+    room / c * c
+}
+
+/// A date-time so many years later (exact for multiples of 400).
+fn add_years(t: NaiveDateTime, years: i64) -> Option<NaiveDateTime> {
+    if years == 0 {
+        return Some(t);
+    }
+    t.with_year(i32::try_from(i64::from(t.year()) + years).ok()?)
 }
 
 /// One calcard run: the local starts of the first `limit` instances of the
