@@ -383,7 +383,7 @@ impl<'a> Series<'a> {
             };
         }
         let mut meter = budget.meter();
-        let out = self.spans_in(from, to, &mut meter, &keep, true);
+        let (out, _) = self.spans_in(from, to, &mut meter, &keep, true);
         budget.settle(&meter);
         out
     }
@@ -430,11 +430,32 @@ impl<'a> Series<'a> {
         let now = clamp(now);
         let mut from = now;
         let mut step = FIRST_STEP;
+        // Units a second of rules costs at most: no window wider than half
+        // of what is left pays for (a wider one would be cut, and "unknown").
+        let rate: f64 = self
+            .masters
+            .iter()
+            .flat_map(|m| &m.rules)
+            .filter(|r| !r.dense)
+            .map(|r| {
+                let (pmin, _) = period_secs(r.freq, r.interval);
+                (r.per_period as f64 + cost_of_8_periods(r.freq) as f64 / 8.0) / pmin as f64
+            })
+            .sum();
         loop {
+            if rate > 0.0 {
+                let affordable = (meter.left as f64 / 2.0 / rate) as i64;
+                step = step.min(affordable.max(3600));
+            }
             let to = from.saturating_add(step).min(MAX_TS + 1);
-            let got = self.spans_in(from, to, meter, keep, true);
+            let (got, missing_from) = self.spans_in(from, to, meter, keep, true);
             if let Some(&o) = got.spans.iter().find(|&&(s, e)| !ended(s, e, now)) {
-                return Next::Found(o);
+                // Unless one that may be missing could start earlier.
+                return if o.0 < missing_from {
+                    Next::Found(o)
+                } else {
+                    Next::Unknown
+                };
             }
             if !got.complete {
                 return Next::Unknown;
@@ -508,7 +529,8 @@ impl<'a> Series<'a> {
         n.checked_sub(1)
     }
 
-    /// The occurrences overlapping `[from, to)`. `ff: false` expands every
+    /// The occurrences overlapping `[from, to)`, and the start from which
+    /// some may be missing (`i64::MAX`: none is). `ff: false` expands every
     /// rule from DTSTART (the reference the tests compare fast-forward with).
     fn spans_in(
         &self,
@@ -517,14 +539,14 @@ impl<'a> Series<'a> {
         meter: &mut Meter,
         keep: &dyn Fn(&Node) -> bool,
         ff: bool,
-    ) -> Occurrences {
+    ) -> (Occurrences, i64) {
         let mut spans = Vec::new();
-        let mut complete = !self.unknown;
+        let mut missing_from = if self.unknown { i64::MIN } else { i64::MAX };
         let kept: Vec<bool> = self.overrides.iter().map(|o| keep(o.node)).collect();
         for (o, _) in self.overrides.iter().zip(&kept).filter(|(_, k)| **k) {
             if overlaps(o.start, o.end, from, to) {
                 if !meter.spend(1) {
-                    complete = false;
+                    missing_from = i64::MIN;
                     break;
                 }
                 spans.push((o.start, o.end));
@@ -537,21 +559,27 @@ impl<'a> Series<'a> {
             if !keep_m && !taf_keep.contains(&true) {
                 continue;
             }
-            // The original starts whose (possibly shifted) span can overlap.
+            // The original starts whose (possibly shifted) span can overlap;
+            // a missing original start t means a span from t − neg on.
             let len = m.len.upper().max(m.rdate_len).max(self.taf_len());
             let lo = from.saturating_sub(len).saturating_sub(pos);
             let hi = to.saturating_add(neg);
+            let mut missing = |t: i64| {
+                if t != i64::MAX {
+                    missing_from = missing_from.min(t.saturating_sub(neg));
+                }
+            };
             let mut cands: Vec<(i64, Option<i64>)> = Vec::new();
             if m.rules.is_empty() && (lo..hi).contains(&m.start.utc) {
                 if meter.spend(1) {
                     cands.push((m.start.utc, None));
                 } else {
-                    complete = false;
+                    missing(m.start.utc);
                 }
             }
             for r in &m.rules {
                 let run = run_rule(m, r, lo, hi, ff, meter);
-                complete &= run.complete;
+                missing(run.missing_from);
                 if run.fallback && (lo..hi).contains(&m.start.utc) {
                     cands.push((m.start.utc, None));
                 }
@@ -561,7 +589,7 @@ impl<'a> Series<'a> {
             let n = m.rdates[first..].partition_point(|r| r.0 < hi);
             let take = n.min(meter.left);
             if !meter.spend(n) {
-                complete = false;
+                missing(m.rdates[first + take].0);
             }
             cands.extend_from_slice(&m.rdates[first..first + take]);
             cands.sort_unstable();
@@ -592,7 +620,8 @@ impl<'a> Series<'a> {
             }
         }
         spans.sort_unstable();
-        Occurrences { spans, complete }
+        let complete = missing_from == i64::MAX;
+        (Occurrences { spans, complete }, missing_from)
     }
 }
 
@@ -600,9 +629,17 @@ impl<'a> Series<'a> {
 struct Run {
     /// Original starts (UTC) in the window, in order.
     starts: Vec<i64>,
-    complete: bool,
+    /// Instances with an original start from here on may be missing
+    /// (`i64::MAX`: none is).
+    missing_from: i64,
     /// The rule could not be expanded: DTSTART stands in for it.
     fallback: bool,
+}
+
+impl Run {
+    fn missing(&mut self, from: i64) {
+        self.missing_from = self.missing_from.min(from);
+    }
 }
 
 /// The end of a rule found by a run: no instance starts after `after`
@@ -626,23 +663,25 @@ struct Barren {
 fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter) -> Run {
     let mut run = Run {
         starts: Vec::new(),
-        complete: true,
+        missing_from: i64::MAX,
         fallback: false,
     };
     if r.invalid.get() {
-        run.complete = false;
+        run.missing(i64::MIN);
         run.fallback = true;
         return run;
     }
     if r.dense {
-        run.complete = false;
+        run.missing(i64::MIN);
         return run;
     }
     if r.until.is_some_and(|u| u.bound < lo) || r.count_end.get().is_some_and(|e| e < lo) {
         return run;
     }
     if let Some(b) = r.barren.get().filter(|b| b.after < lo) {
-        run.complete = b.complete;
+        if !b.complete {
+            run.missing(b.after);
+        }
         return run;
     }
     let zone = m.start.zone;
@@ -677,10 +716,13 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
     let want = ((stop - to_utc(from, zone)).max(0) / pmin.max(1) + 2)
         .saturating_mul(i64::try_from(r.per_period).unwrap_or(i64::MAX));
     let mut limit = want.clamp(1, i64::try_from(r.per_period.max(32)).unwrap_or(i64::MAX)) as usize;
+    // (Local order and UTC order differ by a DST change at most.)
+    let after_seen =
+        |seen: Option<NaiveDateTime>| seen.map_or(lo, |l| to_utc(l, zone).saturating_sub(DAY));
     loop {
         let allowed = meter.left;
         if allowed == 0 {
-            run.complete = false;
+            run.missing(after_seen(seen));
             return run;
         }
         let n = limit.min(allowed);
@@ -693,7 +735,7 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
             });
         let Some(got) = got else {
             r.invalid.set(true);
-            run.complete = false;
+            run.missing(i64::MIN);
             run.fallback = true;
             return run;
         };
@@ -755,14 +797,16 @@ fn run_rule(m: &Master, r: &Rule, lo: i64, hi: i64, ff: bool, meter: &mut Meter)
                 after,
                 complete: !gave_up,
             }));
-            run.complete &= !gave_up;
+            if gave_up {
+                run.missing(after);
+            }
         }
-        if passed || counted_out || natural_end || !run.complete {
+        if passed || counted_out || natural_end {
             return run;
         }
         if n < limit {
             // The budget ran out before the window did.
-            run.complete = false;
+            run.missing(after_seen(last));
             return run;
         }
         // More is needed: go on from the last instance, with a larger limit
@@ -2406,7 +2450,7 @@ mod tests {
                         left: usize::MAX,
                         used: 0,
                     };
-                    let slow = series.spans_in(from, to, &mut m, &all, false);
+                    let (slow, _) = series.spans_in(from, to, &mut m, &all, false);
                     assert_eq!(slow.spans, want, "case {case} (from DTSTART)\n{text}");
                 }
                 compared += 1;
