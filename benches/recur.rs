@@ -229,6 +229,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("busy_build_1000_events_400_days", |b| {
         b.iter(|| Busy::build(&store, &me, NOW, NOW + 400 * DAY).unwrap())
     });
+    // What `process` pays per UID until it keeps one index: the legacy
+    // `conflicts` builds one over the UID's own occurrences.
+    let now = chrono::DateTime::from_timestamp(NOW, 0).unwrap();
+    let one = [(NOW + 3 * DAY + 9 * 3600, NOW + 3 * DAY + 10 * 3600)];
+    g.bench_function("legacy_conflicts_one_event_1000_events", |b| {
+        b.iter(|| imipd::conflict::conflicts(&store, "new@bench.example", &one, &me, now).unwrap())
+    });
     let busy = Busy::build(&store, &me, NOW, NOW + 400 * DAY).unwrap();
     let queries: Vec<(i64, i64)> = (0..200)
         .map(|i| {
