@@ -21,7 +21,9 @@ use crate::store::Store;
 
 /// Conflicts are looked for this far ahead.
 pub const HORIZON_DAYS: i64 = 400;
-/// Busy spans one index holds in all; what is beyond is reported through
+/// The budget of one index build, in [`Budget`] units (an occurrence, or
+/// walking a rule's periods: see [`Budget::left`]); each event may spend
+/// [`recur::UID_BOUND`] of it. What a bound cuts is reported through
 /// [`Busy::incomplete`].
 pub const BUSY_MAX_SPANS: usize = 1_000_000;
 
