@@ -26,13 +26,13 @@ pub struct Report {
     pub messages: Vec<MessageSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct MessageSummary {
     pub method: String,
     pub components: Vec<ComponentSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct ComponentSummary {
     #[serde(rename = "type")]
     pub kind: String,
@@ -102,7 +102,9 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
     let mut validity: Vec<String> = mail.problems.clone();
     let mut objects: Vec<CalObject> = Vec::new();
     let mut summaries: Vec<MessageSummary> = Vec::new();
+    let mut seen: std::collections::HashSet<MessageSummary> = std::collections::HashSet::new();
     let mut found_itip = false;
+    let mut budget = limits.max_components;
     for (i, part) in mail.parts.iter().enumerate() {
         // The usual pair: the same text again as application/ics (without
         // method=, or with the same one) adds nothing; do not parse it twice.
@@ -113,7 +115,7 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
         if copy {
             continue;
         }
-        let (objs, part_problems) = itip::parse_part(part, limits);
+        let (objs, part_problems) = itip::parse_part(part, limits, &mut budget);
         validity.extend(part_problems);
         for o in objs {
             validity.extend(o.problems.iter().cloned());
@@ -126,7 +128,7 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
             }
             let s = summarize(&o);
             // The usual text/calendar + application/ics pair: count once.
-            if summaries.contains(&s) {
+            if !seen.insert(s.clone()) {
                 continue;
             }
             summaries.push(s);

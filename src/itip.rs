@@ -133,8 +133,14 @@ impl CalObject {
     }
 }
 
-/// Split a calendar part into objects and check each.
-pub fn parse_part(part: &CalendarPart, limits: &Limits) -> (Vec<CalObject>, Vec<String>) {
+/// Split a calendar part into objects and check each. `budget` is how many
+/// components the message may still hold (`limits.max_components` for the
+/// whole message): objects past it are not parsed at all.
+pub fn parse_part(
+    part: &CalendarPart,
+    limits: &Limits,
+    budget: &mut usize,
+) -> (Vec<CalObject>, Vec<String>) {
     let scan = scan(&part.text);
     let mut part_problems = Vec::new();
     if scan.junk_lines > 0 && !scan.blocks.is_empty() {
@@ -153,12 +159,23 @@ pub fn parse_part(part: &CalendarPart, limits: &Limits) -> (Vec<CalObject>, Vec<
         ));
     }
     let mut objects = Vec::new();
+    let mut skipped = 0;
     for block in scan.blocks {
-        objects.push(check_object(
-            part,
-            &part.text[block.range.clone()],
-            block.problems,
-            limits,
+        let text = &part.text[block.range.clone()];
+        // Counted before parsing: a huge object costs nothing to refuse.
+        let n = begin_lines(text);
+        if n > *budget {
+            skipped += 1;
+            *budget = 0;
+            continue;
+        }
+        *budget -= n;
+        objects.push(check_object(part, text, block.problems, limits));
+    }
+    if skipped > 0 {
+        part_problems.push(format!(
+            "the message holds more than {} calendar components (limits.max_components); {skipped} calendar object(s) were not read",
+            limits.max_components
         ));
     }
     // RFC 6047 §2.4: a text/calendar part carrying iTIP MUST have method=.
@@ -171,6 +188,20 @@ pub fn parse_part(part: &CalendarPart, limits: &Limits) -> (Vec<CalObject>, Vec<
         }
     }
     (objects, part_problems)
+}
+
+/// How many components a calendar text holds: its BEGIN lines.
+fn begin_lines(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let starts = usize::from(bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"BEGIN:"));
+    starts
+        + memchr::memchr_iter(b'\n', bytes)
+            .filter(|&i| {
+                bytes
+                    .get(i + 1..i + 7)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"BEGIN:"))
+            })
+            .count()
 }
 
 struct Block {
@@ -617,7 +648,12 @@ mod tests {
     }
 
     fn objects(method: Option<&str>, body: &str) -> Vec<CalObject> {
-        parse_part(&part("text/calendar", method, body), &Limits::default()).0
+        parse_part(
+            &part("text/calendar", method, body),
+            &Limits::default(),
+            &mut 2000,
+        )
+        .0
     }
 
     const REQUEST: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\n\
@@ -647,7 +683,11 @@ mod tests {
     fn rule_text_calendar_needs_method_parameter() {
         let o = objects(None, REQUEST);
         assert!(o[0].problems[0].contains("no method= parameter"));
-        let (o, _) = parse_part(&part("application/ics", None, REQUEST), &Limits::default());
+        let (o, _) = parse_part(
+            &part("application/ics", None, REQUEST),
+            &Limits::default(),
+            &mut 2000,
+        );
         assert!(
             o[0].problems.is_empty(),
             "application/ics without method= is fine"
@@ -733,12 +773,14 @@ mod tests {
         let (o, p) = parse_part(
             &part("text/calendar", Some("REQUEST"), &body),
             &Limits::default(),
+            &mut 2000,
         );
         assert_eq!(o.len(), 2);
         assert!(p.is_empty(), "junk around good objects is tolerated: {p:?}");
         let (o, p) = parse_part(
             &part("text/calendar", Some("REQUEST"), "junk only\r\n"),
             &Limits::default(),
+            &mut 2000,
         );
         assert!(o.is_empty());
         assert!(p[0].contains("no VCALENDAR"), "{p:?}");

@@ -18,7 +18,8 @@
 //! - [`originator`]: who an iTIP object speaks for, and how that is proven.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
 //! - [`time`]: instants of DATE/DATE-TIME values, time zones, value forms.
-//! - [`conflict`]: occurrences, durations and overlaps, for the policies.
+//! - [`recur`]: recurrence expansion in windows, next occurrence, is-over; budgets.
+//! - [`conflict`]: busy time of the store (an interval index), durations.
 //! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
 //! - [`engine`]: the iTIP rules: what a message does to the stored object.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
@@ -54,6 +55,7 @@ pub mod originator;
 pub mod outbox;
 pub mod policy;
 pub mod process;
+pub mod recur;
 pub mod reply;
 pub mod run;
 pub mod state;

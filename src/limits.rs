@@ -10,7 +10,9 @@ pub struct Limits {
     pub max_part_bytes: usize,
     /// MIME nesting (multipart and forwarded messages) deeper than this is not walked.
     pub max_depth: usize,
-    /// An iCalendar object with more components than this is not processed.
+    /// An iCalendar object with more components than this is not processed,
+    /// and a message's calendar objects past this many components in all
+    /// are not read.
     pub max_components: usize,
     /// The header fields read over IMAP (From, Subject, ...) are cut after
     /// this many bytes: a 10 MB Subject costs no more than this.

@@ -29,10 +29,11 @@ use crate::mime::Mail;
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
 use crate::policy::{self, Action, Facts, Verdict};
+use crate::recur::{self, Budget};
 use crate::state::State;
 use crate::store::Store;
 use crate::time::{Instant, Zones};
-use crate::{address, conflict, reply};
+use crate::{address, reply};
 
 /// Where a message comes from.
 #[derive(Debug, Clone, Copy, Default)]
@@ -355,6 +356,8 @@ impl<'a> Processor<'a> {
         // the whole message, so nothing is planned before all are known.
         let mut items: Vec<Item> = Vec::new();
         let mut shadow = Plan::default();
+        // What recurrences may cost, for the whole message.
+        let mut budget = Budget::per_message();
         for (i, obj) in c.objects.iter().enumerate() {
             let root = Node::from_ical(&obj.ical);
             let zones = Zones::of(&root);
@@ -405,6 +408,7 @@ impl<'a> Processor<'a> {
                     mail,
                     origin,
                     now,
+                    &mut budget,
                 )?;
                 items.push(Item {
                     object: i,
@@ -518,7 +522,7 @@ impl<'a> Processor<'a> {
                     },
                 );
             }
-            self.plan_item(&mut plan, c, &mut it, mail, now)?;
+            self.plan_item(&mut plan, c, &mut it, mail, now, &mut budget)?;
         }
         Ok(plan)
     }
@@ -550,6 +554,7 @@ impl<'a> Processor<'a> {
         it: &mut Item,
         mail: &Mail,
         now: DateTime<Utc>,
+        budget: &mut Budget,
     ) -> anyhow::Result<()> {
         let obj = &c.objects[it.object];
         let index = plan.results.len();
@@ -559,8 +564,8 @@ impl<'a> Processor<'a> {
             it.decision.effect,
             it.decision.reason.clone(),
         );
-        if let Some(ps) = it.verdict.action.partstat() {
-            out.reply = Some(self.answer(plan, obj, it, ps, mail, now)?);
+        if it.verdict.action.partstat().is_some() {
+            out.reply = Some(self.answer(plan, obj, it, mail, now, budget)?);
         }
         let d = &it.decision;
         match d.effect {
@@ -703,6 +708,7 @@ impl<'a> Processor<'a> {
         mail: &Mail,
         origin: Origin<'_>,
         now: DateTime<Utc>,
+        budget: &mut Budget,
     ) -> anyhow::Result<Verdict> {
         let Some(method) = obj.kind else {
             return Ok(policy::decide(
@@ -725,6 +731,7 @@ impl<'a> Processor<'a> {
             &self.store,
             &self.cfg.identity,
             answerable,
+            budget,
         )?;
         Ok(policy::decide(&self.cfg.policies, &facts))
     }
@@ -736,11 +743,14 @@ impl<'a> Processor<'a> {
         plan: &mut Plan,
         obj: &CalObject,
         it: &mut Item,
-        partstat: &str,
         mail: &Mail,
         now: DateTime<Utc>,
+        budget: &mut Budget,
     ) -> anyhow::Result<String> {
         let action = it.verdict.action;
+        let Some(partstat) = action.partstat() else {
+            return Ok(format!("not sent: {} does not answer", action.as_str()));
+        };
         let method = it.method;
         let d = &it.decision;
         if mail.auto_submitted_value.as_deref() == Some("auto-replied") {
@@ -798,7 +808,9 @@ impl<'a> Processor<'a> {
                 if asked.is_empty() {
                     return Ok("not sent: the organizer asks for no answer (RSVP=FALSE)".into());
                 }
-                if is_over(&object, &it.uid, now) {
+                // Never answer the past: the event must go on after now
+                // (expanded from now, within the message's budget).
+                if recur::is_over(&object, &it.uid, now.timestamp(), budget) == Some(true) {
                     return Ok("not sent: every occurrence of the event is over".into());
                 }
                 let mut answered = object.clone();
@@ -928,6 +940,8 @@ impl<'a> Processor<'a> {
         for w in plan.writes {
             let tz = c.objects.get(w.tz_source).map(|o| &o.ical);
             let path = self.store.put(&w.uid, &w.object, tz)?;
+            self.gather
+                .stored(&w.uid, Some(&w.object), &self.cfg.identity, &self.store);
             files.extend(w.results.into_iter().map(|i| (i, path.clone())));
         }
         for a in plan.answers {
@@ -1016,23 +1030,4 @@ fn set_my_partstat(
             }
         }
     }
-}
-
-/// Whether every occurrence of an event has ended.
-fn is_over(object: &Node, uid: &str, now: DateTime<Utc>) -> bool {
-    let finite = object
-        .children
-        .iter()
-        .filter(|c| c.is_scheduling())
-        .flat_map(|c| c.entries.iter().filter(|e| e.name == P::Rrule))
-        .all(|e| {
-            e.values.iter().all(|v| match v {
-                calcard::icalendar::ICalendarValue::RecurrenceRule(r) => {
-                    r.count.is_some() || r.until.is_some()
-                }
-                _ => true,
-            })
-        });
-    let occ = conflict::occurrences(object, uid, now);
-    finite && !occ.is_empty() && occ.len() < 1000 && occ.iter().all(|(_, e)| *e <= now.timestamp())
 }

@@ -51,6 +51,9 @@ struct Index {
     /// not when the last change came too close to the scan for the file
     /// system's clock to tell them apart.
     trusted: bool,
+    /// How many times a scan found files changed by someone else (read
+    /// anew, or gone): what was derived from the store must be derived again.
+    changes: u64,
 }
 
 struct FileInfo {
@@ -94,6 +97,14 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A number that grows whenever someone else changed the folder (files
+    /// added, edited or removed): what was derived from the store (the busy
+    /// time of the `conflict` matcher) is derived again when it changed.
+    pub fn changes(&self) -> u64 {
+        self.refresh();
+        self.index.borrow().changes
     }
 
     pub fn len(&self) -> usize {
@@ -194,9 +205,19 @@ impl Store {
             render(root, tz_source)
         };
         let path = self.dir.join(&name);
+        // Whether the index knew the whole folder just before this write:
+        // then this write is the only change, and the folder need not be
+        // read again because of it (a burst of writes stays cheap).
+        let fresh = {
+            let index = self.index.borrow();
+            index.trusted && index.dir_mtime.is_some() && dir_mtime(&self.dir) == index.dir_mtime
+        };
         write_atomic_shared(&self.dir, &name, text.as_bytes())?;
         let uids = scan_uids(text.as_bytes());
         let mut index = self.index.borrow_mut();
+        if fresh {
+            index.dir_mtime = dir_mtime(&self.dir);
+        }
         if uids.iter().any(|u| u == uid) {
             index.by_uid.insert(uid.to_string(), name.clone());
         } else {
@@ -240,6 +261,7 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("cannot read store folder {}: {e}", self.dir.display()))?;
         let mut index = self.index.borrow_mut();
         let mut files = HashMap::with_capacity(index.files.len());
+        let mut changed = false;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !is_object_name(&name) {
@@ -264,6 +286,7 @@ impl Store {
             let Ok(text) = fs::read(&path) else {
                 continue;
             };
+            changed = true;
             let uids = scan_uids(&text);
             files.insert(
                 name,
@@ -272,6 +295,10 @@ impl Store {
                     uids,
                 },
             );
+        }
+        changed |= !index.files.is_empty(); // files that are gone
+        if changed {
+            index.changes += 1;
         }
         index.by_uid = pick_files(&files);
         index.files = files;

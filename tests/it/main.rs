@@ -4,6 +4,7 @@
 mod harness;
 #[path = "harness/selftest.rs"]
 mod harness_selftest;
+mod hostile_mail;
 mod support;
 
 mod authz;
@@ -21,4 +22,5 @@ mod replies;
 mod robustness;
 mod scenarios;
 mod smtp;
+mod stalls;
 mod store_state;
