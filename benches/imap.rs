@@ -203,7 +203,7 @@ fn naive(d: &Dovecot, dir: &Path) -> (f64, u64, usize) {
     let cfg_path = config(dir, d, 60);
     let cfg = imipd::config::load(&cfg_path).unwrap();
     let start = Instant::now();
-    let mut p = imipd::process::Processor::open(&cfg, false).unwrap();
+    let mut p = imipd::process::Processor::open(std::sync::Arc::new(cfg), false).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", d.imap_port)).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
@@ -239,7 +239,7 @@ fn naive(d: &Dovecot, dir: &Path) -> (f64, u64, usize) {
             let source = format!("naive/INBOX/{n}");
             let o = p.process_from(
                 &msg,
-                imipd::process::Origin {
+                imipd::outcome::Origin {
                     source: &source,
                     account: Some("bob"),
                     folder: Some("INBOX"),
@@ -252,7 +252,14 @@ fn naive(d: &Dovecot, dir: &Path) -> (f64, u64, usize) {
             }
         }
     }
-    imipd::run::flush(&mut p, imipd::run::Options::default()).unwrap();
+    imipd::driver::flush(
+        &mut p,
+        &imipd::driver::Reporter {
+            opts: imipd::driver::Options::default(),
+            log: false,
+        },
+    )
+    .unwrap();
     (start.elapsed().as_secs_f64(), bytes, imip)
 }
 

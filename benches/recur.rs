@@ -11,7 +11,7 @@ use imipd::config::Identity;
 use imipd::conflict::Busy;
 use imipd::ical::Node;
 use imipd::recur::{self, Budget};
-use imipd::store::Store;
+use imipd::store::Vdir as Store;
 
 /// 2027-03-01T00:00:00Z.
 const NOW: i64 = 1_803_859_200;

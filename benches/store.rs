@@ -2,7 +2,7 @@
 //! UID) and looking one up. `cargo bench --bench store`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use imipd::store::Store;
+use imipd::store::Vdir as Store;
 
 fn object(i: usize) -> String {
     format!(

@@ -15,7 +15,6 @@ use calcard::icalendar::{ICalendarComponentType as Ct, ICalendarProperty as P, I
 use crate::config::Identity;
 use crate::ical::{self, Node};
 use crate::recur::{self, Budget};
-use crate::store::Store;
 
 /// Conflicts are looked for this far ahead.
 pub const HORIZON_DAYS: i64 = 400;
@@ -99,7 +98,12 @@ impl Busy {
     /// Expand every event in the store over `[from, to)`, once, each UID
     /// within [`recur::UID_BOUND`] occurrences and all within
     /// [`BUSY_MAX_SPANS`].
-    pub fn build(store: &Store, identity: &Identity, from: i64, to: i64) -> anyhow::Result<Busy> {
+    pub fn build(
+        store: &dyn crate::store::CalendarStore,
+        identity: &Identity,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Busy> {
         let mut b = Busy {
             from,
             to,
@@ -111,7 +115,7 @@ impl Busy {
             incomplete: BTreeSet::new(),
         };
         let mut budget = Budget::new(BUSY_MAX_SPANS, recur::UID_BOUND);
-        let mut uids = store.uids();
+        let mut uids = store.uids()?;
         uids.sort_unstable();
         for uid in uids {
             let root = store.get(&uid).map_err(|e| {
@@ -313,7 +317,7 @@ mod tests {
         assert_eq!(b, [false, false, false, true, false]);
     }
 
-    fn store_with(events: &[(&str, &str)]) -> (tempfile::TempDir, Store) {
+    fn store_with(events: &[(&str, &str)]) -> (tempfile::TempDir, crate::store::Vdir) {
         let dir = tempfile::tempdir().unwrap();
         for (uid, body) in events {
             let text = format!(
@@ -322,7 +326,7 @@ mod tests {
             );
             std::fs::write(dir.path().join(format!("{uid}.ics")), text).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::Vdir::open(dir.path()).unwrap();
         (dir, store)
     }
 

@@ -11,29 +11,20 @@ use chrono::DateTime;
 
 use crate::address;
 use crate::config::Identity;
-use crate::conflict::{self, Busy};
+use crate::conflict;
 use crate::ical::Node;
 use crate::policy::{Facts, Needs};
 use crate::recur::{self, Budget};
-use crate::store::Store;
+use crate::store::CalendarStore;
 
 /// Gathers the costly facts for one processor.
 pub struct Gatherer {
     needs: Needs,
     book_dir: Option<PathBuf>,
     book: Option<HashSet<String>>,
-    /// The busy time of the store, built once and kept up to date; built
-    /// again when someone else changed the store or the window moved on.
-    busy: Option<Cached>,
 }
 
-struct Cached {
-    busy: Busy,
-    /// [`Store::changes`] when it was built.
-    changes: u64,
-}
-
-/// How far ahead busy time is looked at.
+/// How far ahead the invitation's own occurrences are compared with busy time.
 const HORIZON: i64 = conflict::HORIZON_DAYS * 86_400;
 
 impl Gatherer {
@@ -42,7 +33,6 @@ impl Gatherer {
             needs,
             book_dir,
             book: None,
-            busy: None,
         }
     }
 
@@ -50,14 +40,14 @@ impl Gatherer {
     /// answered (an invitation to me from its proven organizer, or a
     /// COUNTER/REFRESH to me as organizer); time facts are only worth their
     /// cost then. Recurrences are expanded from now, within the message's
-    /// `budget`.
+    /// `budget`; busy time comes from the store.
     #[allow(clippy::too_many_arguments)]
     pub fn gather(
         &mut self,
         f: &mut Facts<'_>,
         root: &Node,
         uid: &str,
-        store: &Store,
+        store: &mut dyn CalendarStore,
         identity: &Identity,
         answerable: bool,
         budget: &mut Budget,
@@ -91,38 +81,17 @@ impl Gatherer {
                 !c.text(&calcard::icalendar::ICalendarProperty::Status)
                     .is_some_and(|s| s.eq_ignore_ascii_case("CANCELLED"))
             });
-            let busy = self.busy(store, identity, now)?;
             f.conflict = if mine.spans.is_empty() && !mine.complete {
                 None // nothing could be told within the bounds
             } else {
-                Some(busy.overlaps(&mine.spans, uid).is_some())
+                Some(
+                    store
+                        .busy_overlap(&mine.spans, uid, identity, now)?
+                        .is_some(),
+                )
             };
         }
         Ok(())
-    }
-
-    /// The store's busy time from about now, built when first needed and
-    /// again when the store changed under imipd or a day has passed.
-    fn busy(&mut self, store: &Store, identity: &Identity, now: i64) -> anyhow::Result<&Busy> {
-        let changes = store.changes();
-        let stale = match &self.busy {
-            None => true,
-            Some(c) => c.changes != changes || now - c.busy.window().0 > 86_400,
-        };
-        if stale {
-            let from = now - 86_400;
-            let busy = Busy::build(store, identity, from, now.saturating_add(HORIZON))?;
-            self.busy = Some(Cached { busy, changes });
-        }
-        Ok(&self.busy.as_ref().expect("built above").busy)
-    }
-
-    /// After the store wrote (or removed) one UID: its busy time changes.
-    pub fn stored(&mut self, uid: &str, root: Option<&Node>, identity: &Identity, store: &Store) {
-        if let Some(c) = self.busy.as_mut() {
-            c.busy.update(uid, root, identity);
-            c.changes = store.changes();
-        }
     }
 }
 

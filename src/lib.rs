@@ -1,63 +1,78 @@
 //! imipd: an agent that answers calendar invitations that arrive by e-mail
 //! (iMIP, RFC 6047, carrying iTIP, RFC 5546, in iCalendar, RFC 5545).
 //!
-//! The flow, one module a step; only the sources and `execute` touch the
-//! outside world:
+//! The flow (ARCHITECTURE.md has it in full): a source finds a message,
+//! the processor plans what it means — classify, who speaks, the iTIP
+//! engine, the policies — and only then executes the plan in a crash-safe
+//! order; the source settles the message by the outcome.
 //!
 //! ```text
-//! source ──► mime ──► itip ──► classify ──► policy ──► plan ──► execute
+//! source ──► mime ──► itip ──► classify ──► originator ──► engine ──► policy ──► plan ──► execute
 //! ```
 //!
+//! Leaves (no imipd imports, or only leaves):
 //! - [`clock`]: the one clock (`IMIPD_NOW` moves it, for tests and replays).
-//! - [`config`]: the TOML configuration, validated once; secrets.
+//! - [`limits`]: the `[limits]` that keep hostile mail cheap.
 //! - [`address`]: when two calendar addresses are the same person; globs.
-//! - [`limits`]: the `[limits]` that keep hostile mail cheap (a leaf).
+//! - [`fsutil`]: atomic writes, private files, no followed links, safe names.
+//! - [`time`]: instants of DATE/DATE-TIME values, time zones, value forms, durations.
+//!
+//! Reading mail and calendars:
 //! - [`mime`]: raw message → headers and decoded calendar parts.
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
 //! - [`originator`]: who an iTIP object speaks for, and how that is proven.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
-//! - [`time`]: instants of DATE/DATE-TIME values, time zones, value forms.
+//!
+//! Deciding:
+//! - [`engine`]: the iTIP rules: what a message does to the stored object (pure).
 //! - [`recur`]: recurrence expansion in windows, next occurrence, is-over; budgets.
-//! - [`conflict`]: busy time of the store (an interval index), durations.
-//! - [`daemon`]: the `run` service: IDLE/poll per account, outbox sender, signals.
-//! - [`engine`]: the iTIP rules: what a message does to the stored object.
-//! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
+//! - [`conflict`]: busy time (an interval index), durations.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
-//! - [`fsutil`]: atomic writes, private files, no followed links, safe names.
-//! - [`store`]: the vdir: safe names, atomic writes, lookup by UID.
-//! - [`state`]: imipd's own state: handled-mail ledger, held CANCELs, lock.
-//! - [`process`]: one message end to end, in a crash-safe order; outcomes.
+//! - [`process`]: one message: plan (no I/O but reads), then execute.
+//! - [`outcome`]: what happened to a message (the outcome lines).
+//!
+//! Keeping and sending:
+//! - [`store`]: the calendar store seam; [`store::vdir`], the first store.
+//! - [`state`]: imipd's own state: held CANCELs, attention, quarantine, lock, ledgers.
+//! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
+//!
+//! Running:
+//! - [`config`]: the TOML configuration, validated once; secrets.
+//! - [`source`]: the source seam; IMAP, Maildir, files and standard input.
+//! - [`driver`]: one pass of a source through the processor; `once`, `process`.
+//! - [`service`]: `run`: every account, the processor thread, the outbox sender.
+//! - [`shutdown`]: the stop signal the service's tasks watch.
+//! - [`check`]: `check --connect`.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
-//! - [`imap`]: the IMAP source: connect, one pass over a folder, marking.
-//! - [`maildir`]: the Maildir source.
-//! - [`run`]: the `process` and `once` commands over files and accounts.
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod check;
 pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod conflict;
-pub mod daemon;
+pub mod driver;
 pub mod engine;
 pub mod fsutil;
 pub mod gather;
 pub mod ical;
-pub mod imap;
 pub mod itip;
 pub mod limits;
-pub mod maildir;
 pub mod mime;
 pub mod originator;
 pub mod outbox;
+pub mod outcome;
 pub mod policy;
 pub mod process;
 pub mod recur;
 pub mod reply;
-pub mod run;
+pub mod service;
+pub mod shutdown;
+pub mod source;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -70,6 +85,17 @@ macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Write one line to standard error, like `eprintln!` but never panicking:
+/// a closed or broken standard error (a log pipe whose reader went away)
+/// must not kill the service or a pass; the line is lost instead.
+#[macro_export]
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
 

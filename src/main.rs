@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use imipd::config::{self, Config};
-use imipd::{classify, run};
+use std::sync::Arc;
+
+use imipd::driver::{self, Options};
+use imipd::{check, classify, service};
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +84,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn options(&self) -> run::Options {
-        run::Options {
+    fn options(&self) -> Options {
+        Options {
             dry_run: self.dry_run,
             json: self.json,
         }
@@ -115,13 +118,13 @@ fn main() -> ExitCode {
         Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
         Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
         Command::Process { run: r, files } => with_config(r.config.as_deref(), |cfg| {
-            run::process_files(cfg, &files, r.options())
+            driver::process(Arc::new(cfg.clone()), &files, r.options())
         }),
-        Command::Once { run: r } => {
-            with_config(r.config.as_deref(), |cfg| run::once(cfg, r.options()))
-        }
+        Command::Once { run: r } => with_config(r.config.as_deref(), |cfg| {
+            driver::once(Arc::new(cfg.clone()), r.options())
+        }),
         Command::Run { run: r } => with_config(r.config.as_deref(), |cfg| {
-            imipd::daemon::run(cfg.clone(), r.options())
+            service::run(cfg.clone(), r.options())
         }),
     }
 }
@@ -139,7 +142,7 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
         Err(e) => {
             imipd::say_err!("imipd: {e:#}");
             if e.chain().any(|c| c.is::<imipd::state::LockBusy>()) {
-                ExitCode::from(run::EXIT_TEMPFAIL)
+                ExitCode::from(driver::EXIT_TEMPFAIL)
             } else {
                 ExitCode::from(1)
             }
@@ -260,9 +263,9 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         probe("outgoing folder", path, imipd::fsutil::probe_writable(path));
     }
     let status = if connect {
-        run::check_connect(&cfg)
+        check::check_connect(&cfg)
     } else {
-        run::EXIT_OK
+        driver::EXIT_OK
     };
     if unusable {
         return ExitCode::from(2);

@@ -74,6 +74,16 @@ impl Outbox {
         crate::fsutil::create_private_dir(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
         crate::fsutil::remove_temp_files(&dir);
+        Outbox::read(state)
+    }
+
+    /// Open for reading only (a dry run): what was answered, nothing created.
+    pub fn open_read_only(state: &Path) -> anyhow::Result<Outbox> {
+        Outbox::read(state)
+    }
+
+    fn read(state: &Path) -> anyhow::Result<Outbox> {
+        let dir = state.join("outbox");
         let ledger = state.join("answered.log");
         let mut answered = HashMap::new();
         match fs::File::open(&ledger) {
@@ -197,17 +207,29 @@ impl Outbox {
 }
 
 /// Sends the entries of an outbox folder.
+#[derive(Debug, Clone)]
 pub struct Sender {
     dir: PathBuf,
     rejected: PathBuf,
 }
 
 impl Sender {
+    /// The sending side of the outbox in a state folder.
+    pub fn new(state: &Path) -> Sender {
+        Sender {
+            dir: state.join("outbox"),
+            rejected: state.join("outbox-rejected"),
+        }
+    }
+
     /// Every queued entry, oldest first.
     pub fn pending(&self) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
-        let rd = fs::read_dir(&self.dir)
-            .map_err(|e| anyhow::anyhow!("cannot read outbox {}: {e}", self.dir.display()))?;
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => anyhow::bail!("cannot read outbox {}: {e}", self.dir.display()),
+        };
         for f in rd.flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !name.ends_with(".json") {

@@ -10,14 +10,13 @@
 //! as a line for people or as JSON for scripts. With `dry_run` the plan is
 //! reported and nothing is written.
 
-use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use calcard::icalendar::{
     ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P,
 };
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::classify::{self, Classified};
 use crate::config::Config;
@@ -28,177 +27,18 @@ use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
+use crate::outcome::{ItemOutcome, MessageOutcome, Origin};
 use crate::policy::{self, Action, Facts, Verdict};
 use crate::recur::{self, Budget};
 use crate::state::State;
-use crate::store::Store;
+use crate::store::{CalendarStore, Vdir};
 use crate::time::{Instant, Zones};
 use crate::{address, reply};
 
-/// Where a message comes from.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Origin<'a> {
-    /// The file, or `account/folder/uid` for mailbox messages.
-    pub source: &'a str,
-    pub account: Option<&'a str>,
-    pub folder: Option<&'a str>,
-    /// The source can move quarantined mail itself (IMAP); otherwise a copy
-    /// is kept in `STATE/quarantine/`.
-    pub can_move: bool,
-    /// What the source found wrong before the message got here (a part over
-    /// a limit that was not fetched): each makes the message invalid.
-    pub problems: &'a [String],
-}
-
-/// What happened to one message.
-#[derive(Debug, Clone, Serialize)]
-pub struct MessageOutcome {
-    pub source: String,
-    pub message_id: Option<String>,
-    pub from: Option<String>,
-    pub imip: bool,
-    pub valid: bool,
-    pub suspicious: bool,
-    pub problems: Vec<String>,
-    pub results: Vec<ItemOutcome>,
-    /// A policy asked to quarantine the message.
-    pub quarantine: bool,
-    /// Set when the message could not be handled and must be retried.
-    pub error: Option<String>,
-    /// The store or the state could not be read or written: the pass stops
-    /// here, and this message and every later one are left for the next.
-    #[serde(skip)]
-    pub stop: bool,
-    pub dry_run: bool,
-}
-
-/// What happened for one UID of one iTIP object.
-#[derive(Debug, Clone, Serialize)]
-pub struct ItemOutcome {
-    pub method: String,
-    pub uid: String,
-    pub summary: Option<String>,
-    pub role: Role,
-    pub effect: Effect,
-    pub reason: String,
-    /// Who the message speaks for, and how that is proven; `null` when the
-    /// sender is not shown to be the calendar user entitled to send it.
-    pub originator: Option<Originator>,
-    /// The policy that matched (`default` when none did), and why.
-    pub policy: String,
-    pub action: Action,
-    pub policy_reason: String,
-    /// The answer: queued, or why none was sent.
-    pub reply: Option<String>,
-    /// The store file written, if any.
-    pub file: Option<PathBuf>,
-}
-
-impl MessageOutcome {
-    /// Whether the message must be tried again later.
-    pub fn failed(&self) -> bool {
-        self.error.is_some()
-    }
-
-    /// An outcome that only reports the classification.
-    pub fn new(c: &Classified, source: &str, dry_run: bool) -> MessageOutcome {
-        MessageOutcome {
-            source: source.to_string(),
-            message_id: c.report.message_id.clone(),
-            from: c.report.from.clone(),
-            imip: c.report.imip,
-            valid: c.report.valid,
-            suspicious: c.report.suspicious,
-            problems: c.report.problems.clone(),
-            results: Vec::new(),
-            quarantine: false,
-            error: None,
-            stop: false,
-            dry_run,
-        }
-    }
-
-    /// A message that could not even be read.
-    pub fn failed_to_read(source: &str, error: String, dry_run: bool) -> MessageOutcome {
-        MessageOutcome {
-            source: source.to_string(),
-            message_id: None,
-            from: None,
-            imip: false,
-            valid: false,
-            suspicious: false,
-            problems: Vec::new(),
-            results: Vec::new(),
-            quarantine: false,
-            error: Some(error),
-            stop: false,
-            dry_run,
-        }
-    }
-}
-
-impl fmt::Display for MessageOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix = if self.dry_run { "[dry-run] " } else { "" };
-        if let Some(e) = &self.error {
-            return write!(f, "{prefix}{}: error: {e}", self.source);
-        }
-        if !self.imip {
-            write!(f, "{prefix}{}: not an iTIP message", self.source)?;
-            if !self.problems.is_empty() {
-                write!(f, " ({})", self.problems.join("; "))?;
-            }
-            return Ok(());
-        }
-        if self.results.is_empty() {
-            return write!(
-                f,
-                "{prefix}{}: nothing to do ({})",
-                self.source,
-                self.problems.join("; ")
-            );
-        }
-        for (i, r) in self.results.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{prefix}{}: {} {}{}: {} as {} — {} [policy {}: {}, because {}]",
-                self.source,
-                r.method,
-                r.uid,
-                r.summary
-                    .as_ref()
-                    .map(|s| format!(" \"{s}\""))
-                    .unwrap_or_default(),
-                r.effect.as_str(),
-                match r.role {
-                    Role::Attendee => "attendee",
-                    Role::Organizer => "organizer",
-                },
-                r.reason,
-                r.policy,
-                r.action.as_str(),
-                r.policy_reason
-            )?;
-            if let Some(o) = &r.originator {
-                if o.proof.is_proven() {
-                    write!(f, "; from {}", o.describe())?;
-                }
-            }
-            if let Some(reply) = &r.reply {
-                write!(f, "; reply {reply}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Processes messages against one store, state and outbox.
-pub struct Processor<'a> {
-    pub cfg: &'a Config,
-    pub store: Store,
+pub struct Processor {
+    pub cfg: Arc<Config>,
+    pub store: Box<dyn CalendarStore>,
     pub state: State,
     pub outbox: Outbox,
     pub dry_run: bool,
@@ -267,16 +107,28 @@ struct Item {
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
-impl<'a> Processor<'a> {
-    pub fn open(cfg: &'a Config, dry_run: bool) -> anyhow::Result<Processor<'a>> {
+impl Processor {
+    /// Open the store, the state (taking its lock) and the outbox; for a dry
+    /// run, read them only: nothing is created, locked or written.
+    pub fn open(cfg: Arc<Config>, dry_run: bool) -> anyhow::Result<Processor> {
+        if dry_run {
+            return Ok(Processor {
+                store: Box::new(Vdir::open_read_only(&cfg.store)?),
+                outbox: Outbox::open_read_only(&cfg.state)?,
+                state: State::open_read_only(&cfg.state),
+                dry_run,
+                gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+                cfg,
+            });
+        }
         let state = State::open(&cfg.state, cfg.lock_timeout)?;
         Ok(Processor {
-            cfg,
-            store: Store::open(&cfg.store)?,
+            store: Box::new(Vdir::open(&cfg.store)?),
             outbox: Outbox::open(state.dir())?,
             state,
             dry_run,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+            cfg,
         })
     }
 
@@ -316,10 +168,10 @@ impl<'a> Processor<'a> {
             return out;
         }
         match self.execute(plan, &c, raw, origin, now) {
-            Ok(paths) => {
-                for (i, p) in paths {
+            Ok(locations) => {
+                for (i, l) in locations {
                     if let Some(r) = out.results.get_mut(i) {
-                        r.file = Some(p);
+                        r.location = Some(l);
                     }
                 }
             }
@@ -457,7 +309,7 @@ impl<'a> Processor<'a> {
                 action: verdict.action,
                 policy_reason: verdict.why.clone(),
                 reply: None,
-                file: None,
+                location: None,
             });
             if verdict.action == Action::Quarantine {
                 plan.quarantine = true;
@@ -541,7 +393,7 @@ impl<'a> Processor<'a> {
             action: it.verdict.action,
             policy_reason: it.verdict.why.clone(),
             reply: None,
-            file: None,
+            location: None,
         }
     }
 
@@ -592,10 +444,7 @@ impl<'a> Processor<'a> {
             let object = self.apply_held(plan, &it.uid, it.method, &it.comps, object)?;
             plan.write(&it.uid, object, it.object, index);
             if self.dry_run {
-                out.file =
-                    Some(self.store.path_of(&it.uid).unwrap_or_else(|| {
-                        self.store.dir().join(crate::fsutil::safe_name(&it.uid))
-                    }));
+                out.location = Some(self.store.location(&it.uid));
             }
         }
         plan.results.push(out);
@@ -728,7 +577,7 @@ impl<'a> Processor<'a> {
             &mut facts,
             root,
             uid,
-            &self.store,
+            self.store.as_mut(),
             &self.cfg.identity,
             answerable,
             budget,
@@ -935,14 +784,12 @@ impl<'a> Processor<'a> {
         raw: &[u8],
         origin: Origin<'_>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(usize, PathBuf)>> {
+    ) -> anyhow::Result<Vec<(usize, String)>> {
         let mut files = Vec::new();
         for w in plan.writes {
             let tz = c.objects.get(w.tz_source).map(|o| &o.ical);
-            let path = self.store.put(&w.uid, &w.object, tz)?;
-            self.gather
-                .stored(&w.uid, Some(&w.object), &self.cfg.identity, &self.store);
-            files.extend(w.results.into_iter().map(|i| (i, path.clone())));
+            let location = self.store.put(&w.uid, &w.object, tz)?;
+            files.extend(w.results.into_iter().map(|i| (i, location.clone())));
         }
         for a in plan.answers {
             self.outbox.enqueue(a, now)?;

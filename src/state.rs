@@ -38,7 +38,8 @@ pub struct LockBusy {
 /// The state folder.
 pub struct State {
     dir: PathBuf,
-    _lock: File,
+    /// `None` when opened for reading only (a dry run takes no lock).
+    _lock: Option<File>,
 }
 
 impl State {
@@ -92,8 +93,17 @@ impl State {
         tighten(dir, 0);
         Ok(State {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// Open for reading only (a dry run): nothing is created, changed or
+    /// locked; a folder that does not exist reads as empty.
+    pub fn open_read_only(dir: &Path) -> State {
+        State {
+            dir: dir.to_path_buf(),
+            _lock: None,
+        }
     }
 
     /// Whether `imipd check` (and a run) can write the state folder: create
@@ -204,15 +214,14 @@ impl State {
         let name = write_new(&d, raw, |i| format!("{stamp}-{label}-{}.eml", i + 1))?;
         Ok(d.join(name))
     }
+}
 
-    /// The ledger of handled messages of one Maildir account.
-    pub fn ledger(&self, account: &str) -> anyhow::Result<Ledger> {
-        let d = self.sub("maildir")?;
-        Ledger::open(&d.join(format!(
-            "{}.done",
-            safe_name(account).trim_end_matches(".ics")
-        )))
-    }
+/// Where the ledger of a Maildir account's handled messages is kept.
+pub fn maildir_ledger(state: &Path, account: &str) -> PathBuf {
+    state.join("maildir").join(format!(
+        "{}.done",
+        safe_name(account).trim_end_matches(".ics")
+    ))
 }
 
 /// The folder of the CANCELs held for one UID (the `.d` keeps it apart from
@@ -301,6 +310,10 @@ impl Ledger {
     }
 
     pub fn add(&mut self, key: &str) -> anyhow::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            create_private_dir(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
         let mut f = open_append(&self.path, 0o600)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.path.display()))?;
         // A torn last line from a crash is harmless: it never equals a key.

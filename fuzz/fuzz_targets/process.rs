@@ -4,7 +4,7 @@
 //! and never write outside the scratch folder.
 #![no_main]
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use imipd::config::Config;
 use imipd::process::Processor;
@@ -12,8 +12,8 @@ use libfuzzer_sys::fuzz_target;
 
 struct Scratch {
     dir: tempfile::TempDir,
-    cfg: &'static Config,
-    processor: Processor<'static>,
+    cfg: Arc<Config>,
+    processor: Option<Processor>,
     runs: usize,
 }
 
@@ -67,9 +67,8 @@ fn config(dir: &std::path::Path) -> Config {
 
 fn scratch() -> Scratch {
     let dir = tempfile::tempdir().unwrap();
-    // Made once for the whole run (the processor borrows it for 'static).
-    let cfg: &'static Config = Box::leak(Box::new(config(dir.path())));
-    let processor = Processor::open(cfg, false).unwrap();
+    let cfg = Arc::new(config(dir.path()));
+    let processor = Some(Processor::open(cfg.clone(), false).unwrap());
     Scratch {
         dir,
         cfg,
@@ -81,14 +80,12 @@ fn scratch() -> Scratch {
 impl Scratch {
     /// Start again with an empty store and state, so they stay small.
     fn reset(&mut self) {
+        // The old processor (and its state lock) goes before the new one opens.
+        self.processor = None;
         for sub in ["calendar", "state"] {
             let _ = std::fs::remove_dir_all(self.dir.path().join(sub));
         }
-        // The old processor (and its state lock) goes before the new one opens.
-        self.processor = Processor::open(self.cfg, false).unwrap_or_else(|_| {
-            let _ = std::fs::remove_dir_all(self.dir.path().join("state"));
-            Processor::open(self.cfg, false).unwrap()
-        });
+        self.processor = Some(Processor::open(self.cfg.clone(), false).unwrap());
     }
 }
 
@@ -101,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
     if s.runs % 5000 == 0 {
         s.reset();
     }
-    let out = s.processor.process(data, "fuzz.eml");
+    let out = s
+        .processor
+        .as_mut()
+        .expect("opened at the start and after each reset")
+        .process(data, "fuzz.eml");
     assert!(out.error.is_none(), "processing failed: {:?}", out.error);
     for entry in std::fs::read_dir(s.dir.path()).unwrap().flatten() {
         let name = entry.file_name();

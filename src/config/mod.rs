@@ -67,7 +67,7 @@ pub enum ImapAuth {
 /// The default of `state.lock_timeout`.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Identity {
     /// Lower-cased e-mail addresses, without `mailto:`.
     pub addresses: Vec<String>,

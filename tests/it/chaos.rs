@@ -545,6 +545,11 @@ impl Chaos {
                 );
                 *self.exit_codes.entry(code).or_default() += 1;
                 self.completed_runs += 1;
+                // The run was faster than the calibration (a machine whose
+                // load changed): kill sooner from now on, so that the kills
+                // asked for happen whatever the machine is doing.
+                self.window /= 2;
+                self.startup /= 2;
                 Some(code)
             }
             None => {

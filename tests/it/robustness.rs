@@ -186,7 +186,7 @@ fn mutated_corpus_never_panics_through_classify_and_process() {
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
     cfg.store = scratch.path().join("calendar");
     cfg.state = scratch.path().join("state");
-    let mut p = Processor::open(&cfg, false).unwrap();
+    let mut p = Processor::open(std::sync::Arc::new(cfg.clone()), false).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for round in 0..30 {
         for raw in &corpus {
@@ -224,7 +224,7 @@ fn regression_fuzz_crashers_are_handled() {
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
     cfg.store = scratch.path().join("calendar");
     cfg.state = scratch.path().join("state");
-    let mut p = Processor::open(&cfg, false).unwrap();
+    let mut p = Processor::open(std::sync::Arc::new(cfg.clone()), false).unwrap();
     for f in files {
         let raw = std::fs::read(&f).unwrap();
         let r = classify(&raw, "crasher.eml", &cfg.limits).report;

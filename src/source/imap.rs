@@ -33,7 +33,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -46,7 +46,9 @@ use tokio::net::TcpStream;
 
 use crate::config::{ImapAuth, ImapConfig, Limits, Tls};
 use crate::fsutil::{safe_name, write_atomic};
-use crate::process::{MessageOutcome, Origin, Processor};
+use crate::shutdown::Shutdown;
+
+use super::{Handler, Incoming, PassReport, SourceError};
 
 /// Parentheses nested deeper than this in one server response are refused
 /// (the connection ends with an error). Dovecot never nests a BODYSTRUCTURE
@@ -796,24 +798,6 @@ fn save_state(
     write_atomic(&dir, &name, &serde_json::to_vec_pretty(s)?)
 }
 
-/// Counters of one folder pass.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PassReport {
-    pub folder: String,
-    pub unchanged: bool,
-    pub examined: usize,
-    pub with_calendar: usize,
-    pub failed: usize,
-    /// UID FETCH commands sent (0 for an unchanged folder).
-    pub fetch_commands: usize,
-    /// Bytes read from the server during the pass.
-    pub bytes_read: u64,
-    /// What the pass's SELECT showed, so that the SELECT before IDLE can
-    /// tell whether mail arrived since.
-    #[serde(skip)]
-    pub seen: Seen,
-}
-
 /// The size of a folder as a pass saw it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seen {
@@ -845,20 +829,16 @@ pub enum Woke {
     Stopped,
 }
 
-/// The messages of one pass, reported as they are handled.
-pub type Report<'r> = &'r mut (dyn FnMut(&MessageOutcome) + Send);
-
-/// Everything one pass needs besides the connection.
-pub struct PassContext<'a, 'p> {
+/// Everything one pass needs besides the connection and the handler.
+pub struct PassContext<'a> {
     pub account: &'a str,
     pub cfg: &'a ImapConfig,
     pub limits: &'a Limits,
     pub state_dir: &'a std::path::Path,
-    pub processor: &'a Mutex<Processor<'p>>,
     pub dry_run: bool,
     /// Set when the service is asked to stop: the pass ends after the
     /// message in hand.
-    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    pub stop: &'a Shutdown,
 }
 
 const HEADER_FIELDS: &str = "FROM SENDER TO CC MESSAGE-ID REFERENCES IN-REPLY-TO SUBJECT DATE AUTHENTICATION-RESULTS AUTO-SUBMITTED";
@@ -996,23 +976,23 @@ impl Connection {
 
     /// One pass over a folder: handle every message that arrived since the
     /// last one, in UID order.
-    pub async fn pass(
+    pub async fn pass<H: Handler>(
         &mut self,
         folder: &str,
-        ctx: &PassContext<'_, '_>,
-        report: Report<'_>,
+        ctx: &PassContext<'_>,
+        handler: &mut H,
     ) -> Result<PassReport, ImapError> {
         let before = self.bytes_read.load(Ordering::Relaxed);
-        let mut rep = self.pass_inner(folder, ctx, report).await?;
+        let mut rep = self.pass_inner(folder, ctx, handler).await?;
         rep.bytes_read = self.bytes_read.load(Ordering::Relaxed) - before;
         Ok(rep)
     }
 
-    async fn pass_inner(
+    async fn pass_inner<H: Handler>(
         &mut self,
         folder: &str,
-        ctx: &PassContext<'_, '_>,
-        report: Report<'_>,
+        ctx: &PassContext<'_>,
+        handler: &mut H,
     ) -> Result<PassReport, ImapError> {
         let mut rep = PassReport {
             folder: folder.to_string(),
@@ -1061,7 +1041,7 @@ impl Connection {
         let mut start = st.last_uid.saturating_add(1);
         let mut any_failed = false;
         let mut contiguous = true;
-        let stopping = || ctx.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        let stopping = || ctx.stop.is_set();
         while start <= end {
             let stop = start.saturating_add(BATCH - 1).min(end);
             let range = if uidnext == 0 {
@@ -1089,7 +1069,7 @@ impl Connection {
                 let uid = f.uid.unwrap_or(0);
                 rep.examined += 1;
                 let done = self
-                    .message(uid, f, folder, keyword_ok, ctx, &mut rep, report)
+                    .message(uid, f, folder, keyword_ok, ctx, &mut rep, handler)
                     .await?;
                 if !done {
                     any_failed = true;
@@ -1126,15 +1106,15 @@ impl Connection {
 
     /// Handle one message; `Ok(false)` when it must be tried again later.
     #[allow(clippy::too_many_arguments)]
-    async fn message(
+    async fn message<H: Handler>(
         &mut self,
         uid: u32,
         f: &Fetched,
         folder: &str,
         keyword_ok: bool,
-        ctx: &PassContext<'_, '_>,
+        ctx: &PassContext<'_>,
         rep: &mut PassReport,
-        report: Report<'_>,
+        handler: &mut H,
     ) -> Result<bool, ImapError> {
         if f.handled {
             return Ok(true); // handled before (a crash after marking, or a rescan)
@@ -1214,21 +1194,16 @@ impl Connection {
         drop(fetched);
         let raw = synthetic_message(&header, &bodies);
         drop(bodies);
-        let source = format!("{}/{folder}/{uid}", ctx.account);
-        let outcome = {
-            let mut p = ctx.processor.lock().unwrap_or_else(|e| e.into_inner());
-            p.process_from(
-                &raw,
-                Origin {
-                    source: &source,
-                    account: Some(ctx.account),
-                    folder: Some(folder),
-                    can_move: ctx.cfg.quarantine_folder.is_some(),
-                    problems: &problems,
-                },
-            )
-        };
-        report(&outcome);
+        let outcome = handler
+            .handle(Incoming {
+                raw,
+                source: format!("{}/{folder}/{uid}", ctx.account),
+                account: Some(ctx.account.to_string()),
+                folder: Some(folder.to_string()),
+                can_move: ctx.cfg.quarantine_folder.is_some(),
+                problems,
+            })
+            .await;
         if outcome.stop {
             // The store or the state cannot be written: the pass stops here,
             // leaving this message and every later one unmarked.
@@ -1557,6 +1532,146 @@ pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u
     }
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out
+}
+
+/// IDLE is re-issued after this long at most (servers drop it after 30 minutes).
+pub const IDLE_MAX: Duration = Duration::from_secs(25 * 60);
+
+/// One IMAP account as a [`super::Source`]: connects when a pass needs it,
+/// passes over every configured folder, and waits in IDLE on the first
+/// folder (where the server has it) or polls.
+pub struct ImapSource {
+    name: String,
+    cfg: ImapConfig,
+    limits: Limits,
+    state_dir: PathBuf,
+    dry_run: bool,
+    conn: Option<Connection>,
+    /// What the last pass saw of the first folder (for the SELECT before IDLE).
+    seen: Option<Seen>,
+}
+
+impl ImapSource {
+    pub fn new(
+        name: &str,
+        cfg: &ImapConfig,
+        limits: &Limits,
+        state_dir: &std::path::Path,
+        dry_run: bool,
+    ) -> ImapSource {
+        ImapSource {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            limits: limits.clone(),
+            state_dir: state_dir.to_path_buf(),
+            dry_run,
+            conn: None,
+            seen: None,
+        }
+    }
+
+    fn failed(&mut self, e: ImapError) -> SourceError {
+        self.conn = None;
+        SourceError {
+            server: e.is_server_problem(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl super::Source for ImapSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn reports_passes(&self) -> bool {
+        true
+    }
+
+    async fn pass<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        stop: &Shutdown,
+    ) -> Result<Vec<PassReport>, SourceError> {
+        if self.conn.is_none() {
+            // A login that waits (a password command, a silent server) is
+            // given up at once when the service stops.
+            let connected = tokio::select! {
+                r = connect(&self.cfg, &self.limits) => r,
+                _ = stop.wait() => return Ok(Vec::new()),
+            };
+            let conn = connected.map_err(|e| self.failed(e))?;
+            tracing::info!(account = %self.name, server = %conn.server, idle = conn.caps.idle, "connected");
+            self.conn = Some(conn);
+        }
+        let mut reports = Vec::new();
+        for folder in self.cfg.folders.clone() {
+            if stop.is_set() {
+                break;
+            }
+            let ctx = PassContext {
+                account: &self.name,
+                cfg: &self.cfg,
+                limits: &self.limits,
+                state_dir: &self.state_dir,
+                dry_run: self.dry_run,
+                stop,
+            };
+            let Some(conn) = self.conn.as_mut() else {
+                break;
+            };
+            match conn.pass(&folder, &ctx, handler).await {
+                Ok(r) => {
+                    tracing::debug!(account = %self.name, folder = %folder, examined = r.examined, calendar = r.with_calendar, unchanged = r.unchanged, fetches = r.fetch_commands, bytes = r.bytes_read, "folder done");
+                    reports.push(r);
+                }
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        self.seen = reports.first().map(|r| r.seen);
+        Ok(reports)
+    }
+
+    async fn wait(&mut self, stop: &Shutdown) -> Result<(), SourceError> {
+        let idle = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.caps.idle && self.cfg.idle);
+        if !idle {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = stop.wait() => {}
+            }
+            return Ok(());
+        }
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        // With several folders, IDLE on the first one ends at the polling
+        // interval so the others are looked at too.
+        let wait = if self.cfg.folders.len() > 1 {
+            self.cfg
+                .poll_interval
+                .clamp(Duration::from_secs(1), IDLE_MAX)
+        } else {
+            IDLE_MAX
+        };
+        let (conn, woke) = conn
+            .idle(&self.cfg.folders[0], wait, self.seen, stop.wait())
+            .await
+            .map_err(|e| self.failed(e))?;
+        if woke == Woke::Arrived {
+            tracing::debug!(account = %self.name, "mail arrived before IDLE: passing again");
+        }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.logout().await;
+        }
+    }
 }
 
 #[cfg(test)]

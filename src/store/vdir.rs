@@ -27,15 +27,29 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::config::Identity;
+use crate::conflict::{Busy, HORIZON_DAYS};
 use crate::fsutil::{remove_temp_files, safe_name, write_atomic_shared};
 use crate::ical::{self, Node};
 use calcard::icalendar::ICalendar;
 
 /// An open vdir collection.
-pub struct Store {
+pub struct Vdir {
     dir: PathBuf,
-    /// Interior mutability: a lookup through `&Store` may re-scan the folder.
+    /// Interior mutability: a lookup through `&Vdir` may re-scan the folder.
     index: RefCell<Index>,
+    /// Busy time for the `conflict` matcher, built once and kept up to
+    /// date; built again when someone else changed the folder, or a day
+    /// passed.
+    busy: Option<BusyCache>,
+}
+
+struct BusyCache {
+    busy: Busy,
+    /// [`Vdir::changes`] when it was built.
+    changes: u64,
+    /// Whose busy time it is (what I declined is not busy).
+    identity: Identity,
 }
 
 /// What the store knows of its folder.
@@ -80,18 +94,33 @@ impl Stamp {
     }
 }
 
-impl Store {
+impl Vdir {
     /// Open (and create if needed) the folder, remove the temp files a
     /// killed run left, and index the UIDs of its `.ics` files.
-    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+    pub fn open(dir: &Path) -> anyhow::Result<Vdir> {
         fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create store folder {}: {e}", dir.display()))?;
         remove_temp_files(dir);
-        let store = Store {
+        let store = Vdir {
             dir: dir.to_path_buf(),
             index: RefCell::new(Index::default()),
+            busy: None,
         };
         store.scan(None)?;
+        Ok(store)
+    }
+
+    /// Open for reading only (a dry run): nothing is created or removed; a
+    /// folder that does not exist is an empty store.
+    pub fn open_read_only(dir: &Path) -> anyhow::Result<Vdir> {
+        let store = Vdir {
+            dir: dir.to_path_buf(),
+            index: RefCell::new(Index::default()),
+            busy: None,
+        };
+        if dir.exists() {
+            store.scan(None)?;
+        }
         Ok(store)
     }
 
@@ -227,6 +256,32 @@ impl Store {
         let stamp = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
         index.files.insert(name, FileInfo { stamp, uids });
         Ok(path)
+    }
+
+    /// Remove the file of a UID (a file that holds other UIDs too keeps
+    /// them); `false` when no file holds it.
+    pub fn remove(&mut self, uid: &str) -> anyhow::Result<bool> {
+        let Some(name) = self.lookup(uid) else {
+            return Ok(false);
+        };
+        let path = self.dir.join(&name);
+        let uids = fs::read(&path).map(|t| scan_uids(&t)).unwrap_or_default();
+        if uids.iter().any(|u| u != uid) {
+            let mut rest = self.read_root(&name)?;
+            rest.children
+                .retain(|c| !c.is_scheduling() || c.uid().as_deref() != Some(uid));
+            write_atomic_shared(&self.dir, &name, render(&rest, None).as_bytes())?;
+        } else {
+            fs::remove_file(&path)
+                .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
+            let _ = fs::File::open(&self.dir).and_then(|d| d.sync_all());
+        }
+        self.scan(None)?;
+        if let Some(c) = self.busy.as_mut() {
+            c.busy.update(uid, None, &c.identity);
+            c.changes = self.index.borrow().changes;
+        }
+        Ok(true)
     }
 
     /// The file name for a UID, making sure the index is fresh before
@@ -533,6 +588,75 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The busy time is looked at from a day before now to this far ahead.
+const BUSY_AHEAD: i64 = HORIZON_DAYS * 86_400;
+
+impl super::CalendarStore for Vdir {
+    fn get(&self, uid: &str) -> anyhow::Result<Option<Node>> {
+        Vdir::get(self, uid)
+    }
+
+    fn put(
+        &mut self,
+        uid: &str,
+        object: &Node,
+        tz_source: Option<&ICalendar>,
+    ) -> anyhow::Result<String> {
+        let path = Vdir::put(self, uid, object, tz_source)?;
+        let changes = self.index.borrow().changes;
+        if let Some(c) = self.busy.as_mut() {
+            c.busy.update(uid, Some(object), &c.identity);
+            c.changes = changes;
+        }
+        Ok(path.display().to_string())
+    }
+
+    fn delete(&mut self, uid: &str) -> anyhow::Result<bool> {
+        self.remove(uid)
+    }
+
+    fn location(&self, uid: &str) -> String {
+        self.path_of(uid)
+            .unwrap_or_else(|| self.dir.join(safe_name(uid)))
+            .display()
+            .to_string()
+    }
+
+    fn uids(&self) -> anyhow::Result<Vec<String>> {
+        Ok(Vdir::uids(self))
+    }
+
+    fn busy_overlap(
+        &mut self,
+        spans: &[(i64, i64)],
+        exclude_uid: &str,
+        identity: &Identity,
+        now: i64,
+    ) -> anyhow::Result<Option<(String, i64, i64)>> {
+        let changes = self.changes();
+        let stale = match &self.busy {
+            None => true,
+            Some(c) => {
+                c.changes != changes
+                    || c.identity.addresses != identity.addresses
+                    || now - c.busy.window().0 > 2 * 86_400
+            }
+        };
+        if stale {
+            let busy = Busy::build(self, identity, now - 86_400, now.saturating_add(BUSY_AHEAD))?;
+            self.busy = Some(BusyCache {
+                busy,
+                changes,
+                identity: identity.clone(),
+            });
+        }
+        Ok(self
+            .busy
+            .as_ref()
+            .and_then(|c| c.busy.overlaps(spans, exclude_uid)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,7 +722,7 @@ mod tests {
         let alarm =
             "BEGIN:VALARM\r\nUID:victim\r\nACTION:DISPLAY\r\nTRIGGER:-PT5M\r\nEND:VALARM\r\n";
         fs::write(dir.path().join("attacker.ics"), event("attacker", alarm)).unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Vdir::open(dir.path()).unwrap();
         assert_eq!(s.uids(), ["attacker"]);
         assert!(s.get("victim").unwrap().is_none());
         let root = Node::from_ical(&match calcard::Parser::new(&event("victim", "")).entry() {
@@ -620,7 +744,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("b-copy.ics"), event("dup", "SUMMARY:b\r\n")).unwrap();
         fs::write(dir.path().join("a-copy.ics"), event("dup", "SUMMARY:a\r\n")).unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Vdir::open(dir.path()).unwrap();
         assert!(
             s.path_of("dup").unwrap().ends_with("a-copy.ics"),
             "first in byte order"
@@ -630,7 +754,7 @@ mod tests {
         assert_eq!(ics_names(dir.path()), ["a-copy.ics", "b-copy.ics"]);
         // The name imipd would give the UID wins over byte order.
         fs::write(dir.path().join("dup.ics"), event("dup", "SUMMARY:c\r\n")).unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Vdir::open(dir.path()).unwrap();
         assert!(s.path_of("dup").unwrap().ends_with("dup.ics"));
     }
 
@@ -638,7 +762,7 @@ mod tests {
     fn get_is_none_when_the_file_no_longer_holds_the_uid() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("x.ics"), event("u1", "")).unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Vdir::open(dir.path()).unwrap();
         assert!(s.get("u1").unwrap().is_some());
         // Edited in place by a person: the UID is gone, another came.
         fs::write(dir.path().join("x.ics"), event("u2", "SUMMARY:now u2\r\n")).unwrap();
@@ -650,7 +774,7 @@ mod tests {
     fn files_added_removed_and_renamed_after_open_are_seen() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("one.ics"), event("one", "")).unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Vdir::open(dir.path()).unwrap();
         assert_eq!(s.len(), 1);
         // Added by another program under a name of its own.
         fs::write(dir.path().join("synced-123.ics"), event("two", "")).unwrap();
@@ -683,7 +807,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("a.ics"), event("a", "")).unwrap();
         fs::write(dir.path().join("b.ics"), event("b", "")).unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Vdir::open(dir.path()).unwrap();
         let root_a = s.get("a").unwrap().unwrap();
         let root_b = s.get("b").unwrap().unwrap();
         // Renamed by another program: the write goes to the new name.
@@ -712,7 +836,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Vdir::open(dir.path()).unwrap();
         assert!(s.index.borrow().trusted);
         // A file the scan would pick up, slipped in without a trace in the
         // folder's time: only a re-scan would see it.
@@ -734,7 +858,7 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Vdir::open(dir.path()).unwrap();
         let root = s.get("u1").unwrap().unwrap();
         let p = s.put("u1", &root, None).unwrap();
         assert!(p.ends_with("foreign-name.ics"));

@@ -1,0 +1,385 @@
+//! The one driver: a pass of any [`Source`] with the processor as its
+//! [`Handler`], every outcome reported (a line on standard error, or JSON
+//! Lines on standard output with `--json`), and the exit status of the
+//! contract. The batch commands `process` (files or standard input) and
+//! `once` (every account) are a pass each, then the outbox is sent; `run`
+//! ([`crate::service`]) repeats passes with the processor on a thread of
+//! its own ([`Actor`]).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::config::{Config, Source as SourceConfig};
+use crate::outbox::{SendReport, Transport};
+use crate::outcome::MessageOutcome;
+use crate::process::Processor;
+use crate::shutdown::Shutdown;
+use crate::source::files::FilesSource;
+use crate::source::imap::{self, ImapSource};
+use crate::source::maildir::MaildirSource;
+use crate::source::{Handler, Incoming, PassReport, Source, SourceError};
+
+/// How to run and report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+/// Exit statuses of the contract.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_SOME_FAILED: u8 = 1;
+pub const EXIT_SERVER: u8 = 3;
+/// EX_TEMPFAIL: the state lock stayed busy (another imipd works on the
+/// state); the mail server should deliver again later.
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+/// One JSON line on standard output (never panicking on a closed pipe).
+pub fn print_json(value: &impl serde::Serialize) {
+    let line = serde_json::to_string(value).unwrap_or_default();
+    crate::say!("{line}");
+}
+
+/// How outcomes are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Reporter {
+    pub opts: Options,
+    /// In the service, outcomes go to the log (tracing) rather than plain
+    /// lines on standard error.
+    pub log: bool,
+}
+
+impl Reporter {
+    pub fn outcome(&self, o: &MessageOutcome) {
+        if self.opts.json {
+            print_json(o);
+            // Messages left for the next pass are named on stderr in any case.
+            if let Some(e) = &o.error {
+                crate::say_err!("imipd: {}: {e}", o.source);
+            }
+        } else if self.log {
+            if o.failed() {
+                tracing::warn!("{o}");
+            } else {
+                tracing::info!("{o}");
+            }
+        } else {
+            crate::say_err!("{o}");
+        }
+    }
+
+    /// A pass over one IMAP folder, with `--json`.
+    pub fn pass(&self, account: &str, r: &PassReport) {
+        if self.opts.json {
+            print_json(&serde_json::json!({ "pass": r, "account": account }));
+        }
+    }
+
+    pub fn sent(&self, r: &SendReport) {
+        if self.opts.json {
+            print_json(&serde_json::json!({ "outbox": r }));
+            return;
+        }
+        let line = match &r.error {
+            None => format!("sent to {}: {}", r.to.join(", "), r.summary),
+            Some(e) if r.status == "rejected" => {
+                format!(
+                    "imipd: rejected for good, kept in outbox-rejected/: {}: {e}",
+                    r.summary
+                )
+            }
+            Some(e) => format!(
+                "imipd: not sent yet, kept in the outbox: {}: {e}",
+                r.summary
+            ),
+        };
+        if self.log {
+            if r.error.is_some() {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        } else {
+            crate::say_err!("{line}");
+        }
+    }
+}
+
+/// The processor as a handler, in the caller's thread (`once`, `process`).
+pub struct Direct<'p> {
+    processor: &'p mut Processor,
+    reporter: Reporter,
+}
+
+impl Handler for Direct<'_> {
+    async fn handle(&mut self, m: Incoming) -> MessageOutcome {
+        let o = self.processor.process_from(&m.raw, m.origin());
+        self.reporter.outcome(&o);
+        o
+    }
+
+    fn unreadable(&mut self, source: String, error: String) -> MessageOutcome {
+        let o = MessageOutcome::failed_to_read(&source, error, self.processor.dry_run);
+        self.reporter.outcome(&o);
+        o
+    }
+}
+
+type Job = (Incoming, oneshot::Sender<MessageOutcome>);
+
+/// The processor on a thread of its own, shared by every account of the
+/// service through a channel: one message at a time, in the order asked,
+/// without a lock around it.
+#[derive(Clone)]
+pub struct Actor {
+    jobs: mpsc::Sender<Job>,
+    reporter: Reporter,
+    dry_run: bool,
+    /// Told when a message was handled (the outbox may have something new).
+    handled: Arc<Notify>,
+}
+
+impl Actor {
+    /// Open the processor here (so that a busy lock or a broken store is
+    /// reported at once), then hand it to its thread. The thread ends when
+    /// every [`Actor`] is dropped.
+    pub fn spawn(
+        cfg: Arc<Config>,
+        reporter: Reporter,
+        handled: Arc<Notify>,
+    ) -> anyhow::Result<(Actor, std::thread::JoinHandle<()>)> {
+        let dry_run = reporter.opts.dry_run;
+        let mut processor = Processor::open(cfg, dry_run)?;
+        let (tx, mut rx) = mpsc::channel::<Job>(1);
+        let thread = std::thread::Builder::new()
+            .name("imipd-processor".into())
+            .spawn(move || {
+                while let Some((m, reply)) = rx.blocking_recv() {
+                    let _ = reply.send(processor.process_from(&m.raw, m.origin()));
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the processor thread: {e}"))?;
+        Ok((
+            Actor {
+                jobs: tx,
+                reporter,
+                dry_run,
+                handled,
+            },
+            thread,
+        ))
+    }
+}
+
+impl Handler for Actor {
+    async fn handle(&mut self, m: Incoming) -> MessageOutcome {
+        let source = m.source.clone();
+        let (tx, rx) = oneshot::channel();
+        let o = match self.jobs.send((m, tx)).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        let o = o.unwrap_or_else(|| {
+            let mut o = MessageOutcome::failed_to_read(
+                &source,
+                "the processor stopped".into(),
+                self.dry_run,
+            );
+            o.stop = true;
+            o
+        });
+        self.reporter.outcome(&o);
+        self.handled.notify_one();
+        o
+    }
+
+    fn unreadable(&mut self, source: String, error: String) -> MessageOutcome {
+        let o = MessageOutcome::failed_to_read(&source, error, self.dry_run);
+        self.reporter.outcome(&o);
+        o
+    }
+}
+
+/// Every configured account as a source.
+pub enum AnySource {
+    Imap(Box<ImapSource>),
+    Maildir(MaildirSource),
+}
+
+impl AnySource {
+    pub fn all(cfg: &Config, dry_run: bool) -> Vec<AnySource> {
+        cfg.accounts
+            .iter()
+            .map(|a| match &a.source {
+                SourceConfig::Imap(i) => AnySource::Imap(Box::new(ImapSource::new(
+                    &a.name,
+                    i,
+                    &cfg.limits,
+                    &cfg.state,
+                    dry_run,
+                ))),
+                SourceConfig::Maildir {
+                    path,
+                    poll_interval,
+                } => AnySource::Maildir(MaildirSource::new(
+                    &a.name,
+                    path,
+                    *poll_interval,
+                    &cfg.state,
+                    dry_run,
+                )),
+            })
+            .collect()
+    }
+}
+
+impl Source for AnySource {
+    fn name(&self) -> &str {
+        match self {
+            AnySource::Imap(s) => s.name(),
+            AnySource::Maildir(s) => s.name(),
+        }
+    }
+
+    fn reports_passes(&self) -> bool {
+        match self {
+            AnySource::Imap(s) => s.reports_passes(),
+            AnySource::Maildir(s) => s.reports_passes(),
+        }
+    }
+
+    async fn pass<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        stop: &Shutdown,
+    ) -> Result<Vec<PassReport>, SourceError> {
+        match self {
+            AnySource::Imap(s) => s.pass(handler, stop).await,
+            AnySource::Maildir(s) => s.pass(handler, stop).await,
+        }
+    }
+
+    async fn wait(&mut self, stop: &Shutdown) -> Result<(), SourceError> {
+        match self {
+            AnySource::Imap(s) => s.wait(stop).await,
+            AnySource::Maildir(s) => s.wait(stop).await,
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            AnySource::Imap(s) => s.close().await,
+            AnySource::Maildir(s) => s.close().await,
+        }
+    }
+}
+
+/// One pass of a source; the exit status it earns.
+pub async fn pass<S: Source, H: Handler>(
+    source: &mut S,
+    handler: &mut H,
+    reporter: &Reporter,
+    stop: &Shutdown,
+) -> u8 {
+    match source.pass(handler, stop).await {
+        Ok(reports) => {
+            let mut status = EXIT_OK;
+            for r in &reports {
+                if source.reports_passes() {
+                    reporter.pass(source.name(), r);
+                }
+                if r.failed > 0 {
+                    status = EXIT_SOME_FAILED;
+                }
+            }
+            status
+        }
+        Err(e) => {
+            if reporter.log && !reporter.opts.json {
+                tracing::warn!(account = %source.name(), "{e}");
+            } else {
+                crate::say_err!("imipd: account {}: {e}", source.name());
+            }
+            if e.server {
+                EXIT_SERVER
+            } else {
+                EXIT_SOME_FAILED
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Run a batch command's passes on a thread with the IMAP stack.
+fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> anyhow::Result<u8> {
+    imap::on_imap_stack(move || -> anyhow::Result<u8> {
+        let mut processor = Processor::open(cfg, opts.dry_run)?;
+        let reporter = Reporter { opts, log: false };
+        let rt = runtime()?;
+        let status = rt.block_on(async {
+            let mut handler = Direct {
+                processor: &mut processor,
+                reporter,
+            };
+            let stop = Shutdown::never();
+            let mut status = EXIT_OK;
+            for s in sources.iter_mut() {
+                status = status.max(pass(s, &mut handler, &reporter, &stop).await);
+                s.close().await;
+            }
+            status
+        });
+        Ok(status.max(flush(&mut processor, &reporter)?))
+    })?
+}
+
+/// `imipd once`: every account, every folder, then the outbox.
+pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
+    let sources = AnySource::all(&cfg, opts.dry_run);
+    batch(cfg, opts, sources)
+}
+
+/// `imipd process FILE|-...`: each message in the order given, then the outbox.
+pub fn process(cfg: Arc<Config>, files: &[String], opts: Options) -> anyhow::Result<u8> {
+    batch(cfg, opts, vec![FilesSource::new(files)])
+}
+
+/// Send what the outbox holds (everything, whatever its backoff); exit 3
+/// when the server could not be reached or refused the login.
+pub fn flush(p: &mut Processor, reporter: &Reporter) -> anyhow::Result<u8> {
+    if p.dry_run {
+        return Ok(EXIT_OK);
+    }
+    let Some(outgoing) = &p.cfg.outgoing else {
+        let n = p.outbox.pending()?.len();
+        if n > 0 {
+            crate::say_err!(
+                "imipd: {n} message(s) wait in the outbox, but no [outgoing] is configured"
+            );
+        }
+        return Ok(EXIT_OK);
+    };
+    if p.outbox.pending()?.is_empty() {
+        return Ok(EXIT_OK);
+    }
+    let transport = Transport::from_config(outgoing);
+    let rt = runtime()?;
+    let reports = rt.block_on(p.outbox.flush(&transport, crate::clock::now(), false))?;
+    let mut status = EXIT_OK;
+    for r in &reports {
+        reporter.sent(r);
+        match r.status {
+            "failed" => status = status.max(EXIT_SERVER),
+            "rejected" => status = status.max(EXIT_SOME_FAILED),
+            _ => {}
+        }
+    }
+    Ok(status)
+}

@@ -1,0 +1,53 @@
+//! The calendar store seam: what the iTIP engine, the policies and the
+//! commands need from wherever the user's calendar lives — get an object by
+//! UID, put one (atomically), delete one, list the UIDs, and busy time in a
+//! window (the `conflict` matcher asks the store, so a server can answer
+//! with a time-range query). Objects are named by a location string (a file
+//! path for the vdir). [`vdir::Vdir`] is the first implementation.
+
+pub mod vdir;
+
+use calcard::icalendar::ICalendar;
+
+use crate::config::Identity;
+use crate::ical::Node;
+
+pub use vdir::{render, scan_uids, Vdir};
+
+/// Where the user's calendar lives.
+pub trait CalendarStore: Send {
+    /// The object stored for a UID: a VCALENDAR with that UID's scheduling
+    /// components (master and overrides) and its time zones; `None` when no
+    /// object holds the UID.
+    fn get(&self, uid: &str) -> anyhow::Result<Option<Node>>;
+
+    /// Store an object for a UID, replacing what was there atomically (a
+    /// reader sees the old or the new one, never half). `tz_source` offers
+    /// VTIMEZONEs to copy (the incoming message's). Returns its location.
+    fn put(
+        &mut self,
+        uid: &str,
+        object: &Node,
+        tz_source: Option<&ICalendar>,
+    ) -> anyhow::Result<String>;
+
+    /// Remove the object of a UID; `false` when there was none.
+    fn delete(&mut self, uid: &str) -> anyhow::Result<bool>;
+
+    /// Where the object of a UID is, or would be put.
+    fn location(&self, uid: &str) -> String;
+
+    /// Every UID the store holds.
+    fn uids(&self) -> anyhow::Result<Vec<String>>;
+
+    /// A busy span (UID, start, end; Unix seconds) of another event that
+    /// overlaps one of `spans`. Busy: not transparent, not cancelled, not
+    /// declined by me. Looked at from about `now` to a year ahead.
+    fn busy_overlap(
+        &mut self,
+        spans: &[(i64, i64)],
+        exclude_uid: &str,
+        identity: &Identity,
+        now: i64,
+    ) -> anyhow::Result<Option<(String, i64, i64)>>;
+}
