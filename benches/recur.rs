@@ -8,7 +8,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imipd::config::Identity;
-use imipd::conflict::Busy;
 use imipd::ical::Node;
 use imipd::recur::{self, Budget};
 use imipd::store::Vdir as Store;
@@ -228,9 +227,9 @@ fn bench(c: &mut Criterion) {
         trusted_sent_by: Vec::new(),
     };
     g.bench_function("busy_build_1000_events_400_days", |b| {
-        b.iter(|| Busy::build(&store, &me, NOW, NOW + 400 * DAY).unwrap())
+        b.iter(|| store.busy(&me, NOW, NOW + 400 * DAY).unwrap())
     });
-    let busy = Busy::build(&store, &me, NOW, NOW + 400 * DAY).unwrap();
+    let busy = store.busy(&me, NOW, NOW + 400 * DAY).unwrap();
     let queries: Vec<(i64, i64)> = (0..200)
         .map(|i| {
             let s = NOW + (i * 7919 % 400) * DAY + (i % 24) * 3600 + 600;
@@ -266,7 +265,7 @@ fn bench(c: &mut Criterion) {
     }
     let hostile = Store::open(hostile.path()).unwrap();
     g.bench_function("busy_build_50_never_matching_events", |b| {
-        b.iter(|| Busy::build(&hostile, &me, NOW, NOW + 400 * DAY).unwrap())
+        b.iter(|| hostile.busy(&me, NOW, NOW + 400 * DAY).unwrap())
     });
     g.finish();
     eprintln!(

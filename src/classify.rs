@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::Limits;
 use crate::ical::{self, Node};
 use crate::itip::{self, CalObject, Sender};
+use crate::limits::Limits;
 use crate::mime::{self, Mail};
 use crate::originator::{self, MailIdentity};
 

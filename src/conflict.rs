@@ -8,12 +8,11 @@
 //! call sites move to it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
-use calcard::icalendar::{ICalendarComponentType as Ct, ICalendarProperty as P, ICalendarValue};
+use calcard::icalendar::{ICalendarComponentType as Ct, ICalendarProperty as P};
 
-use crate::config::Identity;
 use crate::ical::{self, Node};
+use crate::identity::Identity;
 use crate::recur::{self, Budget};
 
 /// Conflicts are looked for this far ahead.
@@ -23,29 +22,6 @@ pub const HORIZON_DAYS: i64 = 400;
 /// [`recur::UID_BOUND`] of it. What a bound cuts is reported through
 /// [`Busy::incomplete`].
 pub const BUSY_MAX_SPANS: usize = 1_000_000;
-
-/// How long one component lasts: DTEND − DTSTART, DURATION, DUE − DTSTART,
-/// a day for a date without end, else nothing.
-pub fn duration(c: &Node) -> Option<Duration> {
-    let start_e = c.prop(&P::Dtstart)?;
-    let start = crate::time::to_naive(start_e)?;
-    if let Some(end) = c
-        .prop(&P::Dtend)
-        .or_else(|| c.prop(&P::Due))
-        .and_then(crate::time::to_naive)
-    {
-        return (end - start).to_std().ok();
-    }
-    if let Some(ICalendarValue::Duration(d)) = c.prop(&P::Duration).and_then(|e| e.values.first()) {
-        return d.to_time_delta().and_then(|t| t.to_std().ok());
-    }
-    match start_e.values.first() {
-        Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none() => {
-            Some(Duration::from_secs(86400))
-        }
-        _ => Some(Duration::ZERO),
-    }
-}
 
 /// Whether a component keeps my time busy: an event that is not
 /// transparent, not cancelled, and not declined by me.
@@ -98,8 +74,11 @@ impl Busy {
     /// Expand every event in the store over `[from, to)`, once, each UID
     /// within [`recur::UID_BOUND`] occurrences and all within
     /// [`BUSY_MAX_SPANS`].
+    /// The stored events are given by their UIDs and a way to read each
+    /// (a store's `get`).
     pub fn build(
-        store: &dyn crate::store::CalendarStore,
+        mut uids: Vec<String>,
+        get: impl Fn(&str) -> anyhow::Result<Option<Node>>,
         identity: &Identity,
         from: i64,
         to: i64,
@@ -115,10 +94,9 @@ impl Busy {
             incomplete: BTreeSet::new(),
         };
         let mut budget = Budget::new(BUSY_MAX_SPANS, recur::UID_BOUND);
-        let mut uids = store.uids()?;
         uids.sort_unstable();
         for uid in uids {
-            let root = store.get(&uid).map_err(|e| {
+            let root = get(&uid).map_err(|e| {
                 anyhow::anyhow!("cannot read stored event {uid} for busy time: {e:#}")
             })?;
             if let Some(root) = root {
@@ -246,7 +224,9 @@ impl Busy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::duration;
     use chrono::DateTime;
+    use std::time::Duration;
 
     fn root(body: &str) -> Node {
         let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
@@ -357,7 +337,7 @@ mod tests {
             ("nostart", "DTEND:20270302T130000Z\r\n"),
         ]);
         let from = ts("2027-03-01T00:00:00Z");
-        let busy = Busy::build(&store, &me(), from, from + 400 * 86_400).unwrap();
+        let busy = store.busy(&me(), from, from + 400 * 86_400).unwrap();
         assert_eq!(busy.incomplete().collect::<Vec<_>>(), ["nostart"]);
         // 2027-03-02 is a Tuesday.
         let tue = (ts("2027-03-02T10:30:00Z"), ts("2027-03-02T10:45:00Z"));
@@ -384,7 +364,7 @@ mod tests {
             "DTSTART:20270302T100000Z\r\nDTEND:20270302T110000Z\r\n",
         )]);
         let from = ts("2027-03-01T00:00:00Z");
-        let mut busy = Busy::build(&store, &me(), from, from + 30 * 86_400).unwrap();
+        let mut busy = store.busy(&me(), from, from + 30 * 86_400).unwrap();
         let q = [(ts("2027-03-02T10:00:00Z"), ts("2027-03-02T10:30:00Z"))];
         let later = [(ts("2027-03-03T10:00:00Z"), ts("2027-03-03T10:30:00Z"))];
         assert!(busy.overlaps(&q, "x").is_some());
@@ -409,7 +389,7 @@ mod tests {
             ("other", "DTSTART:20270302T003000Z\r\nDTEND:20270302T004500Z\r\n"),
         ]);
         let from = ts("2027-03-01T00:00:00Z");
-        let busy = Busy::build(&store, &me(), from, from + 30 * 86_400).unwrap();
+        let busy = store.busy(&me(), from, from + 30 * 86_400).unwrap();
         let q = [(from, from + 3 * 86_400)];
         assert_eq!(busy.overlaps(&q, "mine").unwrap().0, "other");
         assert_eq!(busy.overlaps(&q, "other").unwrap().0, "mine");
@@ -422,7 +402,7 @@ mod tests {
             "DTSTART:20190101T100000Z\r\nDTEND:20190101T110000Z\r\nRRULE:FREQ=WEEKLY\r\n",
         )]);
         let now = ts("2027-03-01T00:00:00Z");
-        let busy = Busy::build(&store, &me(), now, now + 400 * 86_400).unwrap();
+        let busy = store.busy(&me(), now, now + 400 * 86_400).unwrap();
         let clash = [(ts("2027-03-09T10:30:00Z"), ts("2027-03-09T11:30:00Z"))];
         let free = [(ts("2027-03-10T10:30:00Z"), ts("2027-03-10T11:30:00Z"))];
         assert!(busy.overlaps(&clash, "new").is_some());

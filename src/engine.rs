@@ -32,8 +32,8 @@ use calcard::icalendar::{
 use serde::Serialize;
 
 use crate::address;
-use crate::config::Identity;
 use crate::ical::{self, Node};
+use crate::identity::Identity;
 use crate::itip::Method;
 use crate::originator::{Originator, Via};
 use crate::time::{self, Form, Instant, Zones};

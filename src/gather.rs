@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use chrono::DateTime;
 
 use crate::address;
-use crate::config::Identity;
 use crate::conflict;
 use crate::ical::Node;
+use crate::identity::Identity;
 use crate::policy::{Facts, Needs};
 use crate::recur::{self, Budget};
 use crate::store::CalendarStore;

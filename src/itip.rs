@@ -6,8 +6,8 @@
 
 use calcard::icalendar::{ICalendar, ICalendarComponentType as Ct, ICalendarProperty as P};
 
-use crate::config::Limits;
 use crate::ical;
+use crate::limits::Limits;
 use crate::mime::CalendarPart;
 
 /// The iTIP methods of RFC 5546, as written.

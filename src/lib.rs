@@ -14,6 +14,7 @@
 //! - [`clock`]: the one clock (`IMIPD_NOW` moves it, for tests and replays).
 //! - [`limits`]: the `[limits]` that keep hostile mail cheap.
 //! - [`address`]: when two calendar addresses are the same person; globs.
+//! - [`identity`]: who "me" is: my addresses, my name, whom I trust (SENT-BY).
 //! - [`fsutil`]: atomic writes, private files, no followed links, safe names.
 //! - [`time`]: instants of DATE/DATE-TIME values, time zones, value forms, durations.
 //!
@@ -60,6 +61,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod gather;
 pub mod ical;
+pub mod identity;
 pub mod itip;
 pub mod limits;
 pub mod mime;

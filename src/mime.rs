@@ -9,7 +9,7 @@ use mail_parser::{
 };
 
 use crate::address;
-use crate::config::Limits;
+use crate::limits::Limits;
 
 /// One calendar part, decoded.
 #[derive(Debug, Clone)]

@@ -308,6 +308,29 @@ pub fn start_zone(c: &Node, zones: &Zones) -> Tz {
         .unwrap_or(Tz::UTC)
 }
 
+/// How long one component lasts: DTEND − DTSTART, DURATION, DUE − DTSTART,
+/// a day for a date without end, else nothing.
+pub fn duration(c: &Node) -> Option<Duration> {
+    let start_e = c.prop(&P::Dtstart)?;
+    let start = to_naive(start_e)?;
+    if let Some(end) = c
+        .prop(&P::Dtend)
+        .or_else(|| c.prop(&P::Due))
+        .and_then(to_naive)
+    {
+        return (end - start).to_std().ok();
+    }
+    if let Some(ICalendarValue::Duration(d)) = c.prop(&P::Duration).and_then(|e| e.values.first()) {
+        return d.to_time_delta().and_then(|t| t.to_std().ok());
+    }
+    match start_e.values.first() {
+        Some(ICalendarValue::PartialDateTime(d)) if d.hour.is_none() => {
+            Some(Duration::from_secs(86400))
+        }
+        _ => Some(Duration::ZERO),
+    }
+}
+
 /// "90m", "2h", "30d", "1w", "45s", a number of seconds, or an ISO 8601 /
 /// RFC 5545 duration such as "PT1H30M" or "P2D".
 pub fn parse_duration(s: &str) -> Option<Duration> {

@@ -13,6 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::identity::Identity;
 pub use crate::limits::Limits;
 pub use crate::policy::Action;
 use crate::policy::Policy;
@@ -66,24 +67,6 @@ pub enum ImapAuth {
 
 /// The default of `state.lock_timeout`.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    /// Lower-cased e-mail addresses, without `mailto:`.
-    pub addresses: Vec<String>,
-    pub name: Option<String>,
-    /// Globs of addresses trusted to act for an organizer or attendee
-    /// (SENT-BY) even when the stored event does not already name them.
-    pub trusted_sent_by: Vec<String>,
-}
-
-impl Identity {
-    /// Whether a calendar address (`mailto:` optional, any case) is one of mine.
-    pub fn is_me(&self, cal_address: &str) -> bool {
-        let a = address::bare(cal_address);
-        self.addresses.contains(&a)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub enum Outgoing {

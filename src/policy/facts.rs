@@ -118,6 +118,6 @@ impl<'a> Facts<'a> {
         if let Some((s, e)) = self.next {
             return (e - s).to_std().ok();
         }
-        self.master().and_then(crate::conflict::duration)
+        self.master().and_then(crate::time::duration)
     }
 }

@@ -294,7 +294,7 @@ impl Def {
             }
             Shape::AtMost { .. } | Shape::Within { .. } => match v {
                 toml::Value::String(s) => {
-                    Value::Duration(crate::config::parse_duration(s).ok_or_else(|| {
+                    Value::Duration(crate::time::parse_duration(s).ok_or_else(|| {
                         format!(
                             "`{s}` is not a duration (like \"90m\", \"2h\", \"30d\" or \"PT2H\")"
                         )

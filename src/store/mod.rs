@@ -9,8 +9,8 @@ pub mod vdir;
 
 use calcard::icalendar::ICalendar;
 
-use crate::config::Identity;
 use crate::ical::Node;
+use crate::identity::Identity;
 
 pub use vdir::{render, scan_uids, Vdir};
 

@@ -27,10 +27,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::config::Identity;
 use crate::conflict::{Busy, HORIZON_DAYS};
 use crate::fsutil::{remove_temp_files, safe_name, write_atomic_shared};
 use crate::ical::{self, Node};
+use crate::identity::Identity;
 use calcard::icalendar::ICalendar;
 
 /// An open vdir collection.
@@ -256,6 +256,11 @@ impl Vdir {
         let stamp = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
         index.files.insert(name, FileInfo { stamp, uids });
         Ok(path)
+    }
+
+    /// The busy time of every stored event over `[from, to)`.
+    pub fn busy(&self, identity: &Identity, from: i64, to: i64) -> anyhow::Result<Busy> {
+        Busy::build(self.uids(), |uid| self.get(uid), identity, from, to)
     }
 
     /// Remove the file of a UID (a file that holds other UIDs too keeps
@@ -643,7 +648,7 @@ impl super::CalendarStore for Vdir {
             }
         };
         if stale {
-            let busy = Busy::build(self, identity, now - 86_400, now.saturating_add(BUSY_AHEAD))?;
+            let busy = self.busy(identity, now - 86_400, now.saturating_add(BUSY_AHEAD))?;
             self.busy = Some(BusyCache {
                 busy,
                 changes,

@@ -424,6 +424,31 @@ fn dry_run_writes_nothing_and_reports_the_decision() {
     assert_eq!(v["results"][0]["effect"], "created");
     assert_eq!(v["dry_run"], true);
     assert!(env.store_files().is_empty());
+    // Nothing at all: no store folder, no state folder, no lock.
+    assert!(!env.store().exists(), "the store folder was created");
+    assert!(!env.path("state").exists(), "the state folder was created");
+}
+
+#[test]
+fn once_dry_run_on_a_maildir_creates_nothing() {
+    let env = Env::new("[[account]]\nname = \"mail\"\nsource = \"maildir\"\npath = \"Maildir\"\n");
+    for d in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(env.path("Maildir").join(d)).unwrap();
+    }
+    std::fs::write(
+        env.path("Maildir/new/1.A.test"),
+        invite(0, "20261120T100000Z", "20261201T100000", "Planning"),
+    )
+    .unwrap();
+    let out = imipd()
+        .args(["once", "--dry-run", "--json", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"][0]["effect"], "created", "{v}");
+    assert!(!env.store().exists() && !env.path("state").exists());
 }
 
 #[test]
