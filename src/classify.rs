@@ -13,17 +13,48 @@ use crate::limits::Limits;
 use crate::mime::{self, Mail};
 use crate::originator::{self, MailIdentity};
 
-/// One line of `imipd classify` output.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Report {
-    pub file: String,
+/// What classification finds about a message, whatever reports it: the
+/// `classify` line, and every outcome of `process`, `once` and `run`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Findings {
     pub message_id: Option<String>,
     pub from: Option<String>,
     pub imip: bool,
     pub valid: bool,
     pub suspicious: bool,
     pub problems: Vec<String>,
+}
+
+impl Findings {
+    /// A message that could not be read or parsed, and why.
+    pub fn unreadable(problem: String) -> Findings {
+        Findings {
+            problems: vec![problem],
+            ..Findings::default()
+        }
+    }
+}
+
+/// One line of `imipd classify` output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub file: String,
+    #[serde(flatten)]
+    pub findings: Findings,
     pub messages: Vec<MessageSummary>,
+}
+
+impl std::ops::Deref for Report {
+    type Target = Findings;
+    fn deref(&self) -> &Findings {
+        &self.findings
+    }
+}
+
+impl std::ops::DerefMut for Report {
+    fn deref_mut(&mut self) -> &mut Findings {
+        &mut self.findings
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
@@ -76,12 +107,7 @@ fn unreadable(file: &str, reason: String) -> Classified {
     Classified {
         report: Report {
             file: file.to_string(),
-            message_id: None,
-            from: None,
-            imip: false,
-            valid: false,
-            suspicious: false,
-            problems: vec![format!("cannot parse the message: {reason}")],
+            findings: Findings::unreadable(format!("cannot parse the message: {reason}")),
             messages: Vec::new(),
         },
         mail: None,
@@ -144,12 +170,14 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
 
     let report = Report {
         file: file.to_string(),
-        message_id: mail.message_id.clone(),
-        from: mail.from.clone(),
-        imip: found_itip,
-        valid: validity.is_empty(),
-        suspicious: !suspicion.is_empty(),
-        problems: validity.into_iter().chain(suspicion).collect(),
+        findings: Findings {
+            message_id: mail.message_id.clone(),
+            from: mail.from.clone(),
+            imip: found_itip,
+            valid: validity.is_empty(),
+            suspicious: !suspicion.is_empty(),
+            problems: validity.into_iter().chain(suspicion).collect(),
+        },
         messages: summaries,
     };
     Classified {

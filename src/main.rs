@@ -192,12 +192,7 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
                 imipd::say_err!("imipd: cannot read {file}: {e}");
                 classify::Report {
                     file: file.clone(),
-                    message_id: None,
-                    from: None,
-                    imip: false,
-                    valid: false,
-                    suspicious: false,
-                    problems: vec![format!("cannot read the file: {e}")],
+                    findings: classify::Findings::unreadable(format!("cannot read the file: {e}")),
                     messages: Vec::new(),
                 }
             }

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::classify::Classified;
+use crate::classify::{Classified, Findings};
 use crate::engine::{Effect, Role};
 use crate::originator::Originator;
 use crate::policy::Action;
@@ -32,12 +32,9 @@ pub struct Origin<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageOutcome {
     pub source: String,
-    pub message_id: Option<String>,
-    pub from: Option<String>,
-    pub imip: bool,
-    pub valid: bool,
-    pub suspicious: bool,
-    pub problems: Vec<String>,
+    /// What classification found (flattened into the JSON line).
+    #[serde(flatten)]
+    pub findings: Findings,
     pub results: Vec<ItemOutcome>,
     /// A policy asked to quarantine the message.
     pub quarantine: bool,
@@ -74,6 +71,13 @@ pub struct ItemOutcome {
     pub location: Option<String>,
 }
 
+impl std::ops::Deref for MessageOutcome {
+    type Target = Findings;
+    fn deref(&self) -> &Findings {
+        &self.findings
+    }
+}
+
 impl MessageOutcome {
     /// Whether the message must be tried again later.
     pub fn failed(&self) -> bool {
@@ -84,12 +88,7 @@ impl MessageOutcome {
     pub fn new(c: &Classified, source: &str, dry_run: bool) -> MessageOutcome {
         MessageOutcome {
             source: source.to_string(),
-            message_id: c.report.message_id.clone(),
-            from: c.report.from.clone(),
-            imip: c.report.imip,
-            valid: c.report.valid,
-            suspicious: c.report.suspicious,
-            problems: c.report.problems.clone(),
+            findings: c.report.findings.clone(),
             results: Vec::new(),
             quarantine: false,
             error: None,
@@ -102,12 +101,7 @@ impl MessageOutcome {
     pub fn failed_to_read(source: &str, error: String, dry_run: bool) -> MessageOutcome {
         MessageOutcome {
             source: source.to_string(),
-            message_id: None,
-            from: None,
-            imip: false,
-            valid: false,
-            suspicious: false,
-            problems: Vec::new(),
+            findings: Findings::default(),
             results: Vec::new(),
             quarantine: false,
             error: Some(error),

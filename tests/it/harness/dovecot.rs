@@ -444,10 +444,20 @@ service lmtp {{
         self.status_item(user, folder, "MESSAGES").unwrap_or(0) as usize
     }
 
-    /// The folder's UIDVALIDITY (panics when it does not exist).
+    /// The folder's UIDVALIDITY (panics when it does not exist). Just after
+    /// a restart, or while a folder lock a killed Dovecot left behind goes
+    /// stale (two minutes), STATUS may fail for a while: it is asked again.
     pub fn uidvalidity(&self, user: &str, folder: &str) -> u32 {
-        self.status_item(user, folder, "UIDVALIDITY")
-            .unwrap_or_else(|| panic!("no folder {folder} for {user}")) as u32
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+        loop {
+            if let Some(v) = self.status_item(user, folder, "UIDVALIDITY") {
+                return v as u32;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("no folder {folder} for {user}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     /// `(uid, flags)` of every message, in UID order (`\Recent` left out).
