@@ -97,10 +97,6 @@ impl<'a> Facts<'a> {
         self.comps.iter().find_map(Node::organizer)
     }
 
-    pub fn summary(&self) -> Option<String> {
-        self.master().and_then(|c| c.text(&P::Summary))
-    }
-
     pub fn recurring(&self) -> bool {
         self.comps
             .iter()

@@ -143,7 +143,10 @@ pub static MATCHERS: &[Def] = &[
     Def {
         key: "summary",
         shape: Shape::Text {
-            fact: |f| f.summary(),
+            fact: |f| {
+                f.master()
+                    .and_then(|c| c.text(&calcard::icalendar::ICalendarProperty::Summary))
+            },
             what: "summary",
         },
         needs: NONE,
