@@ -56,22 +56,6 @@ pub(crate) fn imap_account(d: &Dovecot, name: &str, user: (&str, &str), extra: &
     )
 }
 
-/// A small deterministic generator (xorshift64).
-pub(crate) struct Rng(pub u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// An iMIP message with a fixed Message-ID (so that two deliveries of the
 /// same list are byte-identical).
 fn itip(n: usize, from: &str, method: &str, lines: &[String]) -> String {

@@ -127,13 +127,10 @@ fn kill_9_at_any_moment_loses_nothing() {
     // of runs killed mid-way the same on a busy machine as on an idle one.
     let env = Env::new(maildir_cfg);
     fill(&env.path("Maildir"));
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut kills = 0;
     loop {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let target = handled(&env) + 1 + (seed % 6) as usize;
+        let target = handled(&env) + 1 + rng.index(6);
         let mut child = once(&env);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {

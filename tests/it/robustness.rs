@@ -8,6 +8,8 @@ use imipd::classify::classify;
 use imipd::config::{Config, Limits};
 use imipd::process::Processor;
 
+use crate::support::Rng;
+
 fn calendar_mail(content_type: &str, body: &str) -> String {
     format!("From: alice@example.com\r\nMessage-ID: <h@x>\r\nContent-Type: {content_type}\r\n\r\n{body}")
 }
@@ -122,21 +124,6 @@ fn ten_thousand_attendees_are_summarized() {
     assert_eq!(r.messages[0].components[0].attendees.len(), 10_001);
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 const SNIPPETS: [&[u8]; 10] = [
     b"BEGIN:VEVENT\r\n",
     b"END:VCALENDAR\r\n",
@@ -152,22 +139,22 @@ const SNIPPETS: [&[u8]; 10] = [
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(v.len() + 1);
-        match rng.below(5) {
+    for _ in 0..1 + rng.index(4) {
+        let at = rng.index(v.len() + 1);
+        match rng.index(5) {
             0 => v.truncate(at),
             1 if at < v.len() => v[at] = rng.next() as u8,
             2 => {
-                let s = SNIPPETS[rng.below(SNIPPETS.len())];
+                let s = SNIPPETS[rng.index(SNIPPETS.len())];
                 v.splice(at..at, s.iter().copied());
             }
             3 => {
-                let end = (at + rng.below(400)).min(v.len());
+                let end = (at + rng.index(400)).min(v.len());
                 let chunk = v[at..end].to_vec();
                 v.splice(at..at, chunk);
             }
             _ => {
-                let end = (at + rng.below(200)).min(v.len());
+                let end = (at + rng.index(200)).min(v.len());
                 v.drain(at..end);
             }
         }
@@ -228,8 +215,29 @@ fn regression_fuzz_crashers_are_handled() {
     for f in files {
         let raw = std::fs::read(&f).unwrap();
         let r = classify(&raw, "crasher.eml", &cfg.limits).report;
-        assert!(
-            (r.valid && !r.suspicious) || !r.problems.is_empty(),
+        // Every finding says why: an invalid message names a problem with
+        // the data, a suspicious one names the sender it distrusts.
+        if !r.valid {
+            assert!(
+                !r.problems.is_empty(),
+                "{}: invalid without a reason",
+                f.display()
+            );
+        }
+        if r.suspicious {
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.contains("sender") || p.contains("entitled")),
+                "{}: suspicious without naming the sender: {:?}",
+                f.display(),
+                r.problems
+            );
+        }
+        // The verdict is a function of the bytes.
+        assert_eq!(
+            classify(&raw, "crasher.eml", &cfg.limits).report,
+            r,
             "{}",
             f.display()
         );

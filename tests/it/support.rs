@@ -209,3 +209,26 @@ pub fn calendar_vevents(mail: &str) -> Vec<String> {
         .map_or(mail.len(), |e| start + e);
     vevents_in(&mail[start..end])
 }
+
+/// A small deterministic generator (xorshift64): the same seed, the same
+/// sequence, on every machine.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// An index in `0..n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+}
