@@ -229,11 +229,7 @@ mod tests {
     use std::time::Duration;
 
     fn root(body: &str) -> Node {
-        let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
-        match calcard::Parser::new(&text).entry() {
-            calcard::Entry::ICalendar(i) => Node::from_ical(&i),
-            other => panic!("{other:?}"),
-        }
+        crate::ical::test_root(body)
     }
 
     fn me() -> Identity {

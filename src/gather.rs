@@ -15,7 +15,7 @@ use crate::ical::Node;
 use crate::identity::Identity;
 use crate::policy::{Facts, Needs};
 use crate::recur::{self, Budget};
-use crate::store::CalendarStore;
+use crate::store::{BusyQuery, CalendarStore};
 
 /// Gathers the costly facts for one processor.
 pub struct Gatherer {
@@ -84,11 +84,13 @@ impl Gatherer {
             f.conflict = if mine.spans.is_empty() && !mine.complete {
                 None // nothing could be told within the bounds
             } else {
-                Some(
-                    store
-                        .busy_overlap(&mine.spans, uid, identity, now)?
-                        .is_some(),
-                )
+                let q = BusyQuery {
+                    spans: &mine.spans,
+                    exclude_uid: uid,
+                    identity,
+                    now,
+                };
+                Some(store.busy_overlap(&q)?.is_some())
             };
         }
         Ok(())

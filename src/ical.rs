@@ -442,6 +442,16 @@ impl Node {
     }
 }
 
+/// A calendar tree from VCALENDAR body text (components), for tests.
+#[cfg(test)]
+pub fn test_root(body: &str) -> Node {
+    let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
+    match calcard::Parser::new(&text).entry() {
+        calcard::Entry::ICalendar(i) => Node::from_ical(&i),
+        other => panic!("cannot parse test calendar: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1511,11 +1511,7 @@ mod tests {
     use super::*;
 
     fn root(body: &str) -> Node {
-        let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
-        match calcard::Parser::new(&text).entry() {
-            calcard::Entry::ICalendar(i) => Node::from_ical(&i),
-            other => panic!("{other:?}"),
-        }
+        crate::ical::test_root(body)
     }
 
     fn ev(lines: &str) -> Node {
@@ -1524,6 +1520,18 @@ mod tests {
 
     fn ts(s: &str) -> i64 {
         chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    /// The occurrences of `u` in March 2027.
+    fn march(r: &Node, b: &mut Budget) -> Occurrences {
+        occurrences(
+            r,
+            "u",
+            ts("2027-03-01T00:00:00Z"),
+            ts("2027-04-01T00:00:00Z"),
+            b,
+            all,
+        )
     }
 
     fn all(_: &Node) -> bool {
@@ -1956,14 +1964,7 @@ mod tests {
         // All-day series with a DATE EXDATE: whole UTC days.
         let r = ev("DTSTART;VALUE=DATE:20270301\r\nDTEND;VALUE=DATE:20270302\r\nRRULE:FREQ=DAILY;COUNT=3\r\n\
                     EXDATE;VALUE=DATE:20270302\r\n");
-        let o = occurrences(
-            &r,
-            "u",
-            ts("2027-03-01T00:00:00Z"),
-            ts("2027-04-01T00:00:00Z"),
-            &mut b,
-            all,
-        );
+        let o = march(&r, &mut b);
         assert_eq!(
             o.spans,
             [
@@ -1974,25 +1975,11 @@ mod tests {
         // UNTIL in UTC is an instant: 20:00 New York on 10 March is 01:00Z
         // on the 11th, after UNTIL.
         let r = ev("DTSTART;TZID=America/New_York:20270301T200000\r\nRRULE:FREQ=DAILY;UNTIL=20270310T235959Z\r\n");
-        let o = occurrences(
-            &r,
-            "u",
-            ts("2027-03-01T00:00:00Z"),
-            ts("2027-04-01T00:00:00Z"),
-            &mut b,
-            all,
-        );
+        let o = march(&r, &mut b);
         assert_eq!(o.spans.len(), 9);
         // EXDATE removes an RDATE too; DTSTART without DTEND lasts nothing.
         let r = ev("DTSTART:20270301T100000Z\r\nRDATE:20270305T100000Z,20270306T100000Z\r\nEXDATE:20270305T100000Z\r\n");
-        let o = occurrences(
-            &r,
-            "u",
-            ts("2027-03-01T00:00:00Z"),
-            ts("2027-04-01T00:00:00Z"),
-            &mut b,
-            all,
-        );
+        let o = march(&r, &mut b);
         assert_eq!(
             o.spans,
             [

@@ -134,14 +134,20 @@ mod secret_command {
         }
     }
 
-    pub(super) async fn run_async(cmd: &str, timeout: Duration) -> anyhow::Result<Output> {
-        let child = tokio::process::Command::new("sh")
-            .arg("-c")
+    /// `sh -c CMD` in a process group of its own, its output piped.
+    fn shell(cmd: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
             .arg(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .process_group(0)
+            .process_group(0);
+        c
+    }
+
+    pub(super) async fn run_async(cmd: &str, timeout: Duration) -> anyhow::Result<Output> {
+        let child = tokio::process::Command::from(shell(cmd))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| spawn_error(cmd, e))?;
@@ -157,15 +163,7 @@ mod secret_command {
     }
 
     pub(super) fn run_blocking(cmd: &str, timeout: Duration) -> anyhow::Result<Output> {
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| spawn_error(cmd, e))?;
+        let mut child = shell(cmd).spawn().map_err(|e| spawn_error(cmd, e))?;
         let mut group = Group(Some(child.id()));
         let mut stdout = child.stdout.take();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -10,11 +10,7 @@ fn me() -> Identity {
 }
 
 fn root(body: &str) -> Node {
-    let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n{body}END:VCALENDAR\r\n");
-    match calcard::Parser::new(&text).entry() {
-        calcard::Entry::ICalendar(i) => Node::from_ical(&i),
-        other => panic!("{other:?}"),
-    }
+    crate::ical::test_root(body)
 }
 
 fn event(extra: &str) -> String {
@@ -23,6 +19,20 @@ fn event(extra: &str) -> String {
          ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.com\r\n\
          ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com\r\n{extra}END:VEVENT\r\n"
     )
+}
+
+/// Alice's weekly series from 1 December 2026, at a version.
+fn series(seq: i64, stamp: &str, extra: &str) -> String {
+    event(&format!(
+        "{MASTER}SEQUENCE:{seq}\r\nDTSTAMP:{stamp}\r\n{extra}"
+    ))
+}
+
+/// The series filed from its first invitation.
+fn filed() -> Node {
+    run(None, "REQUEST", &series(0, "20261120T100000Z", ""), true)
+        .object
+        .unwrap()
 }
 
 const MASTER: &str =
@@ -90,14 +100,7 @@ fn has_exdate(master: &Node, rid: &str) -> bool {
 
 #[test]
 fn new_request_is_created_and_is_an_invitation() {
-    let d = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    );
+    let d = run(None, "REQUEST", &series(0, "20261120T100000Z", ""), true);
     assert_eq!(d.effect, Effect::Created);
     let inv = d.invitation.unwrap();
     assert_eq!(inv.me, "mailto:bob@example.com");
@@ -108,10 +111,7 @@ fn new_request_is_created_and_is_an_invitation() {
 fn regression_fuzz_invited_to_one_instance_only() {
     // Found by the fuzzer: the master does not name me, one override does;
     // the answer covers that instance alone.
-    let master = event(&format!(
-        "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-    ))
-    .replace(
+    let master = series(0, "20261120T100000Z", "").replace(
         "ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:bob@example.com\r\n",
         "",
     );
@@ -125,23 +125,14 @@ fn regression_fuzz_invited_to_one_instance_only() {
 
 #[test]
 fn ordering_sequence_then_dtstamp() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = run(None, "REQUEST", &series(1, "20261120T100000Z", ""), true)
+        .object
+        .unwrap();
     // Lower sequence, later DTSTAMP: stale.
     let d = run(
         Some(&v1),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261125T100000Z\r\n"
-        )),
+        &series(0, "20261125T100000Z", ""),
         true,
     );
     assert_eq!(d.effect, Effect::Stale);
@@ -150,9 +141,7 @@ fn ordering_sequence_then_dtstamp() {
     let d = run(
         Some(&v1),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261119T100000Z\r\n"
-        )),
+        &series(1, "20261119T100000Z", ""),
         true,
     );
     assert_eq!(d.effect, Effect::Stale);
@@ -160,9 +149,7 @@ fn ordering_sequence_then_dtstamp() {
     let d = run(
         Some(&v1),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
+        &series(1, "20261120T100000Z", ""),
         true,
     );
     assert_eq!(d.effect, Effect::Unchanged);
@@ -170,9 +157,7 @@ fn ordering_sequence_then_dtstamp() {
     let d = run(
         Some(&v1),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261121T100000Z\r\nSUMMARY:new\r\n"
-        )),
+        &series(1, "20261121T100000Z", "SUMMARY:new\r\n"),
         true,
     );
     assert_eq!(d.effect, Effect::Updated);
@@ -188,7 +173,7 @@ fn ordering_sequence_then_dtstamp() {
 fn request_with_master_replaces_overrides() {
     let body = format!(
         "{}{}",
-        event(&format!("{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n")),
+        series(0, "20261120T100000Z", ""),
         event("RECURRENCE-ID:20261208T100000Z\r\nDTSTART:20261208T120000Z\r\nSEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n")
     );
     let v1 = run(None, "REQUEST", &body, true).object.unwrap();
@@ -196,9 +181,7 @@ fn request_with_master_replaces_overrides() {
     let v2 = run(
         Some(&v1),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261121T100000Z\r\n"
-        )),
+        &series(1, "20261121T100000Z", ""),
         true,
     )
     .object
@@ -215,19 +198,12 @@ fn naked_instance_request_touches_only_that_instance() {
     let v1 = run(
         None,
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\nSUMMARY:series\r\n"
-        )),
+        &series(0, "20261120T100000Z", "SUMMARY:series\r\n"),
         true,
     )
     .object
     .unwrap();
-    let d = run(
-        Some(&v1),
-        "REQUEST",
-        &event("RECURRENCE-ID:20261208T100000Z\r\nDTSTART:20261208T130000Z\r\nSEQUENCE:1\r\nDTSTAMP:20261121T100000Z\r\nSUMMARY:moved\r\n"),
-        true,
-    );
+    let d = run(Some(&v1), "REQUEST", &event("RECURRENCE-ID:20261208T100000Z\r\nDTSTART:20261208T130000Z\r\nSEQUENCE:1\r\nDTSTAMP:20261121T100000Z\r\nSUMMARY:moved\r\n"), true);
     assert_eq!(d.effect, Effect::Updated);
     let o = d.object.unwrap();
     assert_eq!(master_of(&o).text(&P::Summary).as_deref(), Some("series"));
@@ -249,16 +225,7 @@ fn naked_instance_request_touches_only_that_instance() {
 
 #[test]
 fn cancel_of_an_instance_without_override_adds_exdate() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = filed();
     let d = run(
         Some(&v1),
         "CANCEL",
@@ -280,16 +247,9 @@ fn cancel_of_an_instance_without_override_adds_exdate() {
 
 #[test]
 fn cancel_whole_event_marks_it_cancelled_and_stale_cancel_changes_nothing() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:2\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = run(None, "REQUEST", &series(2, "20261120T100000Z", ""), true)
+        .object
+        .unwrap();
     let d = run(
         Some(&v1),
         "CANCEL",
@@ -311,22 +271,8 @@ fn cancel_whole_event_marks_it_cancelled_and_stale_cancel_changes_nothing() {
 
 #[test]
 fn cancel_this_and_future_truncates() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
-    let d = run(
-        Some(&v1),
-        "CANCEL",
-        &event("RECURRENCE-ID;RANGE=THISANDFUTURE:20261215T100000Z\r\nSEQUENCE:1\r\nDTSTAMP:20261122T100000Z\r\n"),
-        true,
-    );
+    let v1 = filed();
+    let d = run(Some(&v1), "CANCEL", &event("RECURRENCE-ID;RANGE=THISANDFUTURE:20261215T100000Z\r\nSEQUENCE:1\r\nDTSTAMP:20261122T100000Z\r\n"), true);
     assert_eq!(d.effect, Effect::Cancelled);
     let o = d.object.unwrap();
     let rrule = master_of(&o).prop(&P::Rrule).unwrap();
@@ -355,16 +301,7 @@ fn cancel_for_unknown_uid_is_held() {
 
 #[test]
 fn wrong_sender_and_organizer_change_are_refused() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = filed();
     let d = run(
         Some(&v1),
         "CANCEL",
@@ -373,10 +310,7 @@ fn wrong_sender_and_organizer_change_are_refused() {
     );
     assert_eq!(d.effect, Effect::Refused);
     assert!(d.object.is_none());
-    let changed = event(&format!(
-        "{MASTER}SEQUENCE:1\r\nDTSTAMP:20261122T100000Z\r\n"
-    ))
-    .replace(
+    let changed = series(1, "20261122T100000Z", "").replace(
         "ORGANIZER:mailto:alice@example.com",
         "ORGANIZER:mailto:mallory@evil.example",
     );
@@ -387,16 +321,7 @@ fn wrong_sender_and_organizer_change_are_refused() {
 
 #[test]
 fn local_data_survives_updates() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = filed();
     // The user adds an alarm, TRANSP, CATEGORIES and an X- property, and accepts.
     let mut mine = v1.clone();
     {
@@ -433,9 +358,7 @@ fn local_data_survives_updates() {
     let d = run(
         Some(&mine),
         "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261121T100000Z\r\nTRANSP:OPAQUE\r\n"
-        )),
+        &series(0, "20261121T100000Z", "TRANSP:OPAQUE\r\n"),
         true,
     );
     let o = d.object.unwrap();
@@ -590,16 +513,7 @@ fn party_crasher_and_spoofed_reply_are_refused() {
 
 #[test]
 fn reply_for_an_event_i_do_not_organize_is_ignored() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = filed();
     let body = reply("carol@example.com", "ACCEPTED", 0, "20261121T100000Z", None).replace(
         "ORGANIZER:mailto:bob@example.com",
         "ORGANIZER:mailto:alice@example.com",
@@ -651,16 +565,7 @@ fn my_own_request_is_filed_as_organizer_without_invitation() {
 
 #[test]
 fn add_adds_an_instance() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = filed();
     let d = run(Some(&v1), "ADD", &event("DTSTART:20261224T100000Z\r\nDTEND:20261224T110000Z\r\nSEQUENCE:1\r\nDTSTAMP:20261121T100000Z\r\n"), true);
     assert_eq!(d.effect, Effect::Updated);
     let o = d.object.unwrap();
@@ -680,16 +585,9 @@ fn add_adds_an_instance() {
 
 #[test]
 fn an_organizer_method_without_organizer_is_refused() {
-    let v1 = run(
-        None,
-        "REQUEST",
-        &event(&format!(
-            "{MASTER}SEQUENCE:0\r\nDTSTAMP:20261120T100000Z\r\n"
-        )),
-        true,
-    )
-    .object
-    .unwrap();
+    let v1 = run(None, "REQUEST", &series(0, "20261120T100000Z", ""), true)
+        .object
+        .unwrap();
     let body = event("SEQUENCE:5\r\nDTSTAMP:20261122T100000Z\r\n")
         .replace("ORGANIZER:mailto:alice@example.com\r\n", "");
     let d = run(Some(&v1), "CANCEL", &body, true);

@@ -40,14 +40,23 @@ pub trait CalendarStore: Send {
     /// Every UID the store holds.
     fn uids(&self) -> anyhow::Result<Vec<String>>;
 
-    /// A busy span (UID, start, end; Unix seconds) of another event that
-    /// overlaps one of `spans`. Busy: not transparent, not cancelled, not
-    /// declined by me. Looked at from about `now` to a year ahead.
-    fn busy_overlap(
-        &mut self,
-        spans: &[(i64, i64)],
-        exclude_uid: &str,
-        identity: &Identity,
-        now: i64,
-    ) -> anyhow::Result<Option<(String, i64, i64)>>;
+    /// A busy span of another event that overlaps one of the query's
+    /// spans. Busy: not transparent, not cancelled, not declined by me.
+    /// Looked at from about the query's `now` to a year ahead.
+    fn busy_overlap(&mut self, q: &BusyQuery<'_>) -> anyhow::Result<Option<BusySpan>>;
 }
+
+/// What [`CalendarStore::busy_overlap`] is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct BusyQuery<'a> {
+    /// The spans to check (start, end; Unix seconds).
+    pub spans: &'a [(i64, i64)],
+    /// The event asking, whose own time is not busy for it.
+    pub exclude_uid: &'a str,
+    /// Whose busy time (what I declined is not busy).
+    pub identity: &'a Identity,
+    pub now: i64,
+}
+
+/// A busy span found: the UID of its event, its start and end.
+pub type BusySpan = (String, i64, i64);

@@ -633,11 +633,9 @@ impl super::CalendarStore for Vdir {
 
     fn busy_overlap(
         &mut self,
-        spans: &[(i64, i64)],
-        exclude_uid: &str,
-        identity: &Identity,
-        now: i64,
-    ) -> anyhow::Result<Option<(String, i64, i64)>> {
+        q: &super::BusyQuery<'_>,
+    ) -> anyhow::Result<Option<super::BusySpan>> {
+        let (identity, now) = (q.identity, q.now);
         let changes = self.changes();
         let stale = match &self.busy {
             None => true,
@@ -658,7 +656,7 @@ impl super::CalendarStore for Vdir {
         Ok(self
             .busy
             .as_ref()
-            .and_then(|c| c.busy.overlaps(spans, exclude_uid)))
+            .and_then(|c| c.busy.overlaps(q.spans, q.exclude_uid)))
     }
 }
 
