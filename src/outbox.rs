@@ -66,6 +66,8 @@ pub struct Outbox {
     ledger: PathBuf,
     /// key → (counterpart, unix seconds) of every answer ever queued.
     answered: HashMap<String, (String, i64)>,
+    /// The highest sequence number queued: the next one is higher.
+    last_seq: u64,
 }
 
 impl Outbox {
@@ -107,9 +109,11 @@ impl Outbox {
             dir,
             ledger,
             answered,
+            last_seq: 0,
         };
         // Entries whose ledger line was lost in a crash still count.
         for e in outbox.pending()? {
+            outbox.last_seq = outbox.last_seq.max(e.seq);
             outbox
                 .answered
                 .entry(e.message.key.clone())
@@ -142,17 +146,11 @@ impl Outbox {
 
     /// Queue a message durably: the entry first, then the ledger line.
     pub fn enqueue(&mut self, message: Outgoing, now: DateTime<Utc>) -> anyhow::Result<()> {
-        // The order of sending follows the system clock (not imipd's clock,
-        // which IMIPD_NOW may move): entries of successive runs sort in the
-        // order they were queued.
-        let mut seq = Utc::now()
-            .timestamp_micros()
-            .max(now.timestamp_micros())
-            .max(0) as u64;
-        // Keep the order strict even within one microsecond.
-        while self.dir.join(entry_name(seq, &message.key)).exists() {
-            seq += 1;
-        }
+        // The order of sending is the order of queueing: the system clock
+        // (not imipd's, which IMIPD_NOW may move), and always past the last
+        // entry queued, even within one microsecond.
+        let seq = (Utc::now().timestamp_micros().max(0) as u64).max(self.last_seq + 1);
+        self.last_seq = seq;
         let entry = Entry {
             seq,
             message,
@@ -578,5 +576,110 @@ async fn smtp_send(
         Ok(Err(err)) => Err(SendError::Transient(format!(
             "cannot send via SMTP server {server}: {err}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn answer(key: &str, to: &str) -> Outgoing {
+        Outgoing {
+            key: key.into(),
+            from: "bob@example.com".into(),
+            to: vec![to.into()],
+            counterpart: to.into(),
+            summary: format!("answer {key}"),
+            message: format!("Subject: {key}\r\n\r\nbody\r\n"),
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn queued_answers_are_remembered_and_counted_per_person() {
+        let d = tempfile::tempdir().unwrap();
+        let now = at("2027-01-05T10:00:00Z");
+        let mut o = Outbox::open(d.path()).unwrap();
+        o.enqueue(answer("k1", "alice@example.com"), now).unwrap();
+        o.enqueue(answer("k2", "Alice+x@example.com"), now).unwrap();
+        o.enqueue(answer("k3", "carol@example.com"), now).unwrap();
+        assert!(o.answered("k1") && !o.answered("k9"));
+        assert_eq!(o.recent("alice@example.com", now), 2, "sub-addresses fold");
+        assert_eq!(o.recent_all(now), 3);
+        assert_eq!(o.recent_all(now + chrono::Duration::hours(2)), 0);
+        // The ledger survives a restart; so do entries whose line was lost.
+        let o = Outbox::open(d.path()).unwrap();
+        assert!(o.answered("k2"));
+        std::fs::remove_file(d.path().join("answered.log")).unwrap();
+        let o = Outbox::open(d.path()).unwrap();
+        assert!(o.answered("k3"), "recovered from the queued entry");
+        assert_eq!(
+            o.pending()
+                .unwrap()
+                .iter()
+                .map(|e| e.message.key.as_str())
+                .collect::<Vec<_>>(),
+            ["k1", "k2", "k3"],
+            "in the order queued"
+        );
+    }
+
+    #[test]
+    fn sending_removes_entries_and_failures_back_off() {
+        let d = tempfile::tempdir().unwrap();
+        let now = at("2027-01-05T10:00:00Z");
+        let mut o = Outbox::open(d.path()).unwrap();
+        o.enqueue(answer("k1", "alice@example.com"), now).unwrap();
+        o.enqueue(answer("k2", "carol@example.com"), now).unwrap();
+        // A transport that cannot write: the first entry fails and stays,
+        // with its next attempt a minute later; the rest waits.
+        let blocked = d.path().join("not-a-folder");
+        std::fs::write(&blocked, "x").unwrap();
+        let reports = run(o.flush(&Transport::File(blocked.join("out")), now, true)).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].status, "failed");
+        let pending = o.pending().unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].attempts, 1);
+        assert_eq!(pending[0].next_attempt, now.timestamp() + 60);
+        // Within its backoff the failed entry waits, and the one behind it
+        // goes (one bad message does not hold the others); without the
+        // backoff (`once`, `process`), the failed one is tried again.
+        let out = d.path().join("out");
+        let reports = run(o.flush(&Transport::File(out.clone()), now, true)).unwrap();
+        assert_eq!(
+            reports.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["k2"]
+        );
+        let reports = run(o.flush(&Transport::File(out.clone()), now, false)).unwrap();
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| (r.key.as_str(), r.status))
+                .collect::<Vec<_>>(),
+            [("k1", "sent")]
+        );
+        assert!(o.pending().unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_read_only_outbox_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let o = Outbox::open_read_only(&state).unwrap();
+        assert!(o.pending().unwrap().is_empty());
+        assert!(!state.exists());
     }
 }

@@ -878,3 +878,6 @@ fn set_my_partstat(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

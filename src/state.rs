@@ -324,3 +324,74 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_messages_are_kept_in_order_once_and_released() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(d.path(), Duration::from_secs(1)).unwrap();
+        let a = s.hold("u@x", "first").unwrap();
+        let b = s.hold("u@x", "second").unwrap();
+        assert_eq!(
+            s.hold("u@x", "first").unwrap(),
+            a,
+            "the same text is kept once"
+        );
+        s.hold("other@x", "else").unwrap();
+        let held: Vec<String> = s.held("u@x").into_iter().map(|(_, t)| t).collect();
+        assert_eq!(held, ["first", "second"]);
+        s.release_held("u@x", &[a]);
+        assert_eq!(s.held("u@x"), vec![(b.clone(), "second".to_string())]);
+        s.release_held("u@x", &[b]);
+        assert!(s.held("u@x").is_empty());
+        assert_eq!(s.held("other@x").len(), 1);
+    }
+
+    #[test]
+    fn kept_copies_never_replace_each_other() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(d.path(), Duration::from_secs(1)).unwrap();
+        let a = s.record_attention("COUNTER", "u@x", "one").unwrap();
+        let b = s.record_attention("COUNTER", "u@x", "two").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_to_string(a).unwrap(), "one");
+        let q1 = s.quarantine("-", b"m1").unwrap();
+        let q2 = s.quarantine("-", b"m2").unwrap();
+        assert_ne!(q1, q2);
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_waits_its_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = State::open(d.path(), Duration::from_secs(1)).unwrap();
+        let e = match State::open(d.path(), Duration::from_millis(50)) {
+            Err(e) => e,
+            Ok(_) => panic!("two states opened the same folder"),
+        };
+        assert!(e.is::<LockBusy>(), "{e:#}");
+    }
+
+    #[test]
+    fn read_only_state_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let s = State::open_read_only(&dir);
+        assert!(s.held("u@x").is_empty());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_ledger_remembers_across_opens() {
+        let d = tempfile::tempdir().unwrap();
+        let path = maildir_ledger(d.path(), "mail");
+        let mut l = Ledger::open(&path).unwrap();
+        assert!(!l.contains("k1"));
+        l.add("k1").unwrap();
+        l.add("k2").unwrap();
+        let l = Ledger::open(&path).unwrap();
+        assert!(l.contains("k1") && l.contains("k2") && !l.contains("k3"));
+    }
+}
