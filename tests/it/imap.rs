@@ -5,7 +5,7 @@
 //! real SMTP receiver.
 
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -331,22 +331,11 @@ impl Service {
     }
 
     fn stop(mut self) -> (Option<i32>, String) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                let _ = self.0.stderr.take().unwrap().read_to_string(&mut err);
-                return (status.code(), err);
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "run did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (status, _) = crate::support::terminate(&mut self.0, Duration::from_secs(10));
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.0.stderr.take().unwrap().read_to_string(&mut err);
+        (status.code(), err)
     }
 }
 

@@ -243,21 +243,8 @@ impl Service {
 /// SIGTERM, then the exit status and how long the stop took (panics after
 /// `limit`).
 fn terminate(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`imipd run` did not stop within {limit:?} of SIGTERM (/proc stat: {cpu})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, took) = crate::support::terminate(child, limit);
+    (status.code(), took)
 }
 
 impl Drop for Service {

@@ -166,20 +166,7 @@ fn measure(n: usize) -> Measured {
     std::thread::sleep(Duration::from_millis(300));
     let answered = usage(pid);
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("`imipd run` did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = crate::support::terminate(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "run exits 0 on SIGTERM");
 
     // All answered, each exactly once, from the right address.

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -467,20 +467,7 @@ fn store_changes_under_run_are_seen() {
         });
         assert_eq!(files_with_uid(&env, "added-by-khal@example.com").len(), 1);
     }));
-    let _ = Command::new("kill")
-        .args(["-TERM", &run.id().to_string()])
-        .status();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = run.kill();
-            panic!("`imipd run` did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = crate::support::terminate(&mut run, Duration::from_secs(20));
     if let Err(e) = result {
         let out = run.wait_with_output().unwrap();
         eprintln!("run said: {}", String::from_utf8_lossy(&out.stderr));

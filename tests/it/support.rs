@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -230,5 +231,26 @@ impl Rng {
     /// An index in `0..n`.
     pub fn index(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
+    }
+}
+
+/// Send SIGTERM to `child` and wait for it to exit: its status and how long
+/// the stop took. Panics (after killing it) if it is still running after
+/// `limit`, with its /proc state to show where it hung.
+pub fn terminate(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`imipd` did not stop within {limit:?} of SIGTERM (/proc stat: {stat})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
