@@ -79,6 +79,7 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod trust;
 
 /// `println!` for reports on standard output that does not panic when the
 /// reader went away (`imipd check | head`): the write error is ignored.

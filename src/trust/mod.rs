@@ -1,0 +1,121 @@
+//! Trust: the keys and rules that prove who sent an iTIP object (RFC 6047
+//! §3, RFC 2447 §3) and sign what imipd sends. What a signature proves is
+//! found here ([`smime`], [`pgp`]) and carried with the calendar part it
+//! covers ([`Signature`]); [`crate::originator`] ties it to the ORGANIZER
+//! or the replying ATTENDEE. [`Trust`] is the validated `[trust]` section
+//! with the key material of `[identity]`; [`sign`] wraps outgoing mail in
+//! `multipart/signed`.
+
+pub mod pgp;
+pub mod sign;
+pub mod smime;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// How a calendar part was signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigMethod {
+    /// S/MIME (RFC 8551).
+    Smime,
+    /// PGP/MIME (RFC 3156).
+    Pgp,
+}
+
+impl SigMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            SigMethod::Smime => "S/MIME",
+            SigMethod::Pgp => "PGP",
+        }
+    }
+}
+
+/// A signature around a calendar part: the addresses its verified signer
+/// proves, or why it proves nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub method: SigMethod,
+    pub signers: Result<Vec<String>, String>,
+}
+
+impl Signature {
+    /// Whether the verified signer is this address (bare, lower-case).
+    pub fn proves(&self, bare: &str) -> bool {
+        self.signers
+            .as_ref()
+            .is_ok_and(|s| s.iter().any(|a| a == bare))
+    }
+
+    /// Why this signature proves nothing for `bare`.
+    pub fn why_not(&self, bare: &str) -> String {
+        match &self.signers {
+            Ok(s) => format!(
+                "the {} signature is by {}, not by {bare}",
+                self.method.name(),
+                s.join(", ")
+            ),
+            Err(e) => e.clone(),
+        }
+    }
+}
+
+/// `[trust] require`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Require {
+    /// Everything is proven where it can be, and acted on as before.
+    #[default]
+    None,
+    /// Changes to stored events and every automatic answer need a proven
+    /// originator.
+    Authenticated,
+}
+
+/// `[outgoing] sign`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sign {
+    #[default]
+    None,
+    Smime,
+    Pgp,
+}
+
+/// A `[[trust.relay]]`: a platform that sends invitations from a system
+/// address for the organizers it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The relay's From address, bare.
+    pub from: String,
+    /// Globs of the organizers it may speak for.
+    pub organizers: Vec<String>,
+}
+
+/// The key material: CAs, public keys, my own keys.
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub smime_anchors: smime::Anchors,
+    pub pgp_public: pgp::PublicKeys,
+    pub smime_me: Option<smime::Identity>,
+    pub pgp_me: Option<pgp::SecretKey>,
+}
+
+/// The validated `[trust]` section with the keys of `[identity]` and the
+/// `[outgoing] sign` choice.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub require: Require,
+    /// Lower-cased; `[trust]` and `[authentication]` together.
+    pub authserv_ids: Vec<String>,
+    pub relays: Vec<Relay>,
+    pub keys: Arc<Keys>,
+    pub sign: Sign,
+}
+
+impl Trust {
+    /// Whether some key can open encrypted mail.
+    pub fn can_decrypt(&self) -> bool {
+        self.keys.smime_me.is_some() || self.keys.pgp_me.is_some()
+    }
+}
