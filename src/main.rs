@@ -186,7 +186,7 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
             std::fs::read(file)
         };
         let report = match raw {
-            Ok(raw) => classify::classify(&raw, file, &cfg.limits).report,
+            Ok(raw) => classify::classify_with(&raw, file, &cfg.limits, &cfg.trust).report,
             Err(e) => {
                 failed = true;
                 imipd::say_err!("imipd: cannot read {file}: {e}");

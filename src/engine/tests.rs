@@ -46,6 +46,7 @@ fn run(stored: Option<&Node>, method: &str, body: &str, entitled: bool) -> Decis
             via: Via::From,
             sent_by: None,
             proof: crate::originator::Proof::Dkim,
+            unproven: None,
         }),
         _ => Err("the sender is someone else".to_string()),
     };
@@ -59,7 +60,10 @@ fn run(stored: Option<&Node>, method: &str, body: &str, entitled: bool) -> Decis
         originator: &originator,
         sender_mail: &[],
         identity: &id,
-        trust: Trust { sent_by: &[] },
+        trust: Trust {
+            sent_by: &[],
+            require_proof: false,
+        },
     };
     apply(stored, &input)
 }
