@@ -768,7 +768,6 @@ impl Processor {
             &outgoing.message,
             self.cfg.trust.sign,
             &self.cfg.trust.keys,
-            now,
         ) {
             Ok(m) => outgoing.message = m,
             Err(e) => return Ok(format!("not sent: {e}")),

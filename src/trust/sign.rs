@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use super::{Keys, Sign};
 
 /// Sign a whole RFC 5322 message (CRLF line ends, as lettre writes it).
-pub fn sign_mail(message: &str, how: Sign, keys: &Keys, now: DateTime<Utc>) -> Result<String, String> {
+/// The signature carries the real time (not `IMIPD_NOW`): a verifier
+/// compares it with the key's creation and expiry.
+pub fn sign_mail(message: &str, how: Sign, keys: &Keys) -> Result<String, String> {
+    let now: DateTime<Utc> = Utc::now();
     let (head, body) = message
         .split_once("\r\n\r\n")
         .ok_or("cannot sign the mail: it has no body")?;

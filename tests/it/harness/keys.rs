@@ -299,6 +299,10 @@ impl Keys {
     /// key imported into a fresh keyring: whether it verified, and gpg's words.
     pub fn gpg_verify(&self, signature: &[u8], data: &[u8]) -> (bool, String) {
         let dir = tempfile::Builder::new().prefix("gv").tempdir_in("/tmp").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         let home = dir.path().to_str().unwrap().to_string();
         let sig = dir.path().join("sig.asc");
         let dat = dir.path().join("data");
