@@ -382,3 +382,107 @@ fn pgp_parts(m: &str) -> (String, String) {
     let sig_end = m.find("-----END PGP SIGNATURE-----").unwrap() + "-----END PGP SIGNATURE-----".len();
     (m[start..end].to_string(), m[sig_start..sig_end].to_string())
 }
+
+const BOB_IMAP: (&str, &str) = ("bob@example.com", "bob-secret");
+
+/// `imipd once --json` against the account; its JSON lines.
+fn once(env: &Env) -> Vec<Value> {
+    let out = imipd()
+        .args(["once", "--json", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Over IMAP: a calendar part inside a multipart/signed is fetched as that
+/// whole signed entity (exact bytes) and verified, and the 20 MB attachment
+/// beside it is never downloaded; a message that is signed or encrypted as
+/// a whole is fetched as its body and verified or opened too.
+#[test]
+fn imap_fetches_the_signed_entity_but_never_the_attachment_beside_it() {
+    use crate::harness::dovecot::Dovecot;
+    let keys = Keys::generate();
+    let d = Dovecot::start(&[BOB_IMAP]);
+    let account = format!(
+        "[[account]]\nname = \"bob\"\nsource = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\n\
+         username = \"{}\"\npassword = \"{}\"\nca_file = \"{}\"\ntimeout = 10\n",
+        d.imaps_port,
+        BOB_IMAP.0,
+        BOB_IMAP.1,
+        d.certs.ca_pem.display()
+    );
+    let env = env(&keys, "", &format!("{ACCEPT}{account}"));
+    // multipart/mixed { multipart/signed { text/calendar, signature }, 20 MB PDF }
+    let signed = keys.smime_sign(
+        &entity("REQUEST", &event("i1@example.com", 0, "alice@example.com")),
+        &keys.alice,
+        false,
+    );
+    let (signed_head, signed_body) = signed
+        .split_once("\n\n")
+        .or_else(|| signed.split_once("\r\n\r\n"))
+        .unwrap();
+    let signed_head = signed_head.replace("MIME-Version: 1.0\n", "").replace("MIME-Version: 1.0\r\n", "");
+    let big = "QUFB".repeat(20 * 1024 * 1024 / 4);
+    let pdf: Vec<&str> = big
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let raw = wrap(
+        "Alice <alice@example.com>",
+        &format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\n{}\r\n\r\n{}\r\n--outer\r\n\
+             Content-Type: application/pdf; name=slides.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--outer--\r\n",
+            signed_head.trim_end().replace("\r\n", "\n").replace('\n', "\r\n"),
+            signed_body.replace("\r\n", "\n").replace('\n', "\r\n"),
+            pdf.join("\r\n")
+        ),
+    );
+    d.append(BOB_IMAP.0, "INBOX", raw.as_bytes());
+    // The whole message PGP/MIME-signed, and the whole message S/MIME-encrypted to me.
+    d.append(
+        BOB_IMAP.0,
+        "INBOX",
+        wrap(
+            "Alice <alice@example.com>",
+            &pgp_signed(&keys, "alice@example.com", &entity("REQUEST", &event("i2@example.com", 0, "alice@example.com"))),
+        )
+        .as_bytes(),
+    );
+    d.append(
+        BOB_IMAP.0,
+        "INBOX",
+        wrap(
+            "Alice <alice@example.com>",
+            &keys.smime_encrypt(&entity("REQUEST", &event("i3@example.com", 0, "alice@example.com")), &keys.bob),
+        )
+        .as_bytes(),
+    );
+    let lines = once(&env);
+    let outcomes: Vec<&Value> = lines.iter().filter(|l| l.get("source").is_some()).collect();
+    assert_eq!(outcomes.len(), 3, "{lines:?}");
+    assert_eq!(proof(outcomes[0]), "smime", "{}", outcomes[0]);
+    assert_eq!(first(outcomes[0])["policy"], "signed", "{}", outcomes[0]);
+    assert_eq!(proof(outcomes[1]), "pgp", "{}", outcomes[1]);
+    assert_eq!(outcomes[2]["decrypted"], "smime", "{}", outcomes[2]);
+    assert_eq!(first(outcomes[2])["effect"], "created", "{}", outcomes[2]);
+    let pass = lines.iter().find_map(|l| l.get("pass")).unwrap();
+    assert!(
+        pass["bytes_read"].as_u64().unwrap() < 512 * 1024,
+        "the attachment was downloaded: {pass}"
+    );
+    for uid in ["i1@example.com", "i2@example.com", "i3@example.com"] {
+        assert!(stored(&env, uid).is_some(), "{uid}");
+    }
+}
