@@ -175,7 +175,10 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits, trust: &Trust) -> 
                 if let Some(k) = objects.iter().position(|x| {
                     x.signed.as_ref().is_none_or(|g| g.signers.is_err())
                         && summarize(x) == s
-                        && mail.parts.iter().any(|p| p.text == part.text && p.signed.is_none())
+                        && mail
+                            .parts
+                            .iter()
+                            .any(|p| p.text == part.text && p.signed.is_none())
                 }) {
                     if o.signed.as_ref().is_some_and(|g| g.signers.is_ok()) {
                         objects[k].signed = o.signed.clone();

@@ -406,8 +406,7 @@ impl Walker<'_> {
                     if let Some(inner) = parser().parse(bytes.as_ref()) {
                         self.walk(&inner, 0, depth + 1, true, signed);
                     }
-                } else if ctype == "application"
-                    && (csub == "pkcs7-mime" || csub == "x-pkcs7-mime")
+                } else if ctype == "application" && (csub == "pkcs7-mime" || csub == "x-pkcs7-mime")
                 {
                     let kind = ct
                         .and_then(|c| c.attribute("smime-type"))
@@ -621,8 +620,13 @@ impl Walker<'_> {
 
 /// Whether DER bytes are a CMS ContentInfo of signed data (OID 1.2.840.113549.1.7.2).
 fn is_signed_data(der: &[u8]) -> bool {
-    const OID: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
-    der.get(..32).unwrap_or(der).windows(OID.len()).any(|w| w == OID)
+    const OID: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+    ];
+    der.get(..32)
+        .unwrap_or(der)
+        .windows(OID.len())
+        .any(|w| w == OID)
 }
 
 /// Signed content in canonical form (RFC 5751 §3.1.1, RFC 3156 §5): every

@@ -153,7 +153,10 @@ impl Originator {
             Proof::From => return None,
             Proof::Smime => format!("S/MIME signature of {}", self.mail),
             Proof::Pgp => format!("PGP signature of {}", self.mail),
-            Proof::Dkim => format!("DKIM signature for {} (verified by the receiving server)", self.mail),
+            Proof::Dkim => format!(
+                "DKIM signature for {} (verified by the receiving server)",
+                self.mail
+            ),
             Proof::Dmarc => format!("DMARC for {} (verified by the receiving server)", self.mail),
             Proof::Relay => format!(
                 "the trusted relay {} for {who} (its mail verified by the receiving server)",
@@ -326,7 +329,11 @@ fn find(
                 continue;
             };
             let bare = address::bare(&addr);
-            if !relay.organizers.iter().any(|g| address::glob_matches(g, &bare)) {
+            if !relay
+                .organizers
+                .iter()
+                .any(|g| address::glob_matches(g, &bare))
+            {
                 relay_note = Some(format!(
                     "the trusted relay {} may not speak for {bare} ([[trust.relay]] organizers)",
                     relay.from
@@ -487,14 +494,26 @@ mod tests {
             (o.address.as_str(), o.via),
             ("mailto:alice@example.com", Via::From)
         );
-        assert!(originator(Method::Request, &c, &id(&["mallory@evil.example"], None), None).is_err());
+        assert!(originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            None
+        )
+        .is_err());
     }
 
     #[test]
     fn two_organizers_are_nobody() {
         let c =
             node("ORGANIZER:mailto:alice@example.com\r\nORGANIZER:mailto:mallory@evil.example\r\n");
-        let e = originator(Method::Cancel, &c, &id(&["mallory@evil.example"], None), None).unwrap_err();
+        let e = originator(
+            Method::Cancel,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("2 ORGANIZERs"), "{e}");
     }
 

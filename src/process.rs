@@ -148,8 +148,7 @@ impl Processor {
 
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
-        let mut c =
-            classify::classify_with(raw, origin.source, &self.cfg.limits, &self.cfg.trust);
+        let mut c = classify::classify_with(raw, origin.source, &self.cfg.limits, &self.cfg.trust);
         if !origin.problems.is_empty() {
             c.report.valid = false;
             c.report
@@ -206,11 +205,7 @@ impl Processor {
         let Some(mail) = &c.mail else {
             return Ok(plan);
         };
-        let who = MailIdentity::of(
-            mail,
-            &self.cfg.trusted_authserv_ids,
-            &self.cfg.trust.relays,
-        );
+        let who = MailIdentity::of(mail, &self.cfg.trusted_authserv_ids, &self.cfg.trust.relays);
         let sender_mail: Vec<String> = who.from.iter().chain(who.sender.iter()).cloned().collect();
         // First every decision and every verdict: a quarantine verdict holds
         // the whole message, so nothing is planned before all are known.

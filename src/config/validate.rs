@@ -413,7 +413,9 @@ impl Validator<'_> {
                         return Err(self.err(
                             "trust.require",
                             Some(req.span()),
-                            format!("unknown value `{other}`, expected \"none\" or \"authenticated\""),
+                            format!(
+                                "unknown value `{other}`, expected \"none\" or \"authenticated\""
+                            ),
                         ))
                     }
                 };

@@ -162,7 +162,10 @@ fn matcher_flags() {
         (Proof::Dmarc, false, true),
         (Proof::From, false, false),
     ] {
-        let o = Originator { proof, ..originator() };
+        let o = Originator {
+            proof,
+            ..originator()
+        };
         let f = facts(&c, &o);
         assert_eq!(check(&rule("signed = true"), &f), signed, "{proof:?}");
         assert_eq!(

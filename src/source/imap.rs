@@ -1241,7 +1241,10 @@ impl Connection {
                 )
             } else {
                 (
-                    find(&SectionPath::Part(e.path.clone(), Some(MessageSection::Mime))),
+                    find(&SectionPath::Part(
+                        e.path.clone(),
+                        Some(MessageSection::Mime),
+                    )),
                     find(&SectionPath::Part(e.path.clone(), None)),
                 )
             };
@@ -1711,10 +1714,11 @@ pub fn synthetic_message_with(
         head.pop();
     }
     let boundary = boundary(
-        bodies
-            .iter()
-            .map(|(_, b)| b.as_slice())
-            .chain(entities.iter().flat_map(|(_, h, b)| [h.as_slice(), b.as_slice()])),
+        bodies.iter().map(|(_, b)| b.as_slice()).chain(
+            entities
+                .iter()
+                .flat_map(|(_, h, b)| [h.as_slice(), b.as_slice()]),
+        ),
     );
     let mut out = head;
     out.extend_from_slice(
@@ -1988,7 +1992,7 @@ mod tests {
     #[test]
     fn the_boundary_is_found_in_one_scan_and_occurs_in_no_part() {
         let p = part(&[1]);
-        let plain = vec![(&p, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR".to_vec())];
+        let plain = [(&p, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR".to_vec())];
         assert_eq!(
             boundary(plain.iter().map(|(_, b)| b.as_slice())),
             "imipd-part-boundary"

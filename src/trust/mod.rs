@@ -33,12 +33,15 @@ impl SigMethod {
     }
 }
 
+/// The addresses a verified signer proves, or why a signature proves nothing.
+pub type Signers = Result<Vec<String>, String>;
+
 /// A signature around a calendar part: the addresses its verified signer
 /// proves, or why it proves nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
     pub method: SigMethod,
-    pub signers: Result<Vec<String>, String>,
+    pub signers: Signers,
 }
 
 impl Signature {

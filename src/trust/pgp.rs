@@ -81,12 +81,18 @@ impl PublicKeys {
         let fingerprints: Vec<_> = sig.issuer_fingerprint().into_iter().cloned().collect();
         let mut known = false;
         for (k, names) in &self.keys {
-            let candidates: Vec<&dyn PublicKeyTrait> = std::iter::once(&k.primary_key as &dyn PublicKeyTrait)
-                .chain(k.public_subkeys.iter().map(|s| &s.key as &dyn PublicKeyTrait))
-                .collect();
+            let candidates: Vec<&dyn PublicKeyTrait> =
+                std::iter::once(&k.primary_key as &dyn PublicKeyTrait)
+                    .chain(
+                        k.public_subkeys
+                            .iter()
+                            .map(|s| &s.key as &dyn PublicKeyTrait),
+                    )
+                    .collect();
             for c in candidates {
-                let named = issuers.contains(&c.key_id()) || fingerprints.contains(&c.fingerprint());
-                if !named && !(issuers.is_empty() && fingerprints.is_empty()) {
+                let named =
+                    issuers.contains(&c.key_id()) || fingerprints.contains(&c.fingerprint());
+                if !(named || issuers.is_empty() && fingerprints.is_empty()) {
                     continue;
                 }
                 known = true;
@@ -172,10 +178,13 @@ fn user_addresses<'a>(ids: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
 
 /// The addresses a detached signature (`application/pgp-signature`, armoured
 /// or binary) over `content` proves, or why it proves nothing.
-pub fn verify_detached(content: &[u8], signature: &[u8], keys: &PublicKeys) -> Result<Vec<String>, String> {
+pub fn verify_detached(
+    content: &[u8],
+    signature: &[u8],
+    keys: &PublicKeys,
+) -> Result<Vec<String>, String> {
     let sig = if signature.windows(5).any(|w| w == b"-----") {
-        StandaloneSignature::from_armor_single(signature)
-            .map(|(s, _)| s)
+        StandaloneSignature::from_armor_single(signature).map(|(s, _)| s)
     } else {
         StandaloneSignature::from_bytes(signature)
     }
@@ -197,7 +206,8 @@ impl std::fmt::Debug for SecretKey {
 impl SecretKey {
     /// Read an ASCII-armoured (or binary) secret key without a passphrase.
     pub fn load(path: &Path) -> Result<SecretKey, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let key = if bytes.starts_with(b"-----") {
             SignedSecretKey::from_armor_single(&bytes[..]).map(|(k, _)| k)
         } else {
@@ -219,10 +229,19 @@ impl SecretKey {
 
     /// A detached, ASCII-armoured signature over `data` (binary document,
     /// SHA-256 where the key allows it).
-    pub fn sign_detached(&self, data: &[u8], now: chrono::DateTime<chrono::Utc>) -> Result<String, String> {
+    pub fn sign_detached(
+        &self,
+        data: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, String> {
         let k = &self.key.primary_key;
-        let mut cfg = SignatureConfig::v4(SignatureType::Binary, k.algorithm(), pgp::crypto::hash::HashAlgorithm::Sha256);
-        let sub = |d| Subpacket::regular(d).map_err(|e| format!("cannot build the PGP signature: {e}"));
+        let mut cfg = SignatureConfig::v4(
+            SignatureType::Binary,
+            k.algorithm(),
+            pgp::crypto::hash::HashAlgorithm::Sha256,
+        );
+        let sub =
+            |d| Subpacket::regular(d).map_err(|e| format!("cannot build the PGP signature: {e}"));
         cfg.hashed_subpackets = vec![
             sub(SubpacketData::SignatureCreationTime(now))?,
             sub(SubpacketData::IssuerFingerprint(k.fingerprint()))?,
@@ -244,7 +263,7 @@ pub fn decrypt(
     armored: &[u8],
     me: Option<&SecretKey>,
     keys: &PublicKeys,
-) -> Result<(Vec<u8>, Option<Result<Vec<String>, String>>), String> {
+) -> Result<(Vec<u8>, Option<super::Signers>), String> {
     let (msg, _) = Message::from_armor(armored)
         .map_err(|e| format!("cannot read the PGP encrypted message: {e}"))?;
     let Some(me) = me else {

@@ -21,7 +21,12 @@ pub fn sign_mail(message: &str, how: Sign, keys: &Keys) -> Result<String, String
     let mut outer = Vec::new();
     let mut inner = Vec::new();
     for field in fields(head) {
-        let name = field.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        let name = field
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if name.starts_with("content-") {
             inner.push(field);
         } else if name != "mime-version" {
@@ -36,13 +41,15 @@ pub fn sign_mail(message: &str, how: Sign, keys: &Keys) -> Result<String, String
     let mut entity = inner.join("\r\n");
     entity.push_str("\r\n\r\n");
     entity.push_str(body.strip_suffix("\r\n").unwrap_or(body));
-    let boundary = format!("imipd-signed-{}", &hex(&ring::digest::digest(&ring::digest::SHA256, entity.as_bytes()).as_ref()[..12]));
+    let boundary = format!(
+        "imipd-signed-{}",
+        &hex(&ring::digest::digest(&ring::digest::SHA256, entity.as_bytes()).as_ref()[..12])
+    );
     let (ctype, sig_part) = match how {
         Sign::Smime => {
-            let me = keys
-                .smime_me
-                .as_ref()
-                .ok_or("cannot sign the mail: [identity] smime_certificate and smime_key are not set")?;
+            let me = keys.smime_me.as_ref().ok_or(
+                "cannot sign the mail: [identity] smime_certificate and smime_key are not set",
+            )?;
             let der = super::smime::sign_detached(entity.as_bytes(), me, now)?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(der);
             let lines: Vec<&str> = b64

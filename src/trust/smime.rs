@@ -81,7 +81,10 @@ impl Anchors {
             let f = f.as_ref();
             let found = read_certs(f)?;
             if found.is_empty() {
-                return Err(format!("cannot read {}: it holds no PEM CERTIFICATE", f.display()));
+                return Err(format!(
+                    "cannot read {}: it holds no PEM CERTIFICATE",
+                    f.display()
+                ));
             }
             for c in &found {
                 webpki::anchor_from_trusted_cert(c)
@@ -128,11 +131,7 @@ enum Key {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "smime::Identity({:?})",
-            addresses(&self.cert).join(", ")
-        )
+        write!(f, "smime::Identity({:?})", addresses(&self.cert).join(", "))
     }
 }
 
@@ -141,9 +140,12 @@ impl Identity {
     /// (PEM: PKCS#8, or PKCS#1 for RSA).
     pub fn load(cert: &Path, key: &Path) -> Result<Identity, String> {
         let chain = read_certs(cert)?;
-        let first = chain
-            .first()
-            .ok_or_else(|| format!("cannot read {}: it holds no PEM CERTIFICATE", cert.display()))?;
+        let first = chain.first().ok_or_else(|| {
+            format!(
+                "cannot read {}: it holds no PEM CERTIFICATE",
+                cert.display()
+            )
+        })?;
         let parsed = Certificate::from_der(first)
             .map_err(|e| format!("cannot read the certificate in {}: {e}", cert.display()))?;
         let der = PrivateKeyDer::from_pem_file(key)
@@ -261,7 +263,7 @@ fn now() -> UnixTime {
 
 /// The content of opaque signed data (`smime-type=signed-data`), and the
 /// addresses its signature proves (or why it proves nothing).
-pub fn verify_opaque(der: &[u8], anchors: &Anchors) -> Result<(Vec<u8>, Result<Vec<String>, String>), String> {
+pub fn verify_opaque(der: &[u8], anchors: &Anchors) -> Result<(Vec<u8>, super::Signers), String> {
     let sd = signed_data(der)?;
     let content = sd
         .encap_content_info
@@ -277,13 +279,18 @@ pub fn verify_opaque(der: &[u8], anchors: &Anchors) -> Result<(Vec<u8>, Result<V
 
 /// The addresses a detached S/MIME signature (`application/pkcs7-signature`)
 /// over `content` proves, or why it proves nothing.
-pub fn verify_detached(content: &[u8], der: &[u8], anchors: &Anchors) -> Result<Vec<String>, String> {
+pub fn verify_detached(
+    content: &[u8],
+    der: &[u8],
+    anchors: &Anchors,
+) -> Result<Vec<String>, String> {
     let sd = signed_data(der)?;
     verify_signed_data(&sd, content, anchors)
 }
 
 fn signed_data(der: &[u8]) -> Result<SignedData, String> {
-    let ci = ContentInfo::from_der(der).map_err(|e| format!("cannot read the S/MIME signature: {e}"))?;
+    let ci =
+        ContentInfo::from_der(der).map_err(|e| format!("cannot read the S/MIME signature: {e}"))?;
     if ci.content_type != ID_SIGNED_DATA {
         return Err(format!(
             "the S/MIME part is not signed data (content type {})",
@@ -295,7 +302,11 @@ fn signed_data(der: &[u8]) -> Result<SignedData, String> {
         .map_err(|e| format!("cannot read the S/MIME signed data: {e}"))
 }
 
-fn verify_signed_data(sd: &SignedData, content: &[u8], anchors: &Anchors) -> Result<Vec<String>, String> {
+fn verify_signed_data(
+    sd: &SignedData,
+    content: &[u8],
+    anchors: &Anchors,
+) -> Result<Vec<String>, String> {
     if anchors.is_empty() {
         return Err("no CA is trusted for S/MIME ([trust] smime_ca_files is not set)".into());
     }
@@ -334,37 +345,42 @@ fn verify_signer(
         .find(|(c, _)| identifies(&si.sid, c))
         .ok_or("the S/MIME signature does not carry the signer's certificate")?;
     let digest_alg = &si.digest_alg.oid;
-    let (ring_digest, algs): (&'static ring::digest::Algorithm, Vec<&dyn SignatureVerificationAlgorithm>) =
-        if *digest_alg == SHA256 {
-            (
-                &ring::digest::SHA256,
-                vec![
-                    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
-                    webpki::ring::ECDSA_P256_SHA256,
-                    webpki::ring::ECDSA_P384_SHA256,
-                ],
-            )
-        } else if *digest_alg == SHA384 {
-            (
-                &ring::digest::SHA384,
-                vec![
-                    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
-                    webpki::ring::ECDSA_P384_SHA384,
-                    webpki::ring::ECDSA_P256_SHA384,
-                ],
-            )
-        } else if *digest_alg == SHA512 {
-            (
-                &ring::digest::SHA512,
-                vec![webpki::ring::RSA_PKCS1_2048_8192_SHA512, webpki::ring::ED25519],
-            )
-        } else if *digest_alg == SHA1 {
-            return Err("the S/MIME signature uses SHA-1, which is no longer accepted".into());
-        } else {
-            return Err(format!(
-                "the S/MIME signature uses an unknown digest algorithm ({digest_alg})"
-            ));
-        };
+    let (ring_digest, algs): (
+        &'static ring::digest::Algorithm,
+        Vec<&dyn SignatureVerificationAlgorithm>,
+    ) = if *digest_alg == SHA256 {
+        (
+            &ring::digest::SHA256,
+            vec![
+                webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+                webpki::ring::ECDSA_P256_SHA256,
+                webpki::ring::ECDSA_P384_SHA256,
+            ],
+        )
+    } else if *digest_alg == SHA384 {
+        (
+            &ring::digest::SHA384,
+            vec![
+                webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+                webpki::ring::ECDSA_P384_SHA384,
+                webpki::ring::ECDSA_P256_SHA384,
+            ],
+        )
+    } else if *digest_alg == SHA512 {
+        (
+            &ring::digest::SHA512,
+            vec![
+                webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+                webpki::ring::ED25519,
+            ],
+        )
+    } else if *digest_alg == SHA1 {
+        return Err("the S/MIME signature uses SHA-1, which is no longer accepted".into());
+    } else {
+        return Err(format!(
+            "the S/MIME signature uses an unknown digest algorithm ({digest_alg})"
+        ));
+    };
     let algs = if si.signature_algorithm.oid == ED25519 {
         vec![webpki::ring::ED25519]
     } else {
@@ -395,7 +411,9 @@ fn verify_signer(
                 .and_then(|v| v.decode_as::<Oid>().ok())
             {
                 if ct != ID_DATA {
-                    return Err(format!("the S/MIME signature is over content of type {ct}, not data"));
+                    return Err(format!(
+                        "the S/MIME signature is over content of type {ct}, not data"
+                    ));
                 }
             }
             attrs
@@ -406,7 +424,10 @@ fn verify_signer(
     let ee = webpki::EndEntityCert::try_from(cert_der)
         .map_err(|e| format!("cannot read the signer's certificate: {e}"))?;
     let sig = si.signature.as_bytes();
-    if !algs.iter().any(|a| ee.verify_signature(*a, &signed, sig).is_ok()) {
+    if !algs
+        .iter()
+        .any(|a| ee.verify_signature(*a, &signed, sig).is_ok())
+    {
         return Err(
             "the S/MIME signature does not verify: the signed content or the signature was changed"
                 .into(),
@@ -447,7 +468,11 @@ fn verify_signer(
 
 fn describe_chain_error(e: &webpki::Error, cert: &Certificate) -> String {
     let who = addresses(cert).join(", ");
-    let who = if who.is_empty() { "the signer".to_string() } else { who };
+    let who = if who.is_empty() {
+        "the signer".to_string()
+    } else {
+        who
+    };
     match e {
         webpki::Error::CertExpired { .. } => format!("the S/MIME certificate of {who} has expired"),
         webpki::Error::CertNotValidYet { .. } => {
@@ -532,7 +557,8 @@ pub fn decrypt(der: &[u8], me: Option<&Identity>) -> Result<Vec<u8>, String> {
                 k.key_enc_alg.oid
             ));
         };
-        cek = Some(out.map_err(|_| "cannot open the S/MIME encrypted part with my key".to_string())?);
+        cek =
+            Some(out.map_err(|_| "cannot open the S/MIME encrypted part with my key".to_string())?);
         break;
     }
     let Some(cek) = cek else {
@@ -581,14 +607,20 @@ fn cbc_decrypt(alg: &AlgorithmIdentifierOwned, key: &[u8], ct: &[u8]) -> Result<
             .decrypt_padded_vec_mut::<Pkcs7>(ct)
             .map_err(bad)
     } else {
-        Err(format!("the S/MIME content encryption algorithm {o} is not supported"))
+        Err(format!(
+            "the S/MIME content encryption algorithm {o} is not supported"
+        ))
     }
 }
 
 /// A detached S/MIME signature (DER `ContentInfo`) over `content` with my
 /// certificate and key, SHA-256, signed attributes (content type, signing
 /// time, message digest), my certificate and its chain included.
-pub fn sign_detached(content: &[u8], me: &Identity, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<u8>, String> {
+pub fn sign_detached(
+    content: &[u8],
+    me: &Identity,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<u8>, String> {
     let enc = |e: der::Error| format!("cannot build the S/MIME signature: {e}");
     let sha256 = AlgorithmIdentifierOwned {
         oid: SHA256,

@@ -122,7 +122,11 @@ fn smime_signed_by_the_organizer_is_proven() {
     let env = env(&keys, "", ACCEPT);
     let signed = wrap(
         "Alice <alice@example.com>",
-        &keys.smime_sign(&entity("REQUEST", &event("s1@example.com", 0, "alice@example.com")), &keys.alice, false),
+        &keys.smime_sign(
+            &entity("REQUEST", &event("s1@example.com", 0, "alice@example.com")),
+            &keys.alice,
+            false,
+        ),
     );
     let line = human(&env, &signed);
     assert!(
@@ -132,13 +136,20 @@ fn smime_signed_by_the_organizer_is_proven() {
     let o = env.one(&signed);
     assert_eq!(proof(&o), "smime", "{o}");
     assert_eq!(first(&o)["policy"], "signed", "{o}");
-    assert!(first(&o)["reply"].as_str().unwrap().starts_with("queued"), "{o}");
+    assert!(
+        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        "{o}"
+    );
     assert_eq!(o["signatures"][0]["verified"], true, "{o}");
     assert_eq!(o["signatures"][0]["signers"][0], "alice@example.com", "{o}");
 
     let opaque = wrap(
         "Alice <alice@example.com>",
-        &keys.smime_sign(&entity("REQUEST", &event("s2@example.com", 0, "alice@example.com")), &keys.alice, true),
+        &keys.smime_sign(
+            &entity("REQUEST", &event("s2@example.com", 0, "alice@example.com")),
+            &keys.alice,
+            true,
+        ),
     );
     assert!(opaque.contains("signed-data"), "{opaque}");
     let o = env.one(&opaque);
@@ -147,7 +158,11 @@ fn smime_signed_by_the_organizer_is_proven() {
     // Forwarded by someone else: the signature still names the organizer.
     let forwarded = wrap(
         "Mallory <mallory@example.net>",
-        &keys.smime_sign(&entity("REQUEST", &event("s3@example.com", 0, "alice@example.com")), &keys.alice, false),
+        &keys.smime_sign(
+            &entity("REQUEST", &event("s3@example.com", 0, "alice@example.com")),
+            &keys.alice,
+            false,
+        ),
     );
     let o = env.one(&forwarded);
     assert_eq!(proof(&o), "smime", "{o}");
@@ -168,10 +183,26 @@ fn smime_signatures_that_prove_nothing_say_why() {
         .replacen("SUMMARY:Planning", "SUMMARY:Plannink", 1);
     let cases = [
         ("n1@example.com", changed, "changed"),
-        ("n2@example.com", keys.smime_sign(&ent("n2@example.com"), &keys.carol, false), "carol@example.com"),
-        ("n3@example.com", keys.smime_sign(&ent("n3@example.com"), &keys.alice_unknown_ca, false), "trusted CA"),
-        ("n4@example.com", keys.smime_sign(&ent("n4@example.com"), &keys.alice_expired, false), "expired"),
-        ("n5@example.com", keys.smime_sign(&ent("n5@example.com"), &keys.alice_no_usage, false), "e-mail protection"),
+        (
+            "n2@example.com",
+            keys.smime_sign(&ent("n2@example.com"), &keys.carol, false),
+            "carol@example.com",
+        ),
+        (
+            "n3@example.com",
+            keys.smime_sign(&ent("n3@example.com"), &keys.alice_unknown_ca, false),
+            "trusted CA",
+        ),
+        (
+            "n4@example.com",
+            keys.smime_sign(&ent("n4@example.com"), &keys.alice_expired, false),
+            "expired",
+        ),
+        (
+            "n5@example.com",
+            keys.smime_sign(&ent("n5@example.com"), &keys.alice_no_usage, false),
+            "e-mail protection",
+        ),
     ];
     for (uid, body, why) in cases {
         let raw = wrap("Alice <alice@example.com>", &body);
@@ -180,7 +211,11 @@ fn smime_signatures_that_prove_nothing_say_why() {
         let unproven = first(&o)["originator"]["unproven"].as_str().unwrap_or("");
         assert!(unproven.contains(why), "{uid}: want {why}: {o}");
         assert_eq!(first(&o)["policy"], "default", "{uid}: {o}");
-        assert_eq!(o["signatures"][0]["verified"], uid == "n2@example.com", "{uid}: {o}");
+        assert_eq!(
+            o["signatures"][0]["verified"],
+            uid == "n2@example.com",
+            "{uid}: {o}"
+        );
         let line = human(&env, &raw);
         assert!(line.contains("not authenticated: "), "{line}");
     }
@@ -193,8 +228,15 @@ fn smime_signatures_that_prove_nothing_say_why() {
 fn smime_encrypted_to_me_is_opened_and_to_others_reported() {
     let keys = Keys::generate();
     let env = env(&keys, "", ACCEPT);
-    let signed = keys.smime_sign(&entity("REQUEST", &event("e1@example.com", 0, "alice@example.com")), &keys.alice, false);
-    let enc = wrap("Alice <alice@example.com>", &keys.smime_encrypt(&signed, &keys.bob));
+    let signed = keys.smime_sign(
+        &entity("REQUEST", &event("e1@example.com", 0, "alice@example.com")),
+        &keys.alice,
+        false,
+    );
+    let enc = wrap(
+        "Alice <alice@example.com>",
+        &keys.smime_encrypt(&signed, &keys.bob),
+    );
     assert!(!enc.contains("BEGIN:VCALENDAR"));
     let o = env.one(&enc);
     assert_eq!(o["decrypted"], "smime", "{o}");
@@ -202,7 +244,10 @@ fn smime_encrypted_to_me_is_opened_and_to_others_reported() {
     assert_eq!(proof(&o), "smime", "{o}");
 
     let plain = entity("REQUEST", &event("e2@example.com", 0, "alice@example.com"));
-    let enc = wrap("Alice <alice@example.com>", &keys.smime_encrypt(&plain, &keys.dave));
+    let enc = wrap(
+        "Alice <alice@example.com>",
+        &keys.smime_encrypt(&plain, &keys.dave),
+    );
     let p = env.message("to-dave.eml", &enc);
     let (v, _) = env.process(&[&p]);
     let o = &v[0];
@@ -220,34 +265,77 @@ fn pgp_mime_signed_and_encrypted() {
     let keys = Keys::generate();
     let env = env(&keys, "", ACCEPT);
     let ent = |uid: &str| entity("REQUEST", &event(uid, 0, "alice@example.com"));
-    let o = env.one(&wrap("Alice <alice@example.com>", &pgp_signed(&keys, "alice@example.com", &ent("p1@example.com"))));
+    let o = env.one(&wrap(
+        "Alice <alice@example.com>",
+        &pgp_signed(&keys, "alice@example.com", &ent("p1@example.com")),
+    ));
     assert_eq!(proof(&o), "pgp", "{o}");
     assert_eq!(first(&o)["policy"], "signed", "{o}");
     let line = human(
         &env,
-        &wrap("Alice <alice@example.com>", &pgp_signed(&keys, "alice@example.com", &ent("p1b@example.com"))),
+        &wrap(
+            "Alice <alice@example.com>",
+            &pgp_signed(&keys, "alice@example.com", &ent("p1b@example.com")),
+        ),
     );
-    assert!(line.contains("authenticated by PGP signature of alice@example.com"), "{line}");
+    assert!(
+        line.contains("authenticated by PGP signature of alice@example.com"),
+        "{line}"
+    );
 
-    let o = env.one(&wrap("Alice <alice@example.com>", &pgp_signed(&keys, "mallory@example.com", &ent("p2@example.com"))));
+    let o = env.one(&wrap(
+        "Alice <alice@example.com>",
+        &pgp_signed(&keys, "mallory@example.com", &ent("p2@example.com")),
+    ));
     assert_eq!(proof(&o), "from", "{o}");
-    assert!(first(&o)["originator"]["unproven"].as_str().unwrap().contains("not in [trust] pgp_public_keys"), "{o}");
+    assert!(
+        first(&o)["originator"]["unproven"]
+            .as_str()
+            .unwrap()
+            .contains("not in [trust] pgp_public_keys"),
+        "{o}"
+    );
 
-    let changed = pgp_signed(&keys, "alice@example.com", &ent("p3@example.com")).replacen("SUMMARY:Planning", "SUMMARY:Plannink", 1);
+    let changed = pgp_signed(&keys, "alice@example.com", &ent("p3@example.com")).replacen(
+        "SUMMARY:Planning",
+        "SUMMARY:Plannink",
+        1,
+    );
     let o = env.one(&wrap("Alice <alice@example.com>", &changed));
     assert_eq!(proof(&o), "from", "{o}");
-    assert!(first(&o)["originator"]["unproven"].as_str().unwrap().contains("does not verify"), "{o}");
+    assert!(
+        first(&o)["originator"]["unproven"]
+            .as_str()
+            .unwrap()
+            .contains("does not verify"),
+        "{o}"
+    );
 
-    let armored = keys.gpg_encrypt("bob@example.com", Some("alice@example.com"), ent("p4@example.com").as_bytes());
+    let armored = keys.gpg_encrypt(
+        "bob@example.com",
+        Some("alice@example.com"),
+        ent("p4@example.com").as_bytes(),
+    );
     let o = env.one(&wrap("Alice <alice@example.com>", &pgp_encrypted(&armored)));
     assert_eq!(o["decrypted"], "pgp", "{o}");
     assert_eq!(first(&o)["effect"], "created", "{o}");
     assert_eq!(proof(&o), "pgp", "{o}");
 
-    let armored = keys.gpg_encrypt("mallory@example.com", None, ent("p5@example.com").as_bytes());
-    let p = env.message("to-mallory.eml", &wrap("Alice <alice@example.com>", &pgp_encrypted(&armored)));
+    let armored = keys.gpg_encrypt(
+        "mallory@example.com",
+        None,
+        ent("p5@example.com").as_bytes(),
+    );
+    let p = env.message(
+        "to-mallory.eml",
+        &wrap("Alice <alice@example.com>", &pgp_encrypted(&armored)),
+    );
     let (v, _) = env.process(&[&p]);
-    assert!(v[0]["problems"].to_string().contains("someone else"), "{}", v[0]);
+    assert!(
+        v[0]["problems"].to_string().contains("someone else"),
+        "{}",
+        v[0]
+    );
     assert!(stored(&env, "p5@example.com").is_none());
 }
 
@@ -268,21 +356,51 @@ fn trusted_relay_with_and_without_dkim() {
     let inv = |uid: &str, seq: u32| mail(relay, "REQUEST", &[event(uid, seq, "alice@example.com")]);
     let o = env.one(&format!("{AR_CLOUD}{}", inv("r1@example.com", 0)));
     assert_eq!(proof(&o), "relay", "{o}");
-    assert_eq!(first(&o)["originator"]["mail"], "invitations-noreply@cloud.example.com", "{o}");
-    assert!(first(&o)["reply"].as_str().unwrap().starts_with("queued"), "{o}");
+    assert_eq!(
+        first(&o)["originator"]["mail"],
+        "invitations-noreply@cloud.example.com",
+        "{o}"
+    );
+    assert!(
+        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        "{o}"
+    );
     // Its later CANCEL for the same UID, through the same relay, applies.
-    let cancel = mail(relay, "CANCEL", &[event("r1@example.com", 1, "alice@example.com").replace("SUMMARY:Planning", "SUMMARY:Planning\r\nSTATUS:CANCELLED")]);
+    let cancel = mail(
+        relay,
+        "CANCEL",
+        &[event("r1@example.com", 1, "alice@example.com")
+            .replace("SUMMARY:Planning", "SUMMARY:Planning\r\nSTATUS:CANCELLED")],
+    );
     let o = env.one(&format!("{AR_CLOUD}{cancel}"));
     assert_eq!(first(&o)["effect"], "cancelled", "{o}");
     // Without the receiving server's verdict: filed unverified, not answered.
     let o = env.one(&inv("r2@example.com", 0));
     assert_eq!(first(&o)["effect"], "created", "{o}");
     assert!(first(&o)["originator"].is_null(), "{o}");
-    assert!(first(&o)["reason"].as_str().unwrap().contains("DKIM/DMARC"), "{o}");
-    assert!(!first(&o)["reply"].as_str().unwrap_or("not sent").starts_with("queued"), "{o}");
-    assert!(stored(&env, "r2@example.com").unwrap().contains("X-IMIPD-UNVERIFIED"));
+    assert!(
+        first(&o)["reason"].as_str().unwrap().contains("DKIM/DMARC"),
+        "{o}"
+    );
+    assert!(
+        !first(&o)["reply"]
+            .as_str()
+            .unwrap_or("not sent")
+            .starts_with("queued"),
+        "{o}"
+    );
+    assert!(stored(&env, "r2@example.com")
+        .unwrap()
+        .contains("X-IMIPD-UNVERIFIED"));
     // An organizer outside the relay's list: not spoken for.
-    let o = env.one(&format!("{AR_CLOUD}{}", mail(relay, "REQUEST", &[event("r3@example.com", 0, "eve@other.example")])));
+    let o = env.one(&format!(
+        "{AR_CLOUD}{}",
+        mail(
+            relay,
+            "REQUEST",
+            &[event("r3@example.com", 0, "eve@other.example")]
+        )
+    ));
     assert!(first(&o)["originator"].is_null(), "{o}");
 }
 
@@ -300,18 +418,35 @@ fn require_authenticated_refuses_unproven_changes() {
     );
     let signed_req = wrap(
         "Alice <alice@example.com>",
-        &keys.smime_sign(&entity("REQUEST", &event("q1@example.com", 0, "alice@example.com")), &keys.alice, false),
+        &keys.smime_sign(
+            &entity("REQUEST", &event("q1@example.com", 0, "alice@example.com")),
+            &keys.alice,
+            false,
+        ),
     );
     let o = env.one(&signed_req);
     assert_eq!(first(&o)["effect"], "created", "{o}");
-    assert!(first(&o)["reply"].as_str().unwrap().starts_with("queued"), "{o}");
+    assert!(
+        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        "{o}"
+    );
 
     let cancel_event = event("q1@example.com", 1, "alice@example.com");
-    let forged = mail("Alice <alice@example.com>", "CANCEL", std::slice::from_ref(&cancel_event));
+    let forged = mail(
+        "Alice <alice@example.com>",
+        "CANCEL",
+        std::slice::from_ref(&cancel_event),
+    );
     let before = stored(&env, "q1@example.com").unwrap();
     let o = env.one(&forged);
     assert_eq!(first(&o)["effect"], "refused", "{o}");
-    assert!(first(&o)["reason"].as_str().unwrap().contains("require = \"authenticated\""), "{o}");
+    assert!(
+        first(&o)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("require = \"authenticated\""),
+        "{o}"
+    );
     assert_eq!(stored(&env, "q1@example.com").unwrap(), before);
 
     let signed_cancel = wrap(
@@ -320,14 +455,31 @@ fn require_authenticated_refuses_unproven_changes() {
     );
     let o = env.one(&signed_cancel);
     assert_eq!(first(&o)["effect"], "cancelled", "{o}");
-    assert!(stored(&env, "q1@example.com").unwrap().contains("STATUS:CANCELLED"));
+    assert!(stored(&env, "q1@example.com")
+        .unwrap()
+        .contains("STATUS:CANCELLED"));
 
-    let unsigned = mail("Alice <alice@example.com>", "REQUEST", &[event("q2@example.com", 0, "alice@example.com")]);
+    let unsigned = mail(
+        "Alice <alice@example.com>",
+        "REQUEST",
+        &[event("q2@example.com", 0, "alice@example.com")],
+    );
     let o = env.one(&unsigned);
     assert_eq!(first(&o)["effect"], "created", "{o}");
-    assert!(first(&o)["reason"].as_str().unwrap().contains("NEEDS-ACTION"), "{o}");
-    assert!(!first(&o)["reply"].as_str().unwrap().starts_with("queued"), "{o}");
-    assert!(stored(&env, "q2@example.com").unwrap().contains("PARTSTAT=NEEDS-ACTION"));
+    assert!(
+        first(&o)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NEEDS-ACTION"),
+        "{o}"
+    );
+    assert!(
+        !first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        "{o}"
+    );
+    assert!(stored(&env, "q2@example.com")
+        .unwrap()
+        .contains("PARTSTAT=NEEDS-ACTION"));
 }
 
 /// `[outgoing] sign`: replies are multipart/signed, and the real tools
@@ -344,8 +496,15 @@ fn signed_replies_verify_with_openssl_and_gpg() {
                  [[policy]]\nname = \"all\"\nmethods = [\"REQUEST\"]\naction = \"accept\"\n"
             ),
         );
-        let o = env.one(&mail("Alice <alice@example.com>", "REQUEST", &[event("g1@example.com", 0, "alice@example.com")]));
-        assert!(first(&o)["reply"].as_str().unwrap().starts_with("queued"), "{o}");
+        let o = env.one(&mail(
+            "Alice <alice@example.com>",
+            "REQUEST",
+            &[event("g1@example.com", 0, "alice@example.com")],
+        ));
+        assert!(
+            first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+            "{o}"
+        );
         let sent = env.sent_in("outbox");
         assert_eq!(sent.len(), 1, "{how}");
         let m = &sent[0];
@@ -360,7 +519,10 @@ fn signed_replies_verify_with_openssl_and_gpg() {
             let (signed, sig) = pgp_parts(m);
             let (ok, words) = keys.gpg_verify(sig.as_bytes(), signed.as_bytes());
             assert!(ok, "gpg --verify: {words}\n{m}");
-            let (bad, _) = keys.gpg_verify(sig.as_bytes(), signed.replacen("ACCEPTED", "DECLINED", 1).as_bytes());
+            let (bad, _) = keys.gpg_verify(
+                sig.as_bytes(),
+                signed.replacen("ACCEPTED", "DECLINED", 1).as_bytes(),
+            );
             assert!(!bad, "a changed reply must not verify");
         }
         assert!(m.contains("PARTSTAT=ACCEPTED"), "{m}");
@@ -379,7 +541,8 @@ fn pgp_parts(m: &str) -> (String, String) {
     let start = m.find(&delim).unwrap() + delim.len();
     let end = start + m[start..].find(&format!("\r\n--{b}")).unwrap();
     let sig_start = m.find("-----BEGIN PGP SIGNATURE-----").unwrap();
-    let sig_end = m.find("-----END PGP SIGNATURE-----").unwrap() + "-----END PGP SIGNATURE-----".len();
+    let sig_end =
+        m.find("-----END PGP SIGNATURE-----").unwrap() + "-----END PGP SIGNATURE-----".len();
     (m[start..end].to_string(), m[sig_start..sig_end].to_string())
 }
 
@@ -432,7 +595,9 @@ fn imap_fetches_the_signed_entity_but_never_the_attachment_beside_it() {
         .split_once("\n\n")
         .or_else(|| signed.split_once("\r\n\r\n"))
         .unwrap();
-    let signed_head = signed_head.replace("MIME-Version: 1.0\n", "").replace("MIME-Version: 1.0\r\n", "");
+    let signed_head = signed_head
+        .replace("MIME-Version: 1.0\n", "")
+        .replace("MIME-Version: 1.0\r\n", "");
     let big = "QUFB".repeat(20 * 1024 * 1024 / 4);
     let pdf: Vec<&str> = big
         .as_bytes()
@@ -456,7 +621,11 @@ fn imap_fetches_the_signed_entity_but_never_the_attachment_beside_it() {
         "INBOX",
         wrap(
             "Alice <alice@example.com>",
-            &pgp_signed(&keys, "alice@example.com", &entity("REQUEST", &event("i2@example.com", 0, "alice@example.com"))),
+            &pgp_signed(
+                &keys,
+                "alice@example.com",
+                &entity("REQUEST", &event("i2@example.com", 0, "alice@example.com")),
+            ),
         )
         .as_bytes(),
     );
@@ -465,7 +634,10 @@ fn imap_fetches_the_signed_entity_but_never_the_attachment_beside_it() {
         "INBOX",
         wrap(
             "Alice <alice@example.com>",
-            &keys.smime_encrypt(&entity("REQUEST", &event("i3@example.com", 0, "alice@example.com")), &keys.bob),
+            &keys.smime_encrypt(
+                &entity("REQUEST", &event("i3@example.com", 0, "alice@example.com")),
+                &keys.bob,
+            ),
         )
         .as_bytes(),
     );

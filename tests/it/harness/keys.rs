@@ -137,14 +137,34 @@ impl Keys {
             std::fs::write(d.join(name).join("index.txt.attr"), "unique_subject = no\n").unwrap();
             std::fs::write(d.join(name).join("serial"), "1000\n").unwrap();
             ossl(&[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", &format!("{name}/ca.key"), "-out", &format!("{name}/ca.pem"),
-                "-subj", &format!("/CN=imipd test {name}"), "-days", "3650", "-extensions", "v3_ca",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}/ca.key"),
+                "-out",
+                &format!("{name}/ca.pem"),
+                "-subj",
+                &format!("/CN=imipd test {name}"),
+                "-days",
+                "3650",
+                "-extensions",
+                "v3_ca",
             ]);
         };
         ca("ca");
         ca("otherca");
-        let issue = |ca: &str, name: &str, email: &str, rsa: bool, ext: &str, dates: Option<(&str, &str)>| -> Pair {
+        let issue = |ca: &str,
+                     name: &str,
+                     email: &str,
+                     rsa: bool,
+                     ext: &str,
+                     dates: Option<(&str, &str)>|
+         -> Pair {
             let key = format!("{name}.key");
             let csr = format!("{name}.csr");
             let cert = format!("{name}.pem");
@@ -159,9 +179,23 @@ impl Keys {
             ossl(&req);
             let (ca_key, ca_pem) = (format!("{ca}/ca.key"), format!("{ca}/ca.pem"));
             let mut sign = vec![
-                "ca", "-batch", "-config", "openssl.cnf", "-name", "testca", "-notext",
-                "-keyfile", &ca_key, "-cert", &ca_pem,
-                "-in", &csr, "-out", &cert, "-extensions", ext,
+                "ca",
+                "-batch",
+                "-config",
+                "openssl.cnf",
+                "-name",
+                "testca",
+                "-notext",
+                "-keyfile",
+                &ca_key,
+                "-cert",
+                &ca_pem,
+                "-in",
+                &csr,
+                "-out",
+                &cert,
+                "-extensions",
+                ext,
             ];
             let (s, e);
             match dates {
@@ -192,7 +226,14 @@ impl Keys {
             }
         };
         let alice = issue("ca", "alice", "alice@example.com", false, "v3_smime", None);
-        let alice_no_usage = issue("ca", "alice-no-usage", "alice@example.com", false, "v3_server_only", None);
+        let alice_no_usage = issue(
+            "ca",
+            "alice-no-usage",
+            "alice@example.com",
+            false,
+            "v3_server_only",
+            None,
+        );
         let alice_expired = issue(
             "ca",
             "alice-expired",
@@ -201,7 +242,14 @@ impl Keys {
             "v3_smime",
             Some(("20200101000000Z", "20210101000000Z")),
         );
-        let alice_unknown_ca = issue("otherca", "alice-other", "alice@example.com", false, "v3_smime", None);
+        let alice_unknown_ca = issue(
+            "otherca",
+            "alice-other",
+            "alice@example.com",
+            false,
+            "v3_smime",
+            None,
+        );
         let carol = issue("ca", "carol", "carol@example.com", false, "v3_smime", None);
         let bob = issue("ca", "bob", "bob@example.com", true, "v3_smime", None);
         let dave = issue("ca", "dave", "dave@example.com", true, "v3_smime", None);
@@ -213,23 +261,48 @@ impl Keys {
         std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
         let home = gnupg.to_str().unwrap().to_string();
         let gpg = |args: &[&str]| -> Vec<u8> {
-            let mut all = vec!["--homedir", &home, "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""];
+            let mut all = vec![
+                "--homedir",
+                &home,
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ];
             all.extend_from_slice(args);
             run(&d, "gpg", &all, None)
         };
-        for who in ["Alice <alice@example.com>", "Bob <bob@example.com>", "Mallory <mallory@example.com>"] {
+        for who in [
+            "Alice <alice@example.com>",
+            "Bob <bob@example.com>",
+            "Mallory <mallory@example.com>",
+        ] {
             gpg(&["--quick-gen-key", who, "ed25519", "sign", "never"]);
             let fpr = fingerprint(&d, &home, who);
             gpg(&["--quick-add-key", &fpr, "cv25519", "encr", "never"]);
         }
         let pgp_public = d.join("pgp-public");
         std::fs::create_dir_all(&pgp_public).unwrap();
-        std::fs::write(pgp_public.join("alice.asc"), gpg(&["--armor", "--export", "alice@example.com"])).unwrap();
+        std::fs::write(
+            pgp_public.join("alice.asc"),
+            gpg(&["--armor", "--export", "alice@example.com"]),
+        )
+        .unwrap();
         let bob_pgp_secret = d.join("bob-secret.asc");
-        std::fs::write(&bob_pgp_secret, gpg(&["--armor", "--export-secret-keys", "bob@example.com"])).unwrap();
+        std::fs::write(
+            &bob_pgp_secret,
+            gpg(&["--armor", "--export-secret-keys", "bob@example.com"]),
+        )
+        .unwrap();
         std::fs::set_permissions(&bob_pgp_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let bob_pgp_public = d.join("bob-public.asc");
-        std::fs::write(&bob_pgp_public, gpg(&["--armor", "--export", "bob@example.com"])).unwrap();
+        std::fs::write(
+            &bob_pgp_public,
+            gpg(&["--armor", "--export", "bob@example.com"]),
+        )
+        .unwrap();
         Keys {
             ca: d.join("ca/ca.pem"),
             dir,
@@ -256,8 +329,12 @@ impl Keys {
     /// fields of the entity included.
     pub fn smime_sign(&self, entity: &str, signer: &Pair, opaque: bool) -> String {
         let mut args = vec![
-            "smime", "-sign", "-signer", signer.cert.to_str().unwrap(),
-            "-inkey", signer.key.to_str().unwrap(),
+            "smime",
+            "-sign",
+            "-signer",
+            signer.cert.to_str().unwrap(),
+            "-inkey",
+            signer.key.to_str().unwrap(),
         ];
         if opaque {
             args.push("-nodetach");
@@ -267,15 +344,28 @@ impl Keys {
 
     /// `openssl smime -encrypt` of a MIME entity for a recipient certificate.
     pub fn smime_encrypt(&self, entity: &str, recipient: &Pair) -> String {
-        let args = ["smime", "-encrypt", "-aes256", recipient.cert.to_str().unwrap()];
+        let args = [
+            "smime",
+            "-encrypt",
+            "-aes256",
+            recipient.cert.to_str().unwrap(),
+        ];
         String::from_utf8(run(self.d(), "openssl", &args, Some(entity.as_bytes()))).unwrap()
     }
 
     fn gpg(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
         let home = self.gnupg.to_str().unwrap();
         let mut all = vec![
-            "--homedir", home, "--batch", "--quiet", "--trust-model", "always",
-            "--pinentry-mode", "loopback", "--passphrase", "",
+            "--homedir",
+            home,
+            "--batch",
+            "--quiet",
+            "--trust-model",
+            "always",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
         ];
         all.extend_from_slice(args);
         run(self.d(), "gpg", &all, Some(input))
@@ -283,7 +373,18 @@ impl Keys {
 
     /// A detached, armoured `gpg` signature by `who` over exact bytes.
     pub fn gpg_sign(&self, who: &str, data: &[u8]) -> String {
-        String::from_utf8(self.gpg(&["--local-user", who, "--armor", "--detach-sign", "--digest-algo", "SHA256"], data)).unwrap()
+        String::from_utf8(self.gpg(
+            &[
+                "--local-user",
+                who,
+                "--armor",
+                "--detach-sign",
+                "--digest-algo",
+                "SHA256",
+            ],
+            data,
+        ))
+        .unwrap()
     }
 
     /// `gpg --encrypt` (and `--sign` by `signer`) for `to`, armoured.
@@ -298,7 +399,10 @@ impl Keys {
     /// `gpg --verify` of a detached signature over data, with bob's public
     /// key imported into a fresh keyring: whether it verified, and gpg's words.
     pub fn gpg_verify(&self, signature: &[u8], data: &[u8]) -> (bool, String) {
-        let dir = tempfile::Builder::new().prefix("gv").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("gv")
+            .tempdir_in("/tmp")
+            .unwrap();
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -308,14 +412,24 @@ impl Keys {
         let dat = dir.path().join("data");
         std::fs::write(&sig, signature).unwrap();
         std::fs::write(&dat, data).unwrap();
-        let base = ["--homedir", home.as_str(), "--batch", "--trust-model", "always"];
+        let base = [
+            "--homedir",
+            home.as_str(),
+            "--batch",
+            "--trust-model",
+            "always",
+        ];
         let import = Command::new("gpg")
             .args(base)
             .arg("--import")
             .arg(&self.bob_pgp_public)
             .output()
             .unwrap();
-        assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+        assert!(
+            import.status.success(),
+            "{}",
+            String::from_utf8_lossy(&import.stderr)
+        );
         let out = Command::new("gpg")
             .args(base)
             .arg("--verify")
@@ -323,7 +437,9 @@ impl Keys {
             .arg(&dat)
             .output()
             .unwrap();
-        let _ = Command::new("gpgconf").args(["--homedir", &home, "--kill", "all"]).status();
+        let _ = Command::new("gpgconf")
+            .args(["--homedir", &home, "--kill", "all"])
+            .status();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -334,7 +450,14 @@ impl Keys {
     pub fn openssl_verify(&self, message: &[u8]) -> (bool, String) {
         let out = Command::new("openssl")
             .current_dir(self.d())
-            .args(["smime", "-verify", "-CAfile", self.ca.to_str().unwrap(), "-purpose", "smimesign"])
+            .args([
+                "smime",
+                "-verify",
+                "-CAfile",
+                self.ca.to_str().unwrap(),
+                "-purpose",
+                "smimesign",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -356,7 +479,14 @@ fn fingerprint(dir: &Path, home: &str, uid: &str) -> String {
     let out = run(
         dir,
         "gpg",
-        &["--homedir", home, "--batch", "--with-colons", "--list-keys", uid],
+        &[
+            "--homedir",
+            home,
+            "--batch",
+            "--with-colons",
+            "--list-keys",
+            uid,
+        ],
         None,
     );
     let text = String::from_utf8_lossy(&out);
