@@ -850,6 +850,34 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_calendar_part_carries_its_signature() {
+        // No CA is configured: the signature is reported, and proves nothing.
+        let m = mail(concat!(
+            "From: a@example.com\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=s\r\n\r\n",
+            "--s\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+            "--s\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nMAMCAQE=\r\n--s--\r\n"
+        ));
+        assert_eq!(m.parts.len(), 1);
+        let sig = m.parts[0].signed.as_ref().unwrap();
+        assert_eq!(sig.method, SigMethod::Smime);
+        assert!(sig.signers.is_err());
+        assert_eq!(m.signatures.len(), 1);
+        assert!(!m.signatures[0].verified);
+        // Encrypted without a key of mine: reported, not read.
+        let m = mail(concat!(
+            "From: a@example.com\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nMAMCAQE=\r\n"
+        ));
+        assert!(m.parts.is_empty());
+        assert!(!m.problems.is_empty());
+    }
+
+    #[test]
+    fn signed_content_is_read_with_crlf_line_ends() {
+        assert_eq!(canonical(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
     fn truncated_base64_is_recovered_as_far_as_it_goes() {
         assert_eq!(
             lenient_base64(b"QkVH\r\nSU46VkNB\r\nTEVOREFS"),

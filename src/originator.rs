@@ -544,6 +544,69 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_by_the_organizer_proves_it_whoever_sent_the_mail() {
+        let c = node("ORGANIZER:mailto:alice@example.com\r\n");
+        let by = |who: &str| Signature {
+            method: SigMethod::Smime,
+            signers: Ok(vec![who.to_string()]),
+        };
+        let o = originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            Some(&by("alice@example.com")),
+        )
+        .unwrap();
+        assert_eq!((o.via, o.proof), (Via::Signature, Proof::Smime));
+        assert_eq!(
+            o.authenticated_by().unwrap(),
+            "S/MIME signature of alice@example.com"
+        );
+        // Signed by someone else: the From header alone, and why.
+        let o = originator(
+            Method::Request,
+            &c,
+            &id(&["alice@example.com"], None),
+            Some(&by("carol@example.com")),
+        )
+        .unwrap();
+        assert_eq!(o.proof, Proof::From);
+        assert!(o.unproven.unwrap().contains("carol@example.com"));
+        let e = originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            Some(&by("carol@example.com")),
+        )
+        .unwrap_err();
+        assert!(e.contains("carol@example.com"), "{e}");
+    }
+
+    #[test]
+    fn a_relay_speaks_for_its_organizers_only_when_verified() {
+        let c = node("ORGANIZER:mailto:alice@example.com\r\n");
+        let relay = Relay {
+            from: "noreply@cloud.example.com".into(),
+            organizers: vec!["*@example.com".into()],
+        };
+        let mut i = id(&["noreply@cloud.example.com"], None);
+        i.relay = Some((relay.clone(), true));
+        let o = originator(Method::Request, &c, &i, None).unwrap();
+        assert_eq!((o.via, o.proof), (Via::Relay, Proof::Relay));
+        assert_eq!(o.mail, "noreply@cloud.example.com");
+        // Not for a REPLY: a relay speaks for organizers.
+        let a = node("ORGANIZER:mailto:bob@example.com\r\nATTENDEE:mailto:alice@example.com\r\n");
+        assert!(originator(Method::Reply, &a, &i, None).is_err());
+        i.relay = Some((relay.clone(), false));
+        let e = originator(Method::Request, &c, &i, None).unwrap_err();
+        assert!(e.contains("DKIM/DMARC"), "{e}");
+        let other = node("ORGANIZER:mailto:eve@other.example\r\n");
+        i.relay = Some((relay, true));
+        let e = originator(Method::Request, &other, &i, None).unwrap_err();
+        assert!(e.contains("may not speak for eve@other.example"), "{e}");
+    }
+
+    #[test]
     fn receiver_verdicts_bind_to_the_from_domain() {
         let trusted = vec!["mx.example.com".to_string()];
         let v = |h: &str, from: &str| verified_by_receiver(&[h.to_string()], &trusted, from);

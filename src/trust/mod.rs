@@ -122,3 +122,69 @@ impl Trust {
         self.keys.smime_me.is_some() || self.keys.pgp_me.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_proves_only_its_signers() {
+        let s = Signature {
+            method: SigMethod::Smime,
+            signers: Ok(vec!["alice@example.com".into()]),
+        };
+        assert!(s.proves("alice@example.com"));
+        assert!(!s.proves("mallory@example.com"));
+        assert_eq!(
+            s.why_not("bob@example.com"),
+            "the S/MIME signature is by alice@example.com, not by bob@example.com"
+        );
+        let bad = Signature {
+            method: SigMethod::Pgp,
+            signers: Err("the PGP signature does not verify".into()),
+        };
+        assert!(!bad.proves("alice@example.com"));
+        assert_eq!(bad.why_not("x"), "the PGP signature does not verify");
+    }
+
+    #[test]
+    fn garbage_signatures_prove_nothing_and_say_why() {
+        let none = smime::Anchors::default();
+        let e = smime::verify_detached(b"data", b"\x30\x03\x02\x01\x01", &none).unwrap_err();
+        assert!(e.starts_with("cannot read the S/MIME signature"), "{e}");
+        let e = smime::verify_detached(b"data", &smime::der_of(b"not base64 at all"), &none)
+            .unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        let e = pgp::verify_detached(
+            b"data",
+            b"-----BEGIN PGP SIGNATURE-----\n\nxx\n-----END PGP SIGNATURE-----\n",
+            &pgp::PublicKeys::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("cannot read the PGP signature"), "{e}");
+        let e = smime::decrypt(b"\x30\x00", None).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn der_is_read_from_base64_or_as_is() {
+        assert_eq!(
+            smime::der_of(b"MAMCAQE=\r\n"),
+            vec![0x30, 0x03, 0x02, 0x01, 0x01]
+        );
+        assert_eq!(smime::der_of(&[0x30, 0x00]), vec![0x30, 0x00]);
+    }
+
+    #[test]
+    fn signing_wraps_the_whole_body_and_needs_a_key() {
+        let mail = "From: bob@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n boundary=\"b\"\r\n\r\n--b\r\n\r\nhi\r\n--b--\r\n";
+        assert_eq!(
+            sign::sign_mail(mail, Sign::None, &Keys::default()).unwrap(),
+            mail
+        );
+        let e = sign::sign_mail(mail, Sign::Smime, &Keys::default()).unwrap_err();
+        assert!(e.contains("smime_certificate"), "{e}");
+        let e = sign::sign_mail(mail, Sign::Pgp, &Keys::default()).unwrap_err();
+        assert!(e.contains("pgp_secret_key"), "{e}");
+    }
+}

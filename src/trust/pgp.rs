@@ -301,3 +301,31 @@ pub fn decrypt(
     }
     Ok((data, Some(proven)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_name_addresses() {
+        let ids: [&[u8]; 4] = [
+            b"Alice Example <Alice@Example.com>",
+            b"bob@example.com",
+            b"No Address",
+            b"Alice <alice@example.com>",
+        ];
+        assert_eq!(
+            user_addresses(ids.into_iter()),
+            vec![
+                "alice@example.com".to_string(),
+                "bob@example.com".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_key_folder_is_an_error() {
+        let e = PublicKeys::load(Path::new("/nonexistent/imipd-keys")).unwrap_err();
+        assert!(e.starts_with("cannot read the PGP key folder"), "{e}");
+    }
+}

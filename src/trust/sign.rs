@@ -108,3 +108,23 @@ fn fields(head: &str) -> Vec<String> {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_fields_stay_whole() {
+        let f = fields(
+            "From: a@b.c\r\nContent-Type: multipart/mixed;\r\n boundary=\"x\"\r\nSubject: s",
+        );
+        assert_eq!(
+            f,
+            vec![
+                "From: a@b.c".to_string(),
+                "Content-Type: multipart/mixed;\r\n boundary=\"x\"".to_string(),
+                "Subject: s".to_string()
+            ]
+        );
+    }
+}
