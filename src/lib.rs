@@ -22,6 +22,7 @@
 //! - [`mime`]: raw message → headers and decoded calendar parts.
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
+//! - [`trust`]: S/MIME and PGP/MIME: verifying, opening, signing; the `[trust]` rules and keys.
 //! - [`originator`]: who an iTIP object speaks for, and how that is proven.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
 //!

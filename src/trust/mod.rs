@@ -116,6 +116,44 @@ pub struct Trust {
     pub sign: Sign,
 }
 
+/// One line for `imipd check`: what is trusted and which keys are loaded.
+pub fn summary(t: &Trust) -> String {
+    let mut parts = vec![format!(
+        "require = {}",
+        match t.require {
+            Require::None => "none",
+            Require::Authenticated => "authenticated",
+        }
+    )];
+    if !t.authserv_ids.is_empty() {
+        parts.push(format!("authserv-ids {}", t.authserv_ids.join(", ")));
+    }
+    if !t.keys.smime_anchors.is_empty() {
+        parts.push(format!("{:?}", t.keys.smime_anchors));
+    }
+    if !t.keys.pgp_public.is_empty() {
+        parts.push(format!("{:?}", t.keys.pgp_public));
+    }
+    if let Some(me) = &t.keys.smime_me {
+        parts.push(format!("my S/MIME certificate for {}", me.addresses().join(", ")));
+    }
+    if let Some(me) = &t.keys.pgp_me {
+        parts.push(format!("my PGP key for {}", me.addresses().join(", ")));
+    }
+    for r in &t.relays {
+        parts.push(format!("relay {} for {}", r.from, r.organizers.join(", ")));
+    }
+    parts.push(format!(
+        "replies signed: {}",
+        match t.sign {
+            Sign::None => "no",
+            Sign::Smime => "S/MIME",
+            Sign::Pgp => "PGP",
+        }
+    ));
+    parts.join("; ")
+}
+
 impl Trust {
     /// Whether some key can open encrypted mail.
     pub fn can_decrypt(&self) -> bool {
