@@ -444,13 +444,21 @@ impl Walker<'_> {
             "application/pkcs7-signature" | "application/x-pkcs7-signature" => SigMethod::Smime,
             "application/pgp-signature" => SigMethod::Pgp,
             _ => {
-                self.mail.problems.push(format!(
-                    "a multipart/signed part has an unknown protocol `{protocol}`; its signature was not checked"
-                ));
+                tracing::debug!(
+                    protocol,
+                    "multipart/signed with an unknown protocol: its signature is not checked"
+                );
                 self.walk(msg, children[0], depth + 1, forwarded, outer);
                 return;
             }
         };
+        // Only a signature around calendar data matters: the content is
+        // walked first, and verified only when it holds a calendar part.
+        let before = self.mail.parts.len();
+        self.walk(msg, children[0], depth + 1, forwarded, outer);
+        if self.mail.parts.len() == before {
+            return;
+        }
         let raw = msg
             .raw_message
             .get(content.raw_header_offset() as usize..content.raw_end_offset() as usize)
@@ -468,7 +476,12 @@ impl Walker<'_> {
             }
         };
         let signature = self.report(Signature { method, signers });
-        self.walk(msg, children[0], depth + 1, forwarded, Some(&signature));
+        // The parts an inner signature covers keep theirs.
+        for p in &mut self.mail.parts[before..] {
+            if p.signed.as_ref() == outer {
+                p.signed = Some(signature.clone());
+            }
+        }
     }
 
     /// An `application/pkcs7-mime` part: opaque signed data, or enveloped

@@ -135,7 +135,10 @@ pub fn summary(t: &Trust) -> String {
         parts.push(format!("{:?}", t.keys.pgp_public));
     }
     if let Some(me) = &t.keys.smime_me {
-        parts.push(format!("my S/MIME certificate for {}", me.addresses().join(", ")));
+        parts.push(format!(
+            "my S/MIME certificate for {}",
+            me.addresses().join(", ")
+        ));
     }
     if let Some(me) = &t.keys.pgp_me {
         parts.push(format!("my PGP key for {}", me.addresses().join(", ")));
