@@ -548,6 +548,7 @@ impl Walker<'_> {
             data.contents(),
             self.keys.pgp_me.as_ref(),
             &self.keys.pgp_public,
+            self.limits.max_message_bytes,
         ) {
             Ok((content, inner)) => {
                 self.mail.decrypted = Some(SigMethod::Pgp);

@@ -263,6 +263,7 @@ pub fn decrypt(
     armored: &[u8],
     me: Option<&SecretKey>,
     keys: &PublicKeys,
+    limit: usize,
 ) -> Result<(Vec<u8>, Option<super::Signers>), String> {
     let (msg, _) = Message::from_armor(armored)
         .map_err(|e| format!("cannot read the PGP encrypted message: {e}"))?;
@@ -281,9 +282,24 @@ pub fn decrypt(
             .map_err(|e| format!("cannot decompress the PGP message: {e}"))?;
     }
     let signed = msg.is_signed() || msg.is_one_pass_signed();
-    let data = msg
-        .as_data_vec()
-        .map_err(|e| format!("cannot read the PGP encrypted message: {e}"))?;
+    // Compressed data may expand without bound: read no more than a whole
+    // message may hold.
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&mut msg, limit as u64 + 1),
+        &mut data,
+    )
+    .map_err(|e| format!("cannot read the PGP encrypted message: {e}"))?;
+    if data.len() > limit {
+        return Err(format!(
+            "the PGP encrypted message holds more than {limit} bytes (limits.max_message_bytes); it was not read"
+        ));
+    }
+    if signed {
+        // The signature is checked once the content is read to the end.
+        std::io::copy(&mut msg, &mut std::io::sink())
+            .map_err(|e| format!("cannot read the PGP encrypted message: {e}"))?;
+    }
     if !signed {
         return Ok((data, None));
     }
