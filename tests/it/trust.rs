@@ -658,3 +658,63 @@ fn imap_fetches_the_signed_entity_but_never_the_attachment_beside_it() {
         assert!(stored(&env, uid).is_some(), "{uid}");
     }
 }
+
+/// Key material is read when the configuration is loaded: `imipd check`
+/// names what it trusts, and a private key others may read, or a signing
+/// choice without its key, is a configuration error (exit 2) naming the key.
+#[test]
+fn check_reports_trust_and_refuses_unusable_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = Keys::generate();
+    let env = env(
+        &keys,
+        "require = \"authenticated\"\n",
+        "[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"smime\"\n",
+    );
+    let out = imipd()
+        .arg("check")
+        .arg("--config")
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("require = authenticated"), "{text}");
+    assert!(
+        text.contains("my S/MIME certificate for bob@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("replies signed: S/MIME"), "{text}");
+    std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = imipd()
+        .arg("check")
+        .arg("--config")
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("identity.smime_key") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bad = Env::new("[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"pgp\"\n");
+    let out = imipd()
+        .arg("check")
+        .arg("--config")
+        .arg(&bad.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("outgoing.sign") && err.contains("pgp_secret_key"),
+        "{err}"
+    );
+}
