@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::ical::{self, Node};
 use crate::itip::{self, CalObject, Sender};
 use crate::limits::Limits;
-use crate::mime::{self, Mail};
+use crate::mime::{self, Mail, SignatureReport};
 use crate::originator::{self, MailIdentity};
+use crate::trust::Trust;
 
 /// What classification finds about a message, whatever reports it: the
 /// `classify` line, and every outcome of `process`, `once` and `run`.
@@ -23,6 +24,12 @@ pub struct Findings {
     pub valid: bool,
     pub suspicious: bool,
     pub problems: Vec<String>,
+    /// Every S/MIME or PGP signature found, verified or not, and why not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignatureReport>,
+    /// The message was encrypted and opened with my key (`smime`, `pgp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decrypted: Option<crate::trust::SigMethod>,
 }
 
 impl Findings {
@@ -88,15 +95,22 @@ pub struct Classified {
     pub sender_problems: Vec<Option<String>>,
 }
 
-/// Classify a raw message. Never fails: an unreadable message is a report
-/// with `valid: false` and the reason.
+/// Classify a raw message without keys (signatures are reported unverified,
+/// encrypted parts are not opened). Never fails.
 pub fn classify(raw: &[u8], file: &str, limits: &Limits) -> Classified {
+    classify_with(raw, file, limits, &Trust::default())
+}
+
+/// Classify a raw message, verifying signatures and opening encrypted parts
+/// with the keys of `trust`, and counting its trusted relays. Never fails:
+/// an unreadable message is a report with `valid: false` and the reason.
+pub fn classify_with(raw: &[u8], file: &str, limits: &Limits, trust: &Trust) -> Classified {
     // The parsers are third-party code: should one of them panic on some
     // input (mail-parser has debug assertions that hostile MIME can trip in
     // debug builds), that message is reported as unreadable and the rest
     // goes on.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        classify_inner(raw, file, limits)
+        classify_inner(raw, file, limits, trust)
     })) {
         Ok(c) => c,
         Err(_) => unreadable(file, "the MIME parser failed on it".to_string()),
@@ -116,15 +130,15 @@ fn unreadable(file: &str, reason: String) -> Classified {
     }
 }
 
-fn classify_inner(raw: &[u8], file: &str, limits: &Limits) -> Classified {
-    match mime::parse(raw, limits) {
-        Ok(mail) => classify_mail(mail, file, limits),
+fn classify_inner(raw: &[u8], file: &str, limits: &Limits, trust: &Trust) -> Classified {
+    match mime::parse_with(raw, limits, &trust.keys) {
+        Ok(mail) => classify_mail(mail, file, limits, trust),
         Err(e) => unreadable(file, e.to_string()),
     }
 }
 
 /// Classify an already parsed message.
-pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
+pub fn classify_mail(mail: Mail, file: &str, limits: &Limits, trust: &Trust) -> Classified {
     let mut validity: Vec<String> = mail.problems.clone();
     let mut objects: Vec<CalObject> = Vec::new();
     let mut summaries: Vec<MessageSummary> = Vec::new();
@@ -134,9 +148,11 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
     for (i, part) in mail.parts.iter().enumerate() {
         // The usual pair: the same text again as application/ics (without
         // method=, or with the same one) adds nothing; do not parse it twice.
+        // A signed copy of an unsigned one is read: its signature counts.
         let copy = mail.parts[..i].iter().any(|p| {
             p.text == part.text
                 && (part.method_param.is_none() || part.method_param == p.method_param)
+                && (part.signed.is_none() || p.signed == part.signed)
         });
         if copy {
             continue;
@@ -155,6 +171,19 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
             let s = summarize(&o);
             // The usual text/calendar + application/ics pair: count once.
             if !seen.insert(s.clone()) {
+                // The same text again, signed: the signature counts for it.
+                if let Some(k) = objects.iter().position(|x| {
+                    x.signed.as_ref().is_none_or(|g| g.signers.is_err())
+                        && summarize(x) == s
+                        && mail
+                            .parts
+                            .iter()
+                            .any(|p| p.text == part.text && p.signed.is_none())
+                }) {
+                    if o.signed.as_ref().is_some_and(|g| g.signers.is_ok()) {
+                        objects[k].signed = o.signed.clone();
+                    }
+                }
                 continue;
             }
             summaries.push(s);
@@ -163,8 +192,10 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
     }
     dedup(&mut validity);
 
-    let sender_problems: Vec<Option<String>> =
-        objects.iter().map(|o| sender_problem(&mail, o)).collect();
+    let sender_problems: Vec<Option<String>> = objects
+        .iter()
+        .map(|o| sender_problem(&mail, o, trust))
+        .collect();
     let mut suspicion: Vec<String> = sender_problems.iter().flatten().cloned().collect();
     dedup(&mut suspicion);
 
@@ -177,6 +208,8 @@ pub fn classify_mail(mail: Mail, file: &str, limits: &Limits) -> Classified {
             valid: validity.is_empty(),
             suspicious: !suspicion.is_empty(),
             problems: validity.into_iter().chain(suspicion).collect(),
+            signatures: mail.signatures.clone(),
+            decrypted: mail.decrypted,
         },
         messages: summaries,
     };
@@ -223,9 +256,9 @@ pub fn summarize(o: &CalObject) -> MessageSummary {
 /// names) is not the calendar user entitled to send this object's method;
 /// `None` when it is. The same check, in [`crate::originator`], decides what
 /// the message may change.
-pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
+pub fn sender_problem(mail: &Mail, o: &CalObject, trust: &Trust) -> Option<String> {
     let method = o.kind?;
-    let who = MailIdentity::of(mail, &[]);
+    let who = MailIdentity::of(mail, &trust.authserv_ids, &trust.relays);
     for &i in &o.components {
         let c = &o.ical.components[i];
         let node = Node {
@@ -240,7 +273,7 @@ pub fn sender_problem(mail: &Mail, o: &CalObject) -> Option<String> {
         if names == 0 {
             continue; // missing ORGANIZER/ATTENDEE: reported as invalid
         }
-        if let Err(why) = originator::originator(method, &node, &who) {
+        if let Err(why) = originator::originator(method, &node, &who, o.signed.as_ref()) {
             let forwarded = if o.forwarded {
                 " (forwarded inside another mail)"
             } else {

@@ -21,6 +21,9 @@
 //! - a REPLY changes only the attendee who sent it, per component, who must
 //!   be in the event (or be the delegate a delegator named), and only if
 //!   newer than that attendee's last answer;
+//! - with `[trust] require = "authenticated"`, only a proven originator
+//!   (signature, DKIM/DMARC, trusted relay) changes a stored event; an
+//!   unproven new invitation is filed, marked and never answered;
 //! - the user's own data (VALARM, TRANSP, CLASS, CATEGORIES, X- properties)
 //!   survives updates.
 
@@ -108,6 +111,10 @@ pub const UNVERIFIED: &str = "X-IMIPD-UNVERIFIED";
 pub struct Trust<'a> {
     /// Globs of SENT-BY addresses the user trusts (`[identity] trusted_sent_by`).
     pub sent_by: &'a [String],
+    /// `[trust] require = "authenticated"`: a change to a stored event needs
+    /// a proven originator; an unproven new invitation is filed as
+    /// NEEDS-ACTION, marked, and never answered.
+    pub require_proof: bool,
 }
 
 /// An incoming iTIP message, restricted to the components of one UID.
@@ -378,6 +385,13 @@ fn mark_unverified(root: &mut Node, why: &str) {
     root.set(ical::text_entry(P::Other(UNVERIFIED.into()), why));
 }
 
+/// Why an originator is not proven, in words.
+fn unproven_why(o: &Originator) -> String {
+    o.unproven
+        .clone()
+        .unwrap_or_else(|| "only the From header says who sent it".into())
+}
+
 fn bare(a: &str) -> &str {
     a.trim_start_matches("mailto:")
 }
@@ -452,6 +466,17 @@ fn from_attendee(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         );
     }
     if method == Method::Reply {
+        if input.trust.require_proof && !who.proof.is_proven() {
+            return Decision::new(
+                Effect::Refused,
+                Role::Organizer,
+                format!(
+                    "the REPLY of {} is not authenticated ({}), and [trust] require = \"authenticated\" lets only a proven originator change a stored event",
+                    bare(&who.address),
+                    unproven_why(who)
+                ),
+            );
+        }
         return apply_reply(stored, input, who);
     }
     let inst = Instances::of(Some(stored), &input.comps, input.zones);
@@ -640,6 +665,38 @@ fn from_organizer(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             role,
             "the organizer declined a counter proposal",
         );
+    }
+    if let (true, Ok(o)) = (input.trust.require_proof, &entitled) {
+        if !o.proof.is_proven() {
+            let why = format!(
+                "its originator {} is not authenticated ({}), and [trust] require = \"authenticated\"",
+                bare(&o.address),
+                unproven_why(o)
+            );
+            if stored.is_some() {
+                return Decision::new(
+                    Effect::Refused,
+                    role,
+                    format!("this {method} changes nothing: {why} lets only a proven originator change a stored event"),
+                );
+            }
+            if matches!(method, Method::Request | Method::Publish) {
+                let mut d = apply_request(None, input, role);
+                if let Some(o) = d.object.as_mut() {
+                    mark_unverified(o, &why);
+                }
+                d.reason = format!(
+                    "{method} filed as NEEDS-ACTION only: {why}; it will not be answered automatically"
+                );
+                d.no_answer = Some(format!("{why}, so no automatic answer is sent"));
+                return d;
+            }
+            return Decision::new(
+                Effect::Refused,
+                role,
+                format!("this {method} changes nothing: {why}"),
+            );
+        }
     }
     // The organizer's own invitation replaces a copy filed from an unproven
     // sender, whatever versions the two carry.

@@ -121,6 +121,8 @@ pub struct CalObject {
     /// Its BEGIN/END structure is broken: reported, but not summarized.
     pub broken: bool,
     pub forwarded: bool,
+    /// The signature around the part it came from, if any.
+    pub signed: Option<crate::trust::Signature>,
 }
 
 impl CalObject {
@@ -426,6 +428,7 @@ fn check_object(
                 fatal: true,
                 broken: true,
                 forwarded: part.forwarded,
+                signed: part.signed.clone(),
             };
         }
     };
@@ -445,6 +448,7 @@ fn check_object(
             fatal: true,
             broken: true,
             forwarded: part.forwarded,
+            signed: part.signed.clone(),
         };
     }
     let mut unusable = false;
@@ -593,6 +597,7 @@ fn check_object(
         fatal: fatal || unusable,
         broken: false,
         forwarded: part.forwarded,
+        signed: part.signed.clone(),
     }
 }
 
@@ -644,6 +649,7 @@ mod tests {
             method_param: method.map(str::to_string),
             text: text.into(),
             forwarded: false,
+            signed: None,
         }
     }
 

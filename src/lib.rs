@@ -22,6 +22,7 @@
 //! - [`mime`]: raw message → headers and decoded calendar parts.
 //! - [`ical`]: helpers over calcard's iCalendar model.
 //! - [`itip`]: calendar text → iTIP objects, checked against the RFC MUSTs.
+//! - [`trust`]: S/MIME and PGP/MIME: verifying, opening, signing; the `[trust]` rules and keys.
 //! - [`originator`]: who an iTIP object speaks for, and how that is proven.
 //! - [`classify`]: a message → its distinct iTIP objects, validity, suspicion.
 //!
@@ -79,6 +80,7 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod trust;
 
 /// `println!` for reports on standard output that does not panic when the
 /// reader went away (`imipd check | head`): the write error is ignored.

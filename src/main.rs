@@ -21,7 +21,11 @@ use imipd::{check, classify, service};
 #[command(
     name = "imipd",
     version,
-    about = "Answers calendar invitations that arrive by e-mail (iMIP)"
+    about = "Answers calendar invitations that arrive by e-mail (iMIP)",
+    after_help = "Who sent an invitation is proven before it is acted on: an S/MIME or PGP \
+signature by the organizer (or the replying attendee), the receiving server's DKIM/DMARC \
+verdict, or a trusted relay ([trust] and [identity] in the configuration; README.md, \"Trust\"). \
+Signed and encrypted mail is verified and opened with the configured keys."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -186,7 +190,7 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
             std::fs::read(file)
         };
         let report = match raw {
-            Ok(raw) => classify::classify(&raw, file, &cfg.limits).report,
+            Ok(raw) => classify::classify_with(&raw, file, &cfg.limits, &cfg.trust).report,
             Err(e) => {
                 failed = true;
                 imipd::say_err!("imipd: cannot read {file}: {e}");
@@ -233,6 +237,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         }
     }
     imipd::say!("policies: {}", cfg.policies.len());
+    imipd::say!("trust: {}", imipd::trust::summary(&cfg.trust));
     for warning in plain_text_passwords(&cfg) {
         eprintln!("imipd: warning: {warning}");
     }

@@ -3,6 +3,13 @@
 //! (`text/calendar`, `application/ics`) at any depth, including forwarded
 //! `message/rfc822` parts, decoded to UTF-8. Parsing never panics; what is
 //! broken is reported as a problem and the rest is still read.
+//!
+//! Security multiparts are opened here with the keys of [`crate::trust`]:
+//! a `multipart/signed` (S/MIME or PGP/MIME) is verified over the exact
+//! bytes of its first part, and every calendar part inside carries what the
+//! signature proves; opaque S/MIME signed data is verified and its content
+//! walked; S/MIME enveloped data and PGP/MIME `multipart/encrypted` are
+//! opened with my key and their content walked as a MIME entity.
 
 use mail_parser::{
     Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
@@ -10,6 +17,7 @@ use mail_parser::{
 
 use crate::address;
 use crate::limits::Limits;
+use crate::trust::{self, Keys, SigMethod, Signature};
 
 /// One calendar part, decoded.
 #[derive(Debug, Clone)]
@@ -22,6 +30,22 @@ pub struct CalendarPart {
     pub text: String,
     /// True when the part sits inside a forwarded `message/rfc822`.
     pub forwarded: bool,
+    /// The signature of the innermost `multipart/signed` (or opaque signed
+    /// data) around the part, if any.
+    pub signed: Option<Signature>,
+}
+
+/// A signature found in the message, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignatureReport {
+    pub method: SigMethod,
+    /// Whether the signature and the signer's certificate or key verified.
+    pub verified: bool,
+    /// The addresses the verified signer proves.
+    pub signers: Vec<String>,
+    /// Why it proves nothing, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a message says about itself.
@@ -57,6 +81,10 @@ pub struct Mail {
     pub parts: Vec<CalendarPart>,
     /// Problems with the MIME structure itself (each makes the mail invalid).
     pub problems: Vec<String>,
+    /// Every signature found, verified or not.
+    pub signatures: Vec<SignatureReport>,
+    /// The message was encrypted and opened with my key (`smime`, `pgp`).
+    pub decrypted: Option<SigMethod>,
 }
 
 /// Why a message could not be read at all.
@@ -70,8 +98,15 @@ pub enum MimeError {
     NoHeaders,
 }
 
-/// Parse a raw message and collect its calendar parts.
+/// Parse a raw message and collect its calendar parts (signatures are not
+/// verified and encrypted parts not opened: no keys).
 pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
+    parse_with(raw, limits, &Keys::default())
+}
+
+/// Parse a raw message and collect its calendar parts, verifying signatures
+/// and opening encrypted parts with `keys`.
+pub fn parse_with(raw: &[u8], limits: &Limits, keys: &Keys) -> Result<Mail, MimeError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(MimeError::Empty);
     }
@@ -155,11 +190,12 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Mail, MimeError> {
     if whole {
         let mut walker = Walker {
             limits,
+            keys,
             mail: &mut mail,
             depth_reported: false,
             budget: 10_000,
         };
-        walker.walk(&message, 0, 0, false);
+        walker.walk(&message, 0, 0, false, None);
     }
     Ok(mail)
 }
@@ -281,6 +317,7 @@ fn id_list(v: &HeaderValue<'_>) -> Vec<String> {
 
 struct Walker<'a> {
     limits: &'a Limits,
+    keys: &'a Keys,
     mail: &'a mut Mail,
     depth_reported: bool,
     /// Parts left to look at: a message with absurdly many parts stops here.
@@ -288,7 +325,14 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn walk(&mut self, msg: &Message<'_>, part_id: u32, depth: usize, forwarded: bool) {
+    fn walk(
+        &mut self,
+        msg: &Message<'_>,
+        part_id: u32,
+        depth: usize,
+        forwarded: bool,
+        signed: Option<&Signature>,
+    ) {
         if self.budget == 0 {
             return;
         }
@@ -323,14 +367,20 @@ impl Walker<'_> {
         let is_calendar =
             (ctype == "text" && csub == "calendar") || (ctype == "application" && csub == "ics");
         match &part.body {
+            PartType::Multipart(children) if csub == "signed" && children.len() >= 2 => {
+                self.signed(msg, part, children, depth, forwarded, signed);
+            }
+            PartType::Multipart(children) if csub == "encrypted" && children.len() >= 2 => {
+                self.pgp_encrypted(msg, part, children, depth, forwarded, signed);
+            }
             PartType::Multipart(children) => {
                 for &child in children {
                     if child != part_id {
-                        self.walk(msg, child, depth + 1, forwarded);
+                        self.walk(msg, child, depth + 1, forwarded, signed);
                     }
                 }
             }
-            PartType::Message(inner) => self.walk(inner, 0, depth + 1, true),
+            PartType::Message(inner) => self.walk(inner, 0, depth + 1, true, signed),
             PartType::Text(text) if is_calendar => {
                 // RFC 5545 §3.1: unfold first, then decode. A fold may split
                 // a multi-byte character, so the bytes are unfolded before
@@ -342,7 +392,7 @@ impl Walker<'_> {
                     ),
                     None => text.to_string(),
                 };
-                self.calendar(part, ct, text, forwarded);
+                self.calendar(part, ct, text, forwarded, signed);
             }
             PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
                 if is_calendar {
@@ -350,16 +400,193 @@ impl Walker<'_> {
                         &unfold_bytes(bytes),
                         ct.and_then(|c| c.attribute("charset")),
                     );
-                    self.calendar(part, ct, text, forwarded);
+                    self.calendar(part, ct, text, forwarded, signed);
                 } else if ctype == "message" && (csub == "rfc822" || csub == "global") {
                     // Nested deeper than mail-parser decodes by itself.
                     if let Some(inner) = parser().parse(bytes.as_ref()) {
-                        self.walk(&inner, 0, depth + 1, true);
+                        self.walk(&inner, 0, depth + 1, true, signed);
                     }
+                } else if ctype == "application" && (csub == "pkcs7-mime" || csub == "x-pkcs7-mime")
+                {
+                    let kind = ct
+                        .and_then(|c| c.attribute("smime-type"))
+                        .map(str::to_ascii_lowercase);
+                    self.pkcs7(bytes, kind.as_deref(), depth, forwarded, signed);
                 }
             }
             _ => {}
         }
+    }
+
+    /// A `multipart/signed`: verify the signature over the exact bytes of
+    /// the first part, then walk it with what the signature proves.
+    fn signed(
+        &mut self,
+        msg: &Message<'_>,
+        part: &mail_parser::MessagePart<'_>,
+        children: &[u32],
+        depth: usize,
+        forwarded: bool,
+        outer: Option<&Signature>,
+    ) {
+        let protocol = part
+            .content_type()
+            .and_then(|c| c.attribute("protocol"))
+            .map(|p| p.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let (Some(content), Some(sig)) = (
+            msg.parts.get(children[0] as usize),
+            msg.parts.get(children[1] as usize),
+        ) else {
+            return;
+        };
+        let method = match protocol.as_str() {
+            "application/pkcs7-signature" | "application/x-pkcs7-signature" => SigMethod::Smime,
+            "application/pgp-signature" => SigMethod::Pgp,
+            _ => {
+                tracing::debug!(
+                    protocol,
+                    "multipart/signed with an unknown protocol: its signature is not checked"
+                );
+                self.walk(msg, children[0], depth + 1, forwarded, outer);
+                return;
+            }
+        };
+        // Only a signature around calendar data matters: the content is
+        // walked first, and verified only when it holds a calendar part.
+        let before = self.mail.parts.len();
+        self.walk(msg, children[0], depth + 1, forwarded, outer);
+        if self.mail.parts.len() == before {
+            return;
+        }
+        let raw = msg
+            .raw_message
+            .get(content.raw_header_offset() as usize..content.raw_end_offset() as usize)
+            .unwrap_or_default();
+        let signed_bytes = canonical(raw);
+        let sig_bytes = sig.contents();
+        let signers = match method {
+            SigMethod::Smime => trust::smime::verify_detached(
+                &signed_bytes,
+                &trust::smime::der_of(sig_bytes),
+                &self.keys.smime_anchors,
+            ),
+            SigMethod::Pgp => {
+                trust::pgp::verify_detached(&signed_bytes, sig_bytes, &self.keys.pgp_public)
+            }
+        };
+        let signature = self.report(Signature { method, signers });
+        // The parts an inner signature covers keep theirs.
+        for p in &mut self.mail.parts[before..] {
+            if p.signed.as_ref() == outer {
+                p.signed = Some(signature.clone());
+            }
+        }
+    }
+
+    /// An `application/pkcs7-mime` part: opaque signed data, or enveloped
+    /// data to open with my key.
+    fn pkcs7(
+        &mut self,
+        body: &[u8],
+        kind: Option<&str>,
+        depth: usize,
+        forwarded: bool,
+        outer: Option<&Signature>,
+    ) {
+        let der = trust::smime::der_of(body);
+        if kind == Some("signed-data") || (kind.is_none() && is_signed_data(&der)) {
+            match trust::smime::verify_opaque(&der, &self.keys.smime_anchors) {
+                Ok((content, signers)) => {
+                    let signature = self.report(Signature {
+                        method: SigMethod::Smime,
+                        signers,
+                    });
+                    self.entity(&content, depth, forwarded, Some(&signature));
+                }
+                Err(e) => self.mail.problems.push(e),
+            }
+            return;
+        }
+        if matches!(kind, Some("certs-only") | Some("compressed-data")) {
+            return;
+        }
+        match trust::smime::decrypt(&der, self.keys.smime_me.as_ref()) {
+            Ok(content) => {
+                self.mail.decrypted = Some(SigMethod::Smime);
+                self.entity(&content, depth, forwarded, outer);
+            }
+            Err(e) => self.mail.problems.push(e),
+        }
+    }
+
+    /// A `multipart/encrypted` (PGP/MIME): open the second part with my key.
+    fn pgp_encrypted(
+        &mut self,
+        msg: &Message<'_>,
+        part: &mail_parser::MessagePart<'_>,
+        children: &[u32],
+        depth: usize,
+        forwarded: bool,
+        outer: Option<&Signature>,
+    ) {
+        let protocol = part
+            .content_type()
+            .and_then(|c| c.attribute("protocol"))
+            .map(|p| p.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        if protocol != "application/pgp-encrypted" {
+            self.mail.problems.push(format!(
+                "a multipart/encrypted part has an unknown protocol `{protocol}` and cannot be opened"
+            ));
+            return;
+        }
+        let Some(data) = msg.parts.get(children[1] as usize) else {
+            return;
+        };
+        match trust::pgp::decrypt(
+            data.contents(),
+            self.keys.pgp_me.as_ref(),
+            &self.keys.pgp_public,
+            self.limits.max_message_bytes,
+        ) {
+            Ok((content, inner)) => {
+                self.mail.decrypted = Some(SigMethod::Pgp);
+                match inner {
+                    Some(signers) => {
+                        let signature = self.report(Signature {
+                            method: SigMethod::Pgp,
+                            signers,
+                        });
+                        self.entity(&content, depth, forwarded, Some(&signature));
+                    }
+                    None => self.entity(&content, depth, forwarded, outer),
+                }
+            }
+            Err(e) => self.mail.problems.push(e),
+        }
+    }
+
+    /// Walk a MIME entity that was inside signed or encrypted data.
+    fn entity(&mut self, bytes: &[u8], depth: usize, forwarded: bool, signed: Option<&Signature>) {
+        match parser().parse(bytes) {
+            Some(inner) => self.walk(&inner, 0, depth + 1, forwarded, signed),
+            None => self
+                .mail
+                .problems
+                .push("the signed or encrypted content is not a MIME entity".into()),
+        }
+    }
+
+    /// Note a signature in the report, and return it.
+    fn report(&mut self, s: Signature) -> Signature {
+        self.mail.signatures.push(SignatureReport {
+            method: s.method,
+            verified: s.signers.is_ok(),
+            signers: s.signers.clone().unwrap_or_default(),
+            reason: s.signers.clone().err(),
+        });
+        s
     }
 
     fn calendar(
@@ -368,6 +595,7 @@ impl Walker<'_> {
         ct: Option<&mail_parser::ContentType<'_>>,
         text: String,
         forwarded: bool,
+        signed: Option<&Signature>,
     ) {
         let content_type = ct
             .map(|c| {
@@ -399,8 +627,35 @@ impl Walker<'_> {
             method_param,
             text,
             forwarded,
+            signed: signed.cloned(),
         });
     }
+}
+
+/// Whether DER bytes are a CMS ContentInfo of signed data (OID 1.2.840.113549.1.7.2).
+fn is_signed_data(der: &[u8]) -> bool {
+    const OID: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+    ];
+    der.get(..32)
+        .unwrap_or(der)
+        .windows(OID.len())
+        .any(|w| w == OID)
+}
+
+/// Signed content in canonical form (RFC 5751 §3.1.1, RFC 3156 §5): every
+/// line ends with CRLF. A message stored with LF line ends is read as sent.
+fn canonical(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
 }
 
 /// The transfer-decoded bytes of a calendar part, from the raw message
@@ -606,6 +861,34 @@ mod tests {
         let m = parse(raw.as_bytes(), &limits).unwrap();
         assert!(m.parts.is_empty());
         assert!(m.problems[0].contains("nested deeper"), "{:?}", m.problems);
+    }
+
+    #[test]
+    fn a_signed_calendar_part_carries_its_signature() {
+        // No CA is configured: the signature is reported, and proves nothing.
+        let m = mail(concat!(
+            "From: a@example.com\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; boundary=s\r\n\r\n",
+            "--s\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+            "--s\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nMAMCAQE=\r\n--s--\r\n"
+        ));
+        assert_eq!(m.parts.len(), 1);
+        let sig = m.parts[0].signed.as_ref().unwrap();
+        assert_eq!(sig.method, SigMethod::Smime);
+        assert!(sig.signers.is_err());
+        assert_eq!(m.signatures.len(), 1);
+        assert!(!m.signatures[0].verified);
+        // Encrypted without a key of mine: reported, not read.
+        let m = mail(concat!(
+            "From: a@example.com\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nMAMCAQE=\r\n"
+        ));
+        assert!(m.parts.is_empty());
+        assert!(!m.problems.is_empty());
+    }
+
+    #[test]
+    fn signed_content_is_read_with_crlf_line_ends() {
+        assert_eq!(canonical(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
     }
 
     #[test]

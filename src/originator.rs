@@ -3,9 +3,13 @@
 //! §6.1). The calendar data says who is speaking — the ORGANIZER for
 //! PUBLISH, REQUEST, ADD, CANCEL and DECLINECOUNTER, the replying ATTENDEE
 //! for REPLY, COUNTER and REFRESH — and the mail says who sent it: its From
-//! mailbox, its Sender, or a SENT-BY the calendar data names. How strongly
-//! that is proven is a [`Proof`]: header only (`from`), or the receiving
-//! server's DKIM/DMARC verdict for the single From mailbox.
+//! mailbox, its Sender, or a SENT-BY the calendar data names — or a
+//! signature around the calendar part names the calendar user himself, or a
+//! trusted relay speaks for him. How strongly that is proven is a [`Proof`]:
+//! an S/MIME or PGP signature by that calendar user (`smime`, `pgp`), the
+//! receiving server's DKIM/DMARC verdict for the single From mailbox
+//! (`dkim`, `dmarc`), a DKIM/DMARC-verified `[[trust.relay]]` that may speak
+//! for that organizer (`relay`), or the header alone (`from`).
 //!
 //! The sender check of `classify`, the engine's authorization and the
 //! policies' `authenticated` matcher all read this one value, so what is
@@ -19,6 +23,7 @@ use crate::address;
 use crate::ical::{self, Node};
 use crate::itip::{Method, Sender};
 use crate::mime::Mail;
+use crate::trust::{Relay, SigMethod, Signature};
 
 /// How strongly the originator is proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +35,15 @@ pub enum Proof {
     Dkim,
     /// A trusted receiving server says DMARC passed for the From domain.
     Dmarc,
+    /// An S/MIME signature by the calendar user, with a certificate that
+    /// chains to a trusted CA and names the address.
+    Smime,
+    /// A PGP signature by a configured public key whose user ID names the
+    /// calendar user.
+    Pgp,
+    /// A `[[trust.relay]]` that may speak for this organizer sent it, and
+    /// the receiving server verified the relay's own mail (DKIM/DMARC).
+    Relay,
 }
 
 impl Proof {
@@ -38,11 +52,51 @@ impl Proof {
         !matches!(self, Proof::From)
     }
 
+    /// Whether the calendar data itself is signed by the calendar user.
+    pub fn is_signed(self) -> bool {
+        matches!(self, Proof::Smime | Proof::Pgp)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Proof::From => "the From header only",
             Proof::Dkim => "a DKIM signature verified by the receiving server",
             Proof::Dmarc => "DMARC verified by the receiving server",
+            Proof::Smime => "an S/MIME signature",
+            Proof::Pgp => "a PGP signature",
+            Proof::Relay => "a trusted relay verified by the receiving server",
+        }
+    }
+
+    /// The name used in JSON and in imipd's own files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proof::From => "from",
+            Proof::Dkim => "dkim",
+            Proof::Dmarc => "dmarc",
+            Proof::Smime => "smime",
+            Proof::Pgp => "pgp",
+            Proof::Relay => "relay",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Proof> {
+        [
+            Proof::From,
+            Proof::Dkim,
+            Proof::Dmarc,
+            Proof::Smime,
+            Proof::Pgp,
+            Proof::Relay,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    fn of_signature(m: SigMethod) -> Proof {
+        match m {
+            SigMethod::Smime => Proof::Smime,
+            SigMethod::Pgp => Proof::Pgp,
         }
     }
 }
@@ -57,6 +111,10 @@ pub enum Via {
     Sender,
     /// The From or Sender mailbox is the SENT-BY the calendar data names.
     SentBy,
+    /// A signature around the calendar part names the calendar user.
+    Signature,
+    /// A trusted relay (`[[trust.relay]]`) sent it for the organizer.
+    Relay,
 }
 
 /// The calendar user an iTIP component speaks for, as far as the mail shows.
@@ -70,6 +128,11 @@ pub struct Originator {
     /// The SENT-BY address, when `via` is `SentBy` (`mailto:` lower-case).
     pub sent_by: Option<String>,
     pub proof: Proof,
+    /// Why a stronger proof failed (a signature that does not verify or is
+    /// by someone else, a relay whose mail is not verified), when the proof
+    /// is only the header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unproven: Option<String>,
 }
 
 impl Originator {
@@ -80,6 +143,30 @@ impl Originator {
             Via::SentBy => format!("{who}, sent by {} ({})", self.mail, self.proof.describe()),
             _ => format!("{who} ({})", self.proof.describe()),
         }
+    }
+
+    /// How the originator is authenticated, for the outcome line: "S/MIME
+    /// signature of alice@example.com"; `None` when it is not.
+    pub fn authenticated_by(&self) -> Option<String> {
+        let who = self.address.trim_start_matches("mailto:");
+        let by = match self.proof {
+            Proof::From => return None,
+            Proof::Smime => format!("S/MIME signature of {}", self.mail),
+            Proof::Pgp => format!("PGP signature of {}", self.mail),
+            Proof::Dkim => format!(
+                "DKIM signature for {} (verified by the receiving server)",
+                self.mail
+            ),
+            Proof::Dmarc => format!("DMARC for {} (verified by the receiving server)", self.mail),
+            Proof::Relay => format!(
+                "the trusted relay {} for {who} (its mail verified by the receiving server)",
+                self.mail
+            ),
+        };
+        Some(match self.via {
+            Via::SentBy => format!("{by}, sending for {who}"),
+            _ => by,
+        })
     }
 }
 
@@ -93,10 +180,13 @@ pub struct MailIdentity {
     pub sender: Option<String>,
     /// DKIM/DMARC for `single_from`, from a trusted receiving server.
     pub verified: Option<Proof>,
+    /// The `[[trust.relay]]` the single From mailbox is, and whether its
+    /// mail is verified (only then does it speak for anyone).
+    pub relay: Option<(Relay, bool)>,
 }
 
 impl MailIdentity {
-    pub fn of(mail: &Mail, trusted_authserv_ids: &[String]) -> MailIdentity {
+    pub fn of(mail: &Mail, trusted_authserv_ids: &[String], relays: &[Relay]) -> MailIdentity {
         let single_from = (mail.from_fields <= 1 && mail.from_all.len() <= 1)
             .then(|| mail.from.clone())
             .flatten();
@@ -107,11 +197,16 @@ impl MailIdentity {
         if from.is_empty() {
             from.extend(mail.from.clone());
         }
+        let relay = single_from
+            .as_deref()
+            .and_then(|f| relays.iter().find(|r| r.from == f))
+            .map(|r| (r.clone(), verified.is_some()));
         MailIdentity {
             from,
             single_from,
             sender: mail.sender.clone(),
             verified,
+            relay,
         }
     }
 
@@ -133,15 +228,42 @@ impl MailIdentity {
     }
 }
 
-/// The calendar user a component speaks for, when the mail's sender is
-/// that user (or the SENT-BY the component names for it); otherwise why not.
-pub fn originator(method: Method, c: &Node, id: &MailIdentity) -> Result<Originator, String> {
+/// The calendar user a component speaks for, when a signature around its
+/// calendar part names that user, or the mail's sender is that user (or the
+/// SENT-BY the component names for it, or a trusted relay for the
+/// organizer); otherwise why not.
+pub fn originator(
+    method: Method,
+    c: &Node,
+    id: &MailIdentity,
+    signed: Option<&Signature>,
+) -> Result<Originator, String> {
+    let found = find(method, c, id, signed);
+    let Some(sig) = signed else {
+        return found;
+    };
+    match found {
+        Ok(mut o) if !o.proof.is_proven() => {
+            o.unproven = Some(sig.why_not(&o.mail));
+            Ok(o)
+        }
+        Err(e) => Err(format!("{e}; {}", sig.why_not("the calendar user"))),
+        ok => ok,
+    }
+}
+
+fn find(
+    method: Method,
+    c: &Node,
+    id: &MailIdentity,
+    signed: Option<&Signature>,
+) -> Result<Originator, String> {
     let who = method.entitled_sender();
     let role = match who {
         Sender::Organizer => "its organizer",
         Sender::Attendee => "the attendee who answers",
     };
-    if id.from.is_empty() && id.sender.is_none() {
+    if id.from.is_empty() && id.sender.is_none() && signed.is_none() {
         return Err(format!(
             "the mail has no From address, so the sender of this {method} cannot be checked"
         ));
@@ -163,7 +285,27 @@ pub fn originator(method: Method, c: &Node, id: &MailIdentity) -> Result<Origina
         }
         Sender::Attendee => c.entries.iter().filter(|e| e.name == P::Attendee).collect(),
     };
+    // A signature by the calendar user himself proves most.
+    if let Some(sig) = signed {
+        for e in &entries {
+            let Some(addr) = ical::cal_address(e) else {
+                continue;
+            };
+            let bare = address::bare(&addr);
+            if sig.proves(&bare) {
+                return Ok(Originator {
+                    address: addr,
+                    mail: bare,
+                    via: Via::Signature,
+                    sent_by: None,
+                    proof: Proof::of_signature(sig.method),
+                    unproven: None,
+                });
+            }
+        }
+    }
     // The calendar user himself first, then someone acting for him.
+    let mut relay_note = None;
     for e in &entries {
         let Some(addr) = ical::cal_address(e) else {
             continue;
@@ -176,6 +318,42 @@ pub fn originator(method: Method, c: &Node, id: &MailIdentity) -> Result<Origina
                 proof: id.proof_for(&bare, via),
                 via,
                 sent_by: None,
+                unproven: None,
+            });
+        }
+    }
+    // A platform that relays invitations for the organizers it names.
+    if let (Sender::Organizer, Some((relay, verified))) = (who, &id.relay) {
+        for e in &entries {
+            let Some(addr) = ical::cal_address(e) else {
+                continue;
+            };
+            let bare = address::bare(&addr);
+            if !relay
+                .organizers
+                .iter()
+                .any(|g| address::glob_matches(g, &bare))
+            {
+                relay_note = Some(format!(
+                    "the trusted relay {} may not speak for {bare} ([[trust.relay]] organizers)",
+                    relay.from
+                ));
+                continue;
+            }
+            if !verified {
+                relay_note = Some(format!(
+                    "mail from the trusted relay {} counts only when a trusted receiving server verified it (DKIM/DMARC pass in Authentication-Results), and this one is not",
+                    relay.from
+                ));
+                continue;
+            }
+            return Ok(Originator {
+                address: addr,
+                mail: relay.from.clone(),
+                via: Via::Relay,
+                sent_by: None,
+                proof: Proof::Relay,
+                unproven: None,
             });
         }
     }
@@ -184,15 +362,24 @@ pub fn originator(method: Method, c: &Node, id: &MailIdentity) -> Result<Origina
             continue;
         };
         let bare = address::bare(&sent_by);
-        if id.matches(&bare).is_some() {
+        let signed_by_sent_by = signed.filter(|s| s.proves(&bare));
+        if id.matches(&bare).is_some() || signed_by_sent_by.is_some() {
             return Ok(Originator {
                 address: addr,
                 mail: bare,
                 via: Via::SentBy,
                 sent_by: Some(sent_by),
-                proof: Proof::From,
+                proof: signed_by_sent_by
+                    .map(|s| Proof::of_signature(s.method))
+                    .unwrap_or(Proof::From),
+                unproven: None,
             });
         }
+    }
+    if id.from.is_empty() && id.sender.is_none() {
+        return Err(format!(
+            "the mail has no From address, so the sender of this {method} cannot be checked"
+        ));
     }
     let names: Vec<String> = entries
         .iter()
@@ -208,11 +395,15 @@ pub fn originator(method: Method, c: &Node, id: &MailIdentity) -> Result<Origina
             }
         ));
     }
-    Err(format!(
+    let base = format!(
         "the sender {} is not entitled to send this {method}: only {role} ({}) may",
         id.from.first().map(String::as_str).unwrap_or("(none)"),
         names.join(", ")
-    ))
+    );
+    Err(match relay_note {
+        Some(n) => format!("{base}; {n}"),
+        None => base,
+    })
 }
 
 /// Whether the receiving server says the single From mailbox is authentic:
@@ -291,25 +482,38 @@ mod tests {
             single_from: (from.len() == 1).then(|| from[0].to_string()),
             sender: sender.map(str::to_string),
             verified: None,
+            relay: None,
         }
     }
 
     #[test]
     fn the_organizer_in_from_speaks() {
         let c = node("ORGANIZER:mailto:Alice@example.com\r\n");
-        let o = originator(Method::Request, &c, &id(&["alice@example.com"], None)).unwrap();
+        let o = originator(Method::Request, &c, &id(&["alice@example.com"], None), None).unwrap();
         assert_eq!(
             (o.address.as_str(), o.via),
             ("mailto:alice@example.com", Via::From)
         );
-        assert!(originator(Method::Request, &c, &id(&["mallory@evil.example"], None)).is_err());
+        assert!(originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            None
+        )
+        .is_err());
     }
 
     #[test]
     fn two_organizers_are_nobody() {
         let c =
             node("ORGANIZER:mailto:alice@example.com\r\nORGANIZER:mailto:mallory@evil.example\r\n");
-        let e = originator(Method::Cancel, &c, &id(&["mallory@evil.example"], None)).unwrap_err();
+        let e = originator(
+            Method::Cancel,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("2 ORGANIZERs"), "{e}");
     }
 
@@ -319,7 +523,7 @@ mod tests {
             "ORGANIZER:mailto:bob@example.com\r\nATTENDEE;PARTSTAT=DECLINED:mailto:c@example.com\r\n\
              ATTENDEE;PARTSTAT=ACCEPTED:mailto:e@example.com\r\n",
         );
-        let o = originator(Method::Reply, &c, &id(&["e@example.com"], None)).unwrap();
+        let o = originator(Method::Reply, &c, &id(&["e@example.com"], None), None).unwrap();
         assert_eq!(o.address, "mailto:e@example.com");
     }
 
@@ -329,14 +533,77 @@ mod tests {
             node("ORGANIZER;SENT-BY=\"mailto:assistant@example.com\":mailto:boss@example.com\r\n");
         let mut i = id(&["assistant@example.com"], None);
         i.verified = Some(Proof::Dkim);
-        let o = originator(Method::Request, &c, &i).unwrap();
+        let o = originator(Method::Request, &c, &i, None).unwrap();
         assert_eq!(o.via, Via::SentBy);
         assert_eq!(o.proof, Proof::From);
         let c = node("ORGANIZER:mailto:alice@example.com\r\n");
         let mut i = id(&["noreply@example.com"], Some("alice@example.com"));
         i.verified = Some(Proof::Dmarc);
-        let o = originator(Method::Request, &c, &i).unwrap();
+        let o = originator(Method::Request, &c, &i, None).unwrap();
         assert_eq!((o.via, o.proof), (Via::Sender, Proof::From));
+    }
+
+    #[test]
+    fn a_signature_by_the_organizer_proves_it_whoever_sent_the_mail() {
+        let c = node("ORGANIZER:mailto:alice@example.com\r\n");
+        let by = |who: &str| Signature {
+            method: SigMethod::Smime,
+            signers: Ok(vec![who.to_string()]),
+        };
+        let o = originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            Some(&by("alice@example.com")),
+        )
+        .unwrap();
+        assert_eq!((o.via, o.proof), (Via::Signature, Proof::Smime));
+        assert_eq!(
+            o.authenticated_by().unwrap(),
+            "S/MIME signature of alice@example.com"
+        );
+        // Signed by someone else: the From header alone, and why.
+        let o = originator(
+            Method::Request,
+            &c,
+            &id(&["alice@example.com"], None),
+            Some(&by("carol@example.com")),
+        )
+        .unwrap();
+        assert_eq!(o.proof, Proof::From);
+        assert!(o.unproven.unwrap().contains("carol@example.com"));
+        let e = originator(
+            Method::Request,
+            &c,
+            &id(&["mallory@evil.example"], None),
+            Some(&by("carol@example.com")),
+        )
+        .unwrap_err();
+        assert!(e.contains("carol@example.com"), "{e}");
+    }
+
+    #[test]
+    fn a_relay_speaks_for_its_organizers_only_when_verified() {
+        let c = node("ORGANIZER:mailto:alice@example.com\r\n");
+        let relay = Relay {
+            from: "noreply@cloud.example.com".into(),
+            organizers: vec!["*@example.com".into()],
+        };
+        let mut i = id(&["noreply@cloud.example.com"], None);
+        i.relay = Some((relay.clone(), true));
+        let o = originator(Method::Request, &c, &i, None).unwrap();
+        assert_eq!((o.via, o.proof), (Via::Relay, Proof::Relay));
+        assert_eq!(o.mail, "noreply@cloud.example.com");
+        // Not for a REPLY: a relay speaks for organizers.
+        let a = node("ORGANIZER:mailto:bob@example.com\r\nATTENDEE:mailto:alice@example.com\r\n");
+        assert!(originator(Method::Reply, &a, &i, None).is_err());
+        i.relay = Some((relay.clone(), false));
+        let e = originator(Method::Request, &c, &i, None).unwrap_err();
+        assert!(e.contains("DKIM/DMARC"), "{e}");
+        let other = node("ORGANIZER:mailto:eve@other.example\r\n");
+        i.relay = Some((relay, true));
+        let e = originator(Method::Request, &other, &i, None).unwrap_err();
+        assert!(e.contains("may not speak for eve@other.example"), "{e}");
     }
 
     #[test]

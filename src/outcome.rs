@@ -157,8 +157,10 @@ impl fmt::Display for MessageOutcome {
                 r.policy_reason
             )?;
             if let Some(o) = &r.originator {
-                if o.proof.is_proven() {
-                    write!(f, "; from {}", o.describe())?;
+                if let Some(by) = o.authenticated_by() {
+                    write!(f, "; authenticated by {by}")?;
+                } else if let Some(why) = &o.unproven {
+                    write!(f, "; not authenticated: {why}")?;
                 }
             }
             if let Some(reply) = &r.reply {

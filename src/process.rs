@@ -33,6 +33,7 @@ use crate::recur::{self, Budget};
 use crate::state::State;
 use crate::store::{CalendarStore, Vdir};
 use crate::time::{Instant, Zones};
+use crate::trust::Require;
 use crate::{address, reply};
 
 /// Processes messages against one store, state and outbox.
@@ -106,6 +107,8 @@ struct Item {
 
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
+/// And how that was proven (`smime`, `dkim`, ...; absent: the header only).
+const HELD_PROOF: &str = "X-IMIPD-HELD-PROOF";
 
 impl Processor {
     /// Open the store, the state (taking its lock) and the outbox; for a dry
@@ -145,7 +148,7 @@ impl Processor {
 
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
-        let mut c = classify::classify(raw, origin.source, &self.cfg.limits);
+        let mut c = classify::classify_with(raw, origin.source, &self.cfg.limits, &self.cfg.trust);
         if !origin.problems.is_empty() {
             c.report.valid = false;
             c.report
@@ -202,7 +205,7 @@ impl Processor {
         let Some(mail) = &c.mail else {
             return Ok(plan);
         };
-        let who = MailIdentity::of(mail, &self.cfg.trusted_authserv_ids);
+        let who = MailIdentity::of(mail, &self.cfg.trusted_authserv_ids, &self.cfg.trust.relays);
         let sender_mail: Vec<String> = who.from.iter().chain(who.sender.iter()).cloned().collect();
         // First every decision and every verdict: a quarantine verdict holds
         // the whole message, so nothing is planned before all are known.
@@ -215,7 +218,7 @@ impl Processor {
             let zones = Zones::of(&root);
             let Some(method) = obj.kind else { continue };
             for (uid, comps) in engine::group_by_uid(&root) {
-                let originator = speaker(method, &comps, &who);
+                let originator = speaker(method, &comps, &who, obj.signed.as_ref());
                 let decision = if obj.fatal {
                     Decision {
                         effect: Effect::Ignored,
@@ -242,6 +245,7 @@ impl Processor {
                             identity: &self.cfg.identity,
                             trust: Trust {
                                 sent_by: &self.cfg.identity.trusted_sent_by,
+                                require_proof: self.cfg.trust.require == Require::Authenticated,
                             },
                         },
                     );
@@ -370,6 +374,7 @@ impl Processor {
                         identity: &self.cfg.identity,
                         trust: Trust {
                             sent_by: &self.cfg.identity.trusted_sent_by,
+                            require_proof: self.cfg.trust.require == Require::Authenticated,
                         },
                     },
                 );
@@ -428,6 +433,12 @@ impl Processor {
                         P::Other(HELD_FROM.into()),
                         o.address.clone(),
                     ));
+                    if o.proof.is_proven() {
+                        root.set(ical::text_entry(
+                            P::Other(HELD_PROOF.into()),
+                            o.proof.name(),
+                        ));
+                    }
                 }
                 root.children
                     .retain(|c| !c.is_scheduling() || c.uid().as_deref() == Some(it.uid.as_str()));
@@ -502,12 +513,17 @@ impl Processor {
                 .text(&P::Other(HELD_FROM.into()))
                 .or_else(|| held.iter().find_map(Node::organizer))
                 .unwrap_or_default();
+            let proof = root
+                .text(&P::Other(HELD_PROOF.into()))
+                .and_then(|p| Proof::parse(&p))
+                .unwrap_or(Proof::From);
             let originator = Ok(Originator {
                 mail: address::bare(&from),
                 address: address::canonical(&from),
                 via: Via::From,
                 sent_by: None,
-                proof: Proof::From,
+                proof,
+                unproven: None,
             });
             let zones = Zones::of(&root);
             let d = engine::apply(
@@ -522,6 +538,7 @@ impl Processor {
                     identity: &self.cfg.identity,
                     trust: Trust {
                         sent_by: &self.cfg.identity.trusted_sent_by,
+                        require_proof: self.cfg.trust.require == Require::Authenticated,
                     },
                 },
             );
@@ -602,6 +619,23 @@ impl Processor {
         };
         let method = it.method;
         let d = &it.decision;
+        if self.cfg.trust.require == Require::Authenticated {
+            match &it.originator {
+                Ok(o) if o.proof.is_proven() => {}
+                Ok(o) => {
+                    return Ok(format!(
+                        "not sent: {} is not authenticated ({}), and [trust] require = \"authenticated\" answers only a proven originator",
+                        o.address.trim_start_matches("mailto:"),
+                        o.unproven.as_deref().unwrap_or("only the From header says who sent it")
+                    ))
+                }
+                Err(why) => {
+                    return Ok(format!(
+                        "not sent: the originator is not authenticated ({why}), and [trust] require = \"authenticated\""
+                    ))
+                }
+            }
+        }
         if mail.auto_submitted_value.as_deref() == Some("auto-replied") {
             return Ok("not sent: the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)".into());
         }
@@ -720,10 +754,19 @@ impl Processor {
             }
         };
         // A message that cannot be answered is reported, not retried.
-        let outgoing = match built {
+        let mut outgoing = match built {
             Ok(o) => o,
             Err(e) => return Ok(format!("not sent: {e:#}")),
         };
+        // `[outgoing] sign`: the whole mail becomes multipart/signed.
+        match crate::trust::sign::sign_mail(
+            &outgoing.message,
+            self.cfg.trust.sign,
+            &self.cfg.trust.keys,
+        ) {
+            Ok(m) => outgoing.message = m,
+            Err(e) => return Ok(format!("not sent: {e}")),
+        }
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
             return Ok("not sent: it would go to one of my own addresses".into());
         }
@@ -814,10 +857,15 @@ impl Processor {
 
 /// Who a group of components (one UID) speaks for: the ORGANIZER, or the
 /// replying ATTENDEE of the first component that names the sender.
-fn speaker(method: Method, comps: &[Node], who: &MailIdentity) -> Result<Originator, String> {
+fn speaker(
+    method: Method,
+    comps: &[Node],
+    who: &MailIdentity,
+    signed: Option<&crate::trust::Signature>,
+) -> Result<Originator, String> {
     let mut first_err = None;
     for c in comps {
-        match originator::originator(method, c, who) {
+        match originator::originator(method, c, who, signed) {
             Ok(o) => return Ok(o),
             Err(e) => {
                 if first_err.is_none() {

@@ -103,6 +103,9 @@ pub struct ImapConfig {
     pub poll_interval: Duration,
     pub idle: bool,
     pub timeout: Duration,
+    /// Fetch encrypted entities (S/MIME enveloped data, PGP/MIME
+    /// `multipart/encrypted`): set when a key of mine can open them.
+    pub fetch_encrypted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +143,11 @@ pub struct Config {
     /// Automatic answers to anyone within one hour, at most.
     pub max_answers_per_hour: u32,
     pub address_book: Option<PathBuf>,
+    /// `[trust] trusted_authserv_ids` and `[authentication]
+    /// trusted_authserv_ids` together, lower-cased.
     pub trusted_authserv_ids: Vec<String>,
+    /// `[trust]`, the keys of `[identity]`, `[outgoing] sign`.
+    pub trust: crate::trust::Trust,
 }
 
 impl Config {
@@ -165,6 +172,7 @@ impl Config {
             max_answers_per_hour: 30,
             address_book: None,
             trusted_authserv_ids: Vec::new(),
+            trust: crate::trust::Trust::default(),
         }
     }
 }

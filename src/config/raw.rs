@@ -21,6 +21,26 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawLimits>,
     pub(super) address_book: Option<RawAddressBook>,
     pub(super) authentication: Option<RawAuthentication>,
+    pub(super) trust: Option<RawTrust>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrust {
+    pub(super) require: Option<Spanned<String>>,
+    pub(super) trusted_authserv_ids: Option<Vec<String>>,
+    pub(super) smime_ca_files: Option<Vec<Spanned<String>>>,
+    pub(super) smime_system_roots: Option<bool>,
+    pub(super) pgp_public_keys: Option<Spanned<String>>,
+    #[serde(default, rename = "relay")]
+    pub(super) relays: Vec<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRelay {
+    pub(super) from: Spanned<String>,
+    pub(super) organizers: Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +49,9 @@ pub(super) struct RawIdentity {
     pub(super) addresses: Spanned<Vec<Spanned<String>>>,
     pub(super) name: Option<String>,
     pub(super) trusted_sent_by: Option<Vec<String>>,
+    pub(super) smime_certificate: Option<Spanned<String>>,
+    pub(super) smime_key: Option<Spanned<String>>,
+    pub(super) pgp_secret_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +113,7 @@ pub(super) struct RawOutgoing {
     pub(super) timeout: Option<Spanned<u64>>,
     pub(super) max_replies_per_hour: Option<u32>,
     pub(super) max_answers_per_hour: Option<u32>,
+    pub(super) sign: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -88,3 +88,40 @@ fn durations_parse() {
     assert_eq!(parse_duration("P2D"), Some(Duration::from_secs(172800)));
     assert_eq!(parse_duration("soon"), None);
 }
+
+#[test]
+fn trust_section_is_checked() {
+    let c = p(&format!(
+        "{MIN}[authentication]\ntrusted_authserv_ids = [\"MX.example.com\"]\n[trust]\nrequire = \"authenticated\"\ntrusted_authserv_ids = [\"mx2.example.com\"]\n\
+         [[trust.relay]]\nfrom = \"Noreply@Cloud.example.com\"\norganizers = [\"*@example.com\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.trust.require, crate::trust::Require::Authenticated);
+    assert_eq!(
+        c.trusted_authserv_ids,
+        vec!["mx.example.com", "mx2.example.com"]
+    );
+    assert_eq!(c.trust.relays[0].from, "noreply@cloud.example.com");
+    let e = p(&format!("{MIN}[trust]\nrequire = \"maybe\"\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("trust.require"));
+    let e = p(&format!(
+        "{MIN}[outgoing]\ntransport = \"file\"\npath = \"o\"\nsign = \"smime\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("outgoing.sign"));
+    assert!(e.message.contains("smime_certificate"), "{e}");
+    let e = p(&format!(
+        "{MIN}[[trust.relay]]\nfrom = \"x@y.z\"\norganizers = []\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("trust.relay.organizers"));
+    let e = p(&format!(
+        "{MIN}[trust]\nsmime_ca_files = [\"/nonexistent/ca.pem\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("trust.smime_ca_files"));
+    assert!(
+        e.message.starts_with("cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
+}

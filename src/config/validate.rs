@@ -34,6 +34,13 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     v.validate(raw)
 }
 
+/// The key files `[identity]` names.
+struct IdentityKeys {
+    smime_certificate: Option<Spanned<String>>,
+    smime_key: Option<Spanned<String>>,
+    pgp_secret_key: Option<Spanned<String>>,
+}
+
 struct Validator<'a> {
     file: PathBuf,
     text: &'a str,
@@ -176,7 +183,13 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(&self, mut raw: RawConfig) -> Result<Config, ConfigError> {
+        let identity_keys = IdentityKeys {
+            smime_certificate: raw.identity.smime_certificate.take(),
+            smime_key: raw.identity.smime_key.take(),
+            pgp_secret_key: raw.identity.pgp_secret_key.take(),
+        };
+        let outgoing_sign = raw.outgoing.as_mut().and_then(|o| o.sign.take());
         // identity
         let mut addresses = Vec::new();
         for a in raw.identity.addresses.get_ref() {
@@ -338,7 +351,7 @@ impl Validator<'_> {
         }
 
         let address_book = raw.address_book.map(|a| self.path(a.path.get_ref()));
-        let trusted_authserv_ids = raw
+        let mut trusted_authserv_ids: Vec<String> = raw
             .authentication
             .map(|a| {
                 a.trusted_authserv_ids
@@ -347,6 +360,19 @@ impl Validator<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        let trust = self.trust(
+            raw.trust,
+            &identity_keys,
+            outgoing_sign,
+            &mut trusted_authserv_ids,
+        )?;
+        if trust.can_decrypt() {
+            for a in &mut accounts {
+                if let Source::Imap(c) = &mut a.source {
+                    c.fetch_encrypted = true;
+                }
+            }
+        }
 
         Ok(Config {
             file: Some(self.file.clone()),
@@ -362,7 +388,161 @@ impl Validator<'_> {
             max_answers_per_hour,
             address_book,
             trusted_authserv_ids,
+            trust,
         })
+    }
+
+    /// `[trust]`, the key files of `[identity]` and `[outgoing] sign`: the
+    /// files are read now, so a bad one is a configuration error.
+    fn trust(
+        &self,
+        raw: Option<RawTrust>,
+        ids: &IdentityKeys,
+        sign: Option<Spanned<String>>,
+        authserv_ids: &mut Vec<String>,
+    ) -> Result<crate::trust::Trust, ConfigError> {
+        use crate::trust::{self, Keys, Relay, Require, Sign};
+        let mut keys = Keys::default();
+        let mut t = trust::Trust::default();
+        if let Some(r) = raw {
+            if let Some(req) = &r.require {
+                t.require = match req.get_ref().as_str() {
+                    "none" => Require::None,
+                    "authenticated" => Require::Authenticated,
+                    other => {
+                        return Err(self.err(
+                            "trust.require",
+                            Some(req.span()),
+                            format!(
+                                "unknown value `{other}`, expected \"none\" or \"authenticated\""
+                            ),
+                        ))
+                    }
+                };
+            }
+            for id in r.trusted_authserv_ids.unwrap_or_default() {
+                let id = id.to_ascii_lowercase();
+                if !authserv_ids.contains(&id) {
+                    authserv_ids.push(id);
+                }
+            }
+            let files: Vec<PathBuf> = r
+                .smime_ca_files
+                .iter()
+                .flatten()
+                .map(|f| self.path(f.get_ref()))
+                .collect();
+            keys.smime_anchors =
+                trust::smime::Anchors::load(&files, r.smime_system_roots.unwrap_or(false))
+                    .map_err(|e| {
+                        self.err(
+                            "trust.smime_ca_files",
+                            r.smime_ca_files
+                                .as_ref()
+                                .and_then(|f| f.first())
+                                .map(|f| f.span()),
+                            e,
+                        )
+                    })?;
+            if let Some(dir) = &r.pgp_public_keys {
+                keys.pgp_public = trust::pgp::PublicKeys::load(&self.path(dir.get_ref()))
+                    .map_err(|e| self.err("trust.pgp_public_keys", Some(dir.span()), e))?;
+            }
+            for relay in r.relays {
+                let from = address::bare(relay.from.get_ref());
+                if !address::looks_like_email(&from) {
+                    return Err(self.err(
+                        "trust.relay.from",
+                        Some(relay.from.span()),
+                        format!("`{}` is not an e-mail address", relay.from.get_ref()),
+                    ));
+                }
+                if relay.organizers.get_ref().is_empty() {
+                    return Err(self.err(
+                        "trust.relay.organizers",
+                        Some(relay.organizers.span()),
+                        "name at least one organizer (a glob like \"*@example.com\") the relay may speak for",
+                    ));
+                }
+                t.relays.push(Relay {
+                    from,
+                    organizers: relay
+                        .organizers
+                        .get_ref()
+                        .iter()
+                        .map(|g| address::bare(g))
+                        .collect(),
+                });
+            }
+        }
+        t.authserv_ids = authserv_ids.clone();
+        match (&ids.smime_certificate, &ids.smime_key) {
+            (Some(c), Some(k)) => {
+                let key = self.path(k.get_ref());
+                if let Some(problem) = loose_secret_file(&key) {
+                    return Err(self.err("identity.smime_key", Some(k.span()), problem));
+                }
+                keys.smime_me = Some(
+                    trust::smime::Identity::load(&self.path(c.get_ref()), &key)
+                        .map_err(|e| self.err("identity.smime_certificate", Some(c.span()), e))?,
+                );
+            }
+            (Some(c), None) => {
+                return Err(self.err(
+                    "identity.smime_key",
+                    Some(c.span()),
+                    "smime_certificate needs smime_key (my private key) beside it",
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(self.err(
+                    "identity.smime_certificate",
+                    Some(k.span()),
+                    "smime_key needs smime_certificate (my certificate) beside it",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(k) = &ids.pgp_secret_key {
+            let key = self.path(k.get_ref());
+            if let Some(problem) = loose_secret_file(&key) {
+                return Err(self.err("identity.pgp_secret_key", Some(k.span()), problem));
+            }
+            keys.pgp_me = Some(
+                trust::pgp::SecretKey::load(&key)
+                    .map_err(|e| self.err("identity.pgp_secret_key", Some(k.span()), e))?,
+            );
+        }
+        if let Some(s) = &sign {
+            t.sign = match s.get_ref().as_str() {
+                "none" => Sign::None,
+                "smime" if keys.smime_me.is_some() => Sign::Smime,
+                "pgp" if keys.pgp_me.is_some() => Sign::Pgp,
+                "smime" => {
+                    return Err(self.err(
+                        "outgoing.sign",
+                        Some(s.span()),
+                        "sign = \"smime\" needs [identity] smime_certificate and smime_key",
+                    ))
+                }
+                "pgp" => {
+                    return Err(self.err(
+                        "outgoing.sign",
+                        Some(s.span()),
+                        "sign = \"pgp\" needs [identity] pgp_secret_key",
+                    ))
+                }
+                other => {
+                    return Err(self.err(
+                        "outgoing.sign",
+                        Some(s.span()),
+                        format!("unknown value `{other}`, expected \"none\", \"smime\" or \"pgp\""),
+                    ))
+                }
+            };
+        }
+        t.keys = std::sync::Arc::new(keys);
+        Ok(t)
     }
 
     fn outgoing(&self, o: RawOutgoing) -> Result<Outgoing, ConfigError> {
@@ -549,6 +729,7 @@ impl Validator<'_> {
                     )?,
                     idle: a.idle.unwrap_or(true),
                     timeout: self.seconds(a.timeout.as_ref(), "account.timeout", 60)?,
+                    fetch_encrypted: false,
                 })))
             }
             "maildir" => {

@@ -56,6 +56,7 @@ fn run(stored: Option<&Node>, method: &str, body: &str, entitled: bool) -> Decis
             via: Via::From,
             sent_by: None,
             proof: crate::originator::Proof::Dkim,
+            unproven: None,
         }),
         _ => Err("the sender is someone else".to_string()),
     };
@@ -69,7 +70,10 @@ fn run(stored: Option<&Node>, method: &str, body: &str, entitled: bool) -> Decis
         originator: &originator,
         sender_mail: &[],
         identity: &id,
-        trust: Trust { sent_by: &[] },
+        trust: Trust {
+            sent_by: &[],
+            require_proof: false,
+        },
     };
     apply(stored, &input)
 }

@@ -169,8 +169,18 @@ pub static MATCHERS: &[Def] = &[
         key: "authenticated",
         shape: Shape::Flag {
             fact: |f| Some(f.authenticated()),
-            yes: "sender authenticated (DKIM/DMARC pass)",
-            no: "sender not authenticated",
+            yes: "originator authenticated (signature, DKIM/DMARC or trusted relay)",
+            no: "originator not authenticated",
+        },
+        needs: NONE,
+        check: None,
+    },
+    Def {
+        key: "signed",
+        shape: Shape::Flag {
+            fact: |f| Some(f.originator.is_some_and(|o| o.proof.is_signed())),
+            yes: "signed by its originator (S/MIME or PGP)",
+            no: "not signed by its originator",
         },
         needs: NONE,
         check: None,

@@ -58,6 +58,7 @@ fn originator() -> Originator {
         via: Via::From,
         sent_by: None,
         proof: Proof::Dkim,
+        unproven: None,
     }
 }
 
@@ -138,6 +139,8 @@ fn matcher_flags() {
         ("known_sender", "false", false),
         ("authenticated", "true", true),
         ("authenticated", "false", false),
+        ("signed", "false", true),
+        ("signed", "true", false),
         ("conflict", "false", true),
         ("conflict", "true", false),
         ("recurring", "false", true),
@@ -149,6 +152,26 @@ fn matcher_flags() {
             check(&rule(&format!("{key} = {value}")), &f),
             want,
             "{key} = {value}"
+        );
+    }
+    // `signed` means S/MIME or PGP; `authenticated` any proof.
+    for (proof, signed, authenticated) in [
+        (Proof::Smime, true, true),
+        (Proof::Pgp, true, true),
+        (Proof::Relay, false, true),
+        (Proof::Dmarc, false, true),
+        (Proof::From, false, false),
+    ] {
+        let o = Originator {
+            proof,
+            ..originator()
+        };
+        let f = facts(&c, &o);
+        assert_eq!(check(&rule("signed = true"), &f), signed, "{proof:?}");
+        assert_eq!(
+            check(&rule("authenticated = true"), &f),
+            authenticated,
+            "{proof:?}"
         );
     }
     let mut f = facts(&c, &o);

@@ -9,7 +9,12 @@
 //! - new mail is fetched in batches as BODYSTRUCTURE plus a few header
 //!   fields (cut at `limits.max_header_bytes` by a partial fetch); only
 //!   messages with calendar parts get a second FETCH, of those parts alone
-//!   (`BODY.PEEK[n]`), so a 20 MB attachment is never downloaded;
+//!   (`BODY.PEEK[n]`), so a 20 MB attachment is never downloaded; a
+//!   calendar part inside a `multipart/signed` is fetched as that whole
+//!   signed entity (`BODY.PEEK[n.MIME]` and `BODY.PEEK[n]`, the exact bytes
+//!   the signature covers), and so is an S/MIME `application/pkcs7-mime` or
+//!   a PGP/MIME `multipart/encrypted` entity, whose content cannot be seen
+//!   from outside (encrypted ones only when a key of mine can open them);
 //! - only the UIDs a FETCH asked for are handled, and only they move the
 //!   folder's last UID (a server's unsolicited FETCH never does);
 //! - handled iTIP mail gets the keyword `$iMIPProcessed` (or is moved), never
@@ -37,7 +42,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use async_imap::imap_proto::{BodyStructure, ContentEncoding, SectionPath};
+use async_imap::imap_proto::{BodyStructure, ContentEncoding, MessageSection, SectionPath};
 use async_imap::types::{Fetch, Flag, Mailbox};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -860,14 +865,16 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    fn new(f: &Fetch, keyword: &str, max_depth: usize) -> Fetched {
+    fn new(f: &Fetch, keyword: &str, max_depth: usize, encrypted: bool) -> Fetched {
         Fetched {
             uid: f.uid,
             handled: f
                 .flags()
                 .any(|fl| matches!(fl, Flag::Custom(ref k) if k.eq_ignore_ascii_case(keyword))),
             header: f.header().unwrap_or_default().to_vec(),
-            structure: f.bodystructure().map(|b| calendar_parts(b, max_depth)),
+            structure: f
+                .bodystructure()
+                .map(|b| structure_of(b, max_depth, encrypted)),
         }
     }
 }
@@ -954,13 +961,14 @@ impl Connection {
         query: &str,
         keyword: &str,
         max_depth: usize,
+        encrypted: bool,
     ) -> Result<Vec<Fetched>, ImapError> {
         let t = self.timeout;
         let r: Result<Vec<Fetched>, String> = async {
             let mut stream = timed(t, self.session.uid_fetch(uids, query)).await?;
             let mut out = Vec::new();
             while let Some(f) = timed(t, stream.try_next()).await? {
-                out.push(Fetched::new(&f, keyword, max_depth));
+                out.push(Fetched::new(&f, keyword, max_depth, encrypted));
             }
             Ok(out)
         }
@@ -1055,7 +1063,13 @@ impl Connection {
             );
             rep.fetch_commands += 1;
             let batch = self
-                .fetch_batch(&range, &query, &ctx.cfg.keyword, ctx.limits.max_depth)
+                .fetch_batch(
+                    &range,
+                    &query,
+                    &ctx.cfg.keyword,
+                    ctx.limits.max_depth,
+                    ctx.cfg.fetch_encrypted,
+                )
                 .await?;
             let plan = plan_batch(&batch, start, if uidnext == 0 { u32::MAX } else { stop });
             let mut handled = Vec::with_capacity(plan.len());
@@ -1130,15 +1144,15 @@ impl Connection {
         // Past the depth limit the server's view of the structure is not to
         // be trusted either (Dovecot flattens what it will not parse): such a
         // message is reported and nothing of it is fetched or acted on.
-        let parts = if structure.too_deep {
-            Vec::new()
+        let (parts, entities) = if structure.too_deep {
+            (Vec::new(), Vec::new())
         } else {
-            structure.parts
+            (structure.parts, structure.entities)
         };
-        if parts.is_empty() && problems.is_empty() {
+        if parts.is_empty() && entities.is_empty() && problems.is_empty() {
             return Ok(true); // no calendar: nothing to do, nothing to mark
         }
-        if !parts.is_empty() {
+        if !parts.is_empty() || !entities.is_empty() {
             rep.with_calendar += 1;
         }
         let header = bounded_header(&f.header, ctx.limits.max_header_bytes, &mut problems);
@@ -1159,10 +1173,29 @@ impl Connection {
             ));
         }
         let wanted: Vec<&CalPart> = parts.iter().filter(|p| !too_big(p)).collect();
-        let sections: Vec<String> = wanted
+        // A signed or encrypted entity is fetched whole (the signature
+        // covers all of it), up to the size of a whole message.
+        let entity_limit = ctx.limits.max_message_bytes as u64;
+        for e in entities.iter().filter(|e| e.size > entity_limit) {
+            problems.push(format!(
+                "a {} entity of {} bytes is larger than the limit of {entity_limit} bytes (limits.max_message_bytes) and was not read",
+                e.content_type, e.size
+            ));
+        }
+        let wanted_entities: Vec<&SecPart> =
+            entities.iter().filter(|e| e.size <= entity_limit).collect();
+        let mut sections: Vec<String> = wanted
             .iter()
             .map(|p| format!("BODY.PEEK[{}]", p.section()))
             .collect();
+        for e in &wanted_entities {
+            if e.path.is_empty() {
+                sections.push("BODY.PEEK[TEXT]".into());
+            } else {
+                let n = e.section();
+                sections.push(format!("BODY.PEEK[{n}.MIME] BODY.PEEK[{n}]"));
+            }
+        }
         rep.fetch_commands += 1;
         let cut_before = self.literals_cut.load(Ordering::Relaxed);
         let fetched = if sections.is_empty() {
@@ -1191,9 +1224,36 @@ impl Connection {
                 .to_vec();
             bodies.push((*p, body));
         }
+        let mut entity_bytes = Vec::new();
+        for e in wanted_entities.iter().filter(|_| !lied) {
+            let find = |path: &SectionPath| {
+                fetched
+                    .iter()
+                    .filter(|x| x.uid == Some(uid))
+                    .find_map(|x| x.section(path))
+                    .unwrap_or_default()
+                    .to_vec()
+            };
+            let (head, body) = if e.path.is_empty() {
+                (
+                    e.header().into_bytes(),
+                    find(&SectionPath::Full(MessageSection::Text)),
+                )
+            } else {
+                (
+                    find(&SectionPath::Part(
+                        e.path.clone(),
+                        Some(MessageSection::Mime),
+                    )),
+                    find(&SectionPath::Part(e.path.clone(), None)),
+                )
+            };
+            entity_bytes.push((*e, head, body));
+        }
         drop(fetched);
-        let raw = synthetic_message(&header, &bodies);
+        let raw = synthetic_message_with(&header, &bodies, &entity_bytes);
         drop(bodies);
+        drop(entity_bytes);
         let outcome = handler
             .handle(Incoming {
                 raw,
@@ -1374,10 +1434,101 @@ impl CalPart {
     }
 }
 
+/// A signed or encrypted entity found in a BODYSTRUCTURE: fetched whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecPart {
+    /// The part number path; empty for the whole message body.
+    pub path: Vec<u32>,
+    /// `multipart/signed`, `multipart/encrypted`, `application/pkcs7-mime`.
+    pub content_type: String,
+    pub params: Vec<(String, String)>,
+    pub encoding: String,
+    /// Its size in bytes (the sum of its leaves for a multipart).
+    pub size: u64,
+    /// Inside a forwarded message/rfc822.
+    pub forwarded: bool,
+}
+
+impl SecPart {
+    fn section(&self) -> String {
+        self.path
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The MIME header of the whole message's body, rebuilt from the
+    /// BODYSTRUCTURE (the message header fields fetched leave it out).
+    fn header(&self) -> String {
+        let params: String = self
+            .params
+            .iter()
+            .map(|(k, v)| format!(";\r\n {k}=\"{}\"", v.replace('"', "")))
+            .collect();
+        let enc = if self.content_type.starts_with("multipart/") || self.encoding.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Transfer-Encoding: {}\r\n", self.encoding)
+        };
+        format!("Content-Type: {}{params}\r\n{enc}\r\n", self.content_type)
+    }
+}
+
+fn encoding_name(e: &ContentEncoding<'_>) -> String {
+    match e {
+        ContentEncoding::SevenBit => "7bit".into(),
+        ContentEncoding::EightBit => "8bit".into(),
+        ContentEncoding::Binary => "binary".into(),
+        ContentEncoding::Base64 => "base64".into(),
+        ContentEncoding::QuotedPrintable => "quoted-printable".into(),
+        ContentEncoding::Other(o) => o.to_string(),
+    }
+}
+
+/// Whether a BODYSTRUCTURE holds a calendar part, and the size of its
+/// leaves; walked with a stack (no recursion) no deeper than `max_depth`.
+fn calendar_inside(bs: &BodyStructure<'_>, max_depth: usize) -> (bool, u64) {
+    let mut stack = vec![(bs, 0usize)];
+    let (mut found, mut size) = (false, 0u64);
+    while let Some((b, depth)) = stack.pop() {
+        if depth > max_depth {
+            continue;
+        }
+        match b {
+            BodyStructure::Multipart { bodies, .. } => {
+                stack.extend(bodies.iter().map(|c| (c, depth + 1)));
+            }
+            BodyStructure::Message { body, other, .. } => {
+                size += other.octets as u64;
+                stack.push((body, depth + 1));
+            }
+            BodyStructure::Basic { common, other, .. }
+            | BodyStructure::Text { common, other, .. } => {
+                size += other.octets as u64;
+                let ty = common.ty.ty.to_ascii_lowercase();
+                let sub = common.ty.subtype.to_ascii_lowercase();
+                if (ty == "text" && sub == "calendar") || (ty == "application" && sub == "ics") {
+                    found = true;
+                }
+            }
+        }
+    }
+    (found, size)
+}
+
 /// The calendar parts (text/calendar, application/ics) of a BODYSTRUCTURE,
 /// walked depth-first with a stack of its own (no recursion, however deep
 /// the structure) and no deeper than `max_depth`.
 pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
+    structure_of(bs, max_depth, false)
+}
+
+/// The calendar parts of a BODYSTRUCTURE, and the signed and encrypted
+/// entities to fetch whole: a `multipart/signed` around a calendar part,
+/// S/MIME opaque signed data, and (with `encrypted`: a key of mine can open
+/// them) S/MIME enveloped data and PGP/MIME `multipart/encrypted`.
+pub fn structure_of(bs: &BodyStructure<'_>, max_depth: usize, encrypted: bool) -> Structure {
     struct Node<'b, 'a> {
         bs: &'b BodyStructure<'a>,
         path: Vec<u32>,
@@ -1400,6 +1551,24 @@ pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
             continue;
         }
         match n.bs {
+            BodyStructure::Multipart { common, .. }
+                if common.ty.subtype.eq_ignore_ascii_case("signed")
+                    || common.ty.subtype.eq_ignore_ascii_case("encrypted") =>
+            {
+                let sub = common.ty.subtype.to_ascii_lowercase();
+                let (calendar, size) = calendar_inside(n.bs, max_depth.saturating_sub(n.depth));
+                let take = if sub == "signed" { calendar } else { encrypted };
+                if take {
+                    s.entities.push(SecPart {
+                        path: n.path.clone(),
+                        content_type: format!("multipart/{sub}"),
+                        params: params_of(common),
+                        encoding: String::new(),
+                        size,
+                        forwarded: n.forwarded,
+                    });
+                }
+            }
             BodyStructure::Multipart { bodies, .. } => {
                 // Pushed last to first, so that they come off in order.
                 for (i, b) in bodies.iter().enumerate().rev() {
@@ -1433,6 +1602,25 @@ pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
             | BodyStructure::Text { common, other, .. } => {
                 let ty = common.ty.ty.to_ascii_lowercase();
                 let sub = common.ty.subtype.to_ascii_lowercase();
+                if ty == "application" && (sub == "pkcs7-mime" || sub == "x-pkcs7-mime") {
+                    let params = params_of(common);
+                    let kind = params
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("smime-type"))
+                        .map(|(_, v)| v.to_ascii_lowercase());
+                    let signed = kind.as_deref() == Some("signed-data");
+                    if signed || (encrypted && kind.as_deref() != Some("certs-only")) {
+                        s.entities.push(SecPart {
+                            path: if n.top { Vec::new() } else { n.path.clone() },
+                            content_type: format!("{ty}/{sub}"),
+                            params,
+                            encoding: encoding_name(&other.transfer_encoding),
+                            size: other.octets as u64,
+                            forwarded: n.forwarded,
+                        });
+                    }
+                    continue;
+                }
                 if (ty == "text" && sub == "calendar") || (ty == "application" && sub == "ics") {
                     s.parts.push(CalPart {
                         path: if n.top { vec![1] } else { n.path },
@@ -1462,10 +1650,22 @@ pub fn calendar_parts(bs: &BodyStructure<'_>, max_depth: usize) -> Structure {
     s
 }
 
+fn params_of(common: &async_imap::imap_proto::BodyContentCommon<'_>) -> Vec<(String, String)> {
+    common
+        .ty
+        .params
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// What a BODYSTRUCTURE says about calendar data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Structure {
     pub parts: Vec<CalPart>,
+    /// Signed or encrypted entities to fetch whole.
+    pub entities: Vec<SecPart>,
     /// Parts are nested deeper than `limits.max_depth` (not walked further).
     pub too_deep: bool,
 }
@@ -1473,10 +1673,10 @@ pub struct Structure {
 /// A multipart boundary that occurs in none of `bodies`, found in one scan
 /// of them: the base followed by one `x` more than the longest run of `x`
 /// that follows the base anywhere in them.
-fn boundary(bodies: &[(&CalPart, Vec<u8>)]) -> String {
+fn boundary<'b>(bodies: impl Iterator<Item = &'b [u8]>) -> String {
     const BASE: &[u8] = b"imipd-part-boundary";
     let mut longest: Option<usize> = None;
-    for (_, body) in bodies {
+    for body in bodies {
         let mut at = 0;
         while let Some(p) = body[at..].windows(BASE.len()).position(|w| w == BASE) {
             let after = at + p + BASE.len();
@@ -1499,11 +1699,27 @@ fn boundary(bodies: &[(&CalPart, Vec<u8>)]) -> String {
 /// part so they are still known as forwarded. Linear in the size of the
 /// parts.
 pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u8> {
+    synthetic_message_with(header, bodies, &[])
+}
+
+/// [`synthetic_message`] with signed or encrypted entities too, each as
+/// fetched: its MIME header and its body, exact bytes.
+pub fn synthetic_message_with(
+    header: &[u8],
+    bodies: &[(&CalPart, Vec<u8>)],
+    entities: &[(&SecPart, Vec<u8>, Vec<u8>)],
+) -> Vec<u8> {
     let mut head = header.to_vec();
     while head.last().is_some_and(|b| *b == b'\r' || *b == b'\n') {
         head.pop();
     }
-    let boundary = boundary(bodies);
+    let boundary = boundary(
+        bodies.iter().map(|(_, b)| b.as_slice()).chain(
+            entities
+                .iter()
+                .flat_map(|(_, h, b)| [h.as_slice(), b.as_slice()]),
+        ),
+    );
     let mut out = head;
     out.extend_from_slice(
         format!("\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").as_bytes(),
@@ -1527,6 +1743,20 @@ pub fn synthetic_message(header: &[u8], bodies: &[(&CalPart, Vec<u8>)]) -> Vec<u
             )
             .as_bytes(),
         );
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (e, head, body) in entities {
+        out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        if e.forwarded {
+            out.extend_from_slice(
+                b"Content-Type: message/rfc822\r\n\r\nFrom: forwarded@imipd.invalid\r\nMIME-Version: 1.0\r\n",
+            );
+        }
+        out.extend_from_slice(head);
+        if !head.ends_with(b"\n\n") && !head.ends_with(b"\r\n\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(body);
         out.extend_from_slice(b"\r\n");
     }
@@ -1762,14 +1992,17 @@ mod tests {
     #[test]
     fn the_boundary_is_found_in_one_scan_and_occurs_in_no_part() {
         let p = part(&[1]);
-        let plain = vec![(&p, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR".to_vec())];
-        assert_eq!(boundary(&plain), "imipd-part-boundary");
+        let plain = [(&p, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR".to_vec())];
+        assert_eq!(
+            boundary(plain.iter().map(|(_, b)| b.as_slice())),
+            "imipd-part-boundary"
+        );
         let mut hostile = b"X:imipd-part-boundaryxxx imipd-part-boundary ".to_vec();
         hostile.extend_from_slice(b"imipd-part-boundary");
         hostile.extend(std::iter::repeat_n(b'x', 200_000));
         hostile.extend_from_slice(b"imipd-part-boundaryx");
         let bodies = vec![(&p, hostile)];
-        let b = boundary(&bodies);
+        let b = boundary(bodies.iter().map(|(_, b)| b.as_slice()));
         assert_eq!(b.len(), "imipd-part-boundary".len() + 200_001);
         let raw = synthetic_message(b"From: a@b.c\r\n", &bodies);
         let delimiter = format!("--{b}");

@@ -24,3 +24,4 @@ mod scenarios;
 mod smtp;
 mod stalls;
 mod store_state;
+mod trust;

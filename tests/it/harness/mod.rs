@@ -6,6 +6,7 @@
 //! - [`python`]: a venv under the target dir with aiosmtpd (installed once).
 //! - [`smtp`]: the SMTP receiver (`tests/harness/smtp_receiver.py`).
 //! - [`dovecot`]: Dovecot as a child process, plus a tiny raw IMAP/LMTP client.
+//! - [`keys`]: S/MIME certificates (openssl) and PGP keys (gpg) for the trust tests.
 //!
 //! Every server is a child process of the test and is killed when its handle
 //! is dropped (and by a watchdog if the test process dies without
@@ -31,6 +32,7 @@
 
 pub mod certs;
 pub mod dovecot;
+pub mod keys;
 pub mod python;
 pub mod smtp;
 pub mod tap;
