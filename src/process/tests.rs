@@ -135,11 +135,11 @@ fn the_speaker_of_a_reply_is_the_attendee_who_sent_it() {
         single_from: Some("erin@example.com".into()),
         ..MailIdentity::default()
     };
-    let o = speaker(Method::Reply, &root.children, &who).unwrap();
+    let o = speaker(Method::Reply, &root.children, &who, None).unwrap();
     assert_eq!(o.address, "mailto:erin@example.com");
     let stranger = MailIdentity {
         from: vec!["mallory@evil.example".into()],
         ..MailIdentity::default()
     };
-    assert!(speaker(Method::Reply, &root.children, &stranger).is_err());
+    assert!(speaker(Method::Reply, &root.children, &stranger, None).is_err());
 }
