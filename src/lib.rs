@@ -31,14 +31,17 @@
 //! - [`conflict`]: busy time (an interval index), durations.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
-//! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
+//! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
+//! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
 //! - [`process`]: one message: plan (no I/O but reads), then execute.
 //! - [`outcome`]: what happened to a message (the outcome lines).
+//! - [`describe`]: an event as JSON shows it (times with offsets, people).
 //!
 //! Keeping and sending:
 //! - [`store`]: the calendar store seam; [`store::vdir`], the first store.
 //! - [`state`]: imipd's own state: held CANCELs, attention, quarantine, lock, ledgers.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
+//! - [`mine`]: what imipd remembers per invitation to me (answers, why not, my PARTSTATs).
 //!
 //! Running:
 //! - [`config`]: the TOML configuration, validated once; secrets.
@@ -51,11 +54,13 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod answer;
 pub mod check;
 pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod conflict;
+pub mod describe;
 pub mod driver;
 pub mod engine;
 pub mod fsutil;
@@ -65,6 +70,7 @@ pub mod identity;
 pub mod itip;
 pub mod limits;
 pub mod mime;
+pub mod mine;
 pub mod originator;
 pub mod outbox;
 pub mod outcome;

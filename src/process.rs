@@ -13,9 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use calcard::icalendar::{
-    ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P,
-};
+use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, Utc};
 
 use crate::classify::{self, Classified};
@@ -27,13 +25,15 @@ use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
-use crate::outcome::{ItemOutcome, MessageOutcome, Origin};
+use crate::answer::{Answer, Ask, Note};
+use crate::mine::{self, Records};
+use crate::outcome::{ItemOutcome, MessageOutcome, Origin, ReplyOutcome};
 use crate::policy::{self, Action, Facts, Verdict};
-use crate::recur::{self, Budget};
+use crate::recur::Budget;
 use crate::state::State;
 use crate::store::{CalendarStore, Vdir};
-use crate::time::{Instant, Zones};
-use crate::{address, reply};
+use crate::time::Zones;
+use crate::{address, describe, reply};
 
 /// Processes messages against one store, state and outbox.
 pub struct Processor {
@@ -42,6 +42,8 @@ pub struct Processor {
     pub state: State,
     pub outbox: Outbox,
     pub dry_run: bool,
+    /// What imipd remembers of the invitations to me it filed.
+    pub(crate) records: Records,
     gather: Gatherer,
 }
 
@@ -61,6 +63,9 @@ struct Plan {
     drop_held: Vec<(String, PathBuf)>,
     /// Messages kept for a person (method, UID, calendar text).
     attention: Vec<(Method, String, String)>,
+    /// What to remember about invitations to me (answers queued, why
+    /// none was).
+    notes: Vec<Note>,
 }
 
 struct Write {
@@ -96,6 +101,8 @@ impl Plan {
 /// One UID of one iTIP object, between deciding and planning its effects.
 struct Item {
     object: usize,
+    /// The time zones of its iTIP object.
+    zones: Zones,
     method: Method,
     uid: String,
     comps: Vec<Node>,
@@ -116,6 +123,7 @@ impl Processor {
                 store: Box::new(Vdir::open_read_only(&cfg.store)?),
                 outbox: Outbox::open_read_only(&cfg.state)?,
                 state: State::open_read_only(&cfg.state),
+                records: Records::new(&cfg.state),
                 dry_run,
                 gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
                 cfg,
@@ -125,6 +133,7 @@ impl Processor {
         Ok(Processor {
             store: Box::new(Vdir::open(&cfg.store)?),
             outbox: Outbox::open(state.dir())?,
+            records: Records::new(state.dir()),
             state,
             dry_run,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
@@ -264,6 +273,7 @@ impl Processor {
                 )?;
                 items.push(Item {
                     object: i,
+                    zones: zones.clone(),
                     method,
                     uid,
                     comps,
@@ -298,6 +308,10 @@ impl Processor {
                 method: obj.method.clone().unwrap_or_default(),
                 uid,
                 summary: None,
+                start: None,
+                end: None,
+                place: None,
+                organizer: None,
                 role: Role::Attendee,
                 effect: Effect::Ignored,
                 reason: format!(
@@ -381,10 +395,20 @@ impl Processor {
 
     /// The outcome line of an item.
     fn outcome(&self, it: &Item, role: Role, effect: Effect, reason: String) -> ItemOutcome {
+        let master = it
+            .comps
+            .iter()
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .or(it.comps.first());
+        let times = master.map(|c| describe::times(c, &it.zones, None));
         ItemOutcome {
             method: it.method.to_string(),
             uid: it.uid.clone(),
             summary: it.comps.first().and_then(|c| c.text(&P::Summary)),
+            start: times.as_ref().and_then(|t| t.start.clone()),
+            end: times.as_ref().and_then(|t| t.end.clone()),
+            place: master.and_then(|c| describe::text(c, P::Location)),
+            organizer: master.and_then(describe::organizer).map(|p| p.address),
             role,
             effect,
             reason,
@@ -418,6 +442,37 @@ impl Processor {
         );
         if it.verdict.action.partstat().is_some() {
             out.reply = Some(self.answer(plan, obj, it, mail, now, budget)?);
+        }
+        // Why an invitation to me stays unanswered, kept for `pending`.
+        if let (Role::Attendee, Method::Request | Method::Add, Some(inv)) =
+            (it.decision.role, it.method, &it.decision.invitation)
+        {
+            let answered = out.reply.as_ref().is_some_and(|r| {
+                r.is_queued() || r.status == crate::outcome::ReplyStatus::AlreadyAnswered
+            });
+            if !answered {
+                let text = match &out.reply {
+                    Some(r) => r.reason.clone().unwrap_or_else(|| r.text.clone()),
+                    None => match &it.decision.no_answer {
+                        Some(why) => why.clone(),
+                        None => format!(
+                            "no policy answers it (policy {}: {})",
+                            it.verdict.policy,
+                            it.verdict.action.as_str()
+                        ),
+                    },
+                };
+                plan.notes.push(Note::why(
+                    &it.uid,
+                    &inv.me,
+                    inv.rids().into_iter().map(mine::rid_key).collect(),
+                    mine::Why {
+                        text,
+                        policy: Some(it.verdict.policy.clone()),
+                        at: now.timestamp(),
+                    },
+                ));
+            }
         }
         let d = &it.decision;
         match d.effect {
@@ -595,101 +650,82 @@ impl Processor {
         mail: &Mail,
         now: DateTime<Utc>,
         budget: &mut Budget,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<ReplyOutcome> {
         let action = it.verdict.action;
         let Some(partstat) = action.partstat() else {
-            return Ok(format!("not sent: {} does not answer", action.as_str()));
+            return Ok(ReplyOutcome::not_sent(format!(
+                "{} does not answer",
+                action.as_str()
+            )));
         };
         let method = it.method;
         let d = &it.decision;
         if mail.auto_submitted_value.as_deref() == Some("auto-replied") {
-            return Ok("not sent: the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)".into());
+            return Ok(ReplyOutcome::not_sent("the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)"));
         }
         let me_name = self.cfg.identity.name.as_deref();
         let zones = Zones::of(&Node::from_ical(&obj.ical));
-        let (built, object_after) = match (d.role, method, d.effect) {
+        let built = match (d.role, method, d.effect) {
             (Role::Attendee, Method::Request | Method::Add, _) => {
                 let Some(inv) = d.invitation.clone() else {
-                    return Ok(match d.effect {
-                        Effect::Unchanged | Effect::Stale => {
-                            "not sent: this version was already handled".into()
-                        }
-                        Effect::Refused => "not sent: the message was refused".into(),
-                        Effect::Ignored => "not sent: the message changed nothing".into(),
-                        _ => "not sent: I am not an attendee of this event".into(),
-                    });
+                    return Ok(ReplyOutcome::not_sent(match d.effect {
+                        Effect::Unchanged | Effect::Stale => "this version was already handled",
+                        Effect::Refused => "the message was refused",
+                        Effect::Ignored => "the message changed nothing",
+                        _ => "I am not an attendee of this event",
+                    }));
                 };
                 if let Some(why) = &d.no_answer {
-                    return Ok(format!("not sent: {why}"));
+                    return Ok(ReplyOutcome::not_sent(why.clone()));
                 }
-                let organizer = it.comps.iter().find_map(Node::organizer);
-                match organizer.as_deref() {
-                    None => return Ok("not sent: the invitation names no organizer".into()),
-                    Some(o) if self.cfg.identity.is_me(o) => {
-                        return Ok("not sent: I am the organizer".into())
+                if let Some(o) = it.comps.iter().find_map(Node::organizer) {
+                    if !self.cfg.identity.is_me(&o) && is_the_list(mail, &o) {
+                        return Ok(ReplyOutcome::not_sent(format!(
+                            "the organizer {} is the mailing list the invitation came through; an automatic answer would go to the whole list",
+                            address::bare(&o)
+                        )));
                     }
-                    Some(o) if is_the_list(mail, o) => {
-                        return Ok(format!(
-                            "not sent: the organizer {} is the mailing list the invitation came through; an automatic answer would go to the whole list",
-                            address::bare(o)
-                        ))
-                    }
-                    _ => {}
                 }
                 // Already filed (a replayed message): answer from the store.
                 let object = match &d.object {
                     Some(o) => o.clone(),
                     None => match self.current(plan, &it.uid)? {
                         Some(s) => s,
-                        None => return Ok("not sent: the event is not in the store".into()),
+                        None => {
+                            return Ok(ReplyOutcome::not_sent("the event is not in the store"))
+                        }
                     },
                 };
-                let inst = Instances::of(Some(&object), &it.comps, &zones);
-                // Components that ask for no answer (RSVP=FALSE) are not answered.
-                let asked: Vec<Option<Instant>> = inv
-                    .rids()
-                    .into_iter()
-                    .filter(|rid| {
-                        inst.find(&object, *rid)
-                            .is_some_and(|c| !rsvp_false(c, &inv.me))
-                    })
-                    .collect();
-                if asked.is_empty() {
-                    return Ok("not sent: the organizer asks for no answer (RSVP=FALSE)".into());
-                }
-                // Never answer the past: the event must go on after now
-                // (expanded from now, within the message's budget).
-                if recur::is_over(&object, &it.uid, now.timestamp(), budget) == Some(true) {
-                    return Ok("not sent: every occurrence of the event is over".into());
-                }
-                let mut answered = object.clone();
-                set_my_partstat(&mut answered, &inv.me, partstat, &asked, &inst);
-                let built = reply::build_reply(&reply::ReplyRequest {
-                    object: &answered,
-                    instances: &inst,
+                let ask = Ask {
+                    uid: &it.uid,
+                    object: &object,
+                    comps: &it.comps,
+                    zones: &zones,
                     tz_source: Some(&obj.ical),
                     me: &inv.me,
-                    my_name: me_name,
                     partstat,
-                    recurrence_ids: &asked,
+                    rids: inv.rids(),
                     comment: it.verdict.comment.as_deref(),
                     request: Some(mail),
-                    now,
-                });
-                (built, Some(answered))
+                    manual: false,
+                };
+                let a = self.answer_invitation(&plan.answers, &ask, now, budget)?;
+                return self.take(plan, it, a);
             }
             (Role::Organizer, Method::Counter | Method::Refresh, Effect::Recorded)
                 if (method == Method::Counter && action == Action::Decline)
                     || (method == Method::Refresh && action == Action::Accept) =>
             {
                 let Some(stored) = self.current(plan, &it.uid)? else {
-                    return Ok("not sent: the event is not in the store".into());
+                    return Ok(ReplyOutcome::not_sent("the event is not in the store"));
                 };
                 if engine::is_unverified(&stored) {
-                    return Ok("not sent: I learned this event from mail that only claimed to come from me, so imipd sends nothing about it".into());
+                    return Ok(ReplyOutcome::not_sent("I learned this event from mail that only claimed to come from me, so imipd sends nothing about it"));
                 }
                 let Ok(who) = &it.originator else {
-                    return Ok("not sent: the sender is not the attendee it speaks for".into());
+                    return Ok(ReplyOutcome::not_sent(
+                        "the sender is not the attendee it speaks for",
+                    ));
                 };
                 let me = engine::stored_organizer(&stored).unwrap_or_default();
                 let inst = Instances::of(Some(&stored), &it.comps, &zones);
@@ -700,78 +736,73 @@ impl Processor {
                     request: Some(mail),
                     now,
                 };
-                let built = if method == Method::Counter {
+                if method == Method::Counter {
                     reply::build_declinecounter(&stored, &inst, &it.comps[0], &who.address, &author)
                 } else {
                     reply::build_refresh_answer(&stored, &it.comps[0], &who.address, &author)
-                };
-                (built, None)
+                }
             }
             (
                 Role::Organizer,
                 Method::Request | Method::Add | Method::Publish | Method::Cancel,
                 _,
-            ) => return Ok("not sent: I am the organizer of this event".into()),
+            ) => return Ok(ReplyOutcome::not_sent("I am the organizer of this event")),
             _ => {
-                return Ok(format!(
-                    "not sent: a {method} is not answered with {}",
+                return Ok(ReplyOutcome::not_sent(format!(
+                    "a {method} is not answered with {}",
                     action.as_str()
-                ))
+                )))
             }
         };
         // A message that cannot be answered is reported, not retried.
         let outgoing = match built {
             Ok(o) => o,
-            Err(e) => return Ok(format!("not sent: {e:#}")),
+            Err(e) => return Ok(ReplyOutcome::not_sent(format!("{e:#}"))),
         };
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
-            return Ok("not sent: it would go to one of my own addresses".into());
+            return Ok(ReplyOutcome::not_sent(
+                "it would go to one of my own addresses",
+            ));
         }
         if self.outbox.answered(&outgoing.key) || plan.answers.iter().any(|a| a.key == outgoing.key)
         {
-            // A replay: make sure my copy still records the answer.
-            if let Some(after) = object_after {
-                if self.current(plan, &it.uid)?.as_ref() != Some(&after) {
-                    it.decision.object = Some(after);
-                }
-            }
-            return Ok("not sent: this version was already answered".into());
+            return Ok(ReplyOutcome::already(&outgoing, None));
         }
-        let counterpart = address::cap_key(&outgoing.counterpart);
-        let recent = self.outbox.recent(&counterpart, now)
-            + plan
-                .answers
-                .iter()
-                .filter(|a| address::cap_key(&a.counterpart) == counterpart)
-                .count();
-        if recent >= self.cfg.max_replies_per_hour as usize {
-            return Ok(format!(
-                "not sent, held back by a cap: {recent} answers to {counterpart} in the last hour reach outgoing.max_replies_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
-                self.cfg.max_replies_per_hour
-            ));
+        if let Some(held) = self.cap(&plan.answers, &outgoing, None, now) {
+            return Ok(held);
         }
-        let total = self.outbox.recent_all(now) + plan.answers.len();
-        if total >= self.cfg.max_answers_per_hour as usize {
-            return Ok(format!(
-                "not sent, held back by a cap: {total} automatic answers in the last hour reach outgoing.max_answers_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
-                self.cfg.max_answers_per_hour
-            ));
-        }
-        let text = format!(
-            "{} to {}: {}",
-            if self.dry_run {
-                "would be queued"
-            } else {
-                "queued"
-            },
-            outgoing.to.join(", "),
-            outgoing.summary
-        );
+        let out = ReplyOutcome::queued(&outgoing, None, self.dry_run);
         plan.answers.push(outgoing);
-        if let Some(after) = object_after {
-            it.decision.object = Some(after);
-        }
-        Ok(text)
+        Ok(out)
+    }
+
+    /// Put an answer to an invitation into the plan: the message, my copy
+    /// with my answer, and what to remember.
+    fn take(&self, plan: &mut Plan, it: &mut Item, a: Answer) -> anyhow::Result<ReplyOutcome> {
+        Ok(match a {
+            Answer::Queue {
+                outgoing,
+                after,
+                note,
+                out,
+            } => {
+                plan.answers.push(outgoing);
+                plan.notes.push(note);
+                it.decision.object = Some(after);
+                out
+            }
+            Answer::Already { after, note, out } => {
+                // A replay: make sure my copy still records the answer.
+                if let Some(after) = after {
+                    if self.current(plan, &it.uid)?.as_ref() != Some(&after) {
+                        it.decision.object = Some(after);
+                    }
+                }
+                plan.notes.extend(note);
+                out
+            }
+            Answer::No(out) => out,
+        })
     }
 
     /// Carry out a plan in the crash-safe order: store, outbox and answered
@@ -786,6 +817,7 @@ impl Processor {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Vec<(usize, String)>> {
         let mut files = Vec::new();
+        let written: Vec<String> = plan.writes.iter().map(|w| w.uid.clone()).collect();
         for w in plan.writes {
             let tz = c.objects.get(w.tz_source).map(|o| &o.ical);
             let location = self.store.put(&w.uid, &w.object, tz)?;
@@ -804,6 +836,13 @@ impl Processor {
             let p = self.state.record_attention(method.as_str(), uid, text)?;
             tracing::info!(uid, %method, file = %p.display(), "kept for a person to act on");
         }
+        let declined: Vec<&str> = plan
+            .attention
+            .iter()
+            .filter(|(m, _, _)| *m == Method::DeclineCounter)
+            .map(|(_, uid, _)| uid.as_str())
+            .collect();
+        self.remember(&written, &plan.notes, &declined, now)?;
         if plan.quarantine && !origin.can_move {
             let p = self.state.quarantine(origin.source, raw)?;
             tracing::info!(file = %p.display(), "message quarantined");
@@ -842,39 +881,5 @@ fn is_the_list(mail: &Mail, organizer: &str) -> bool {
     match org.split_once('@') {
         Some((local, domain)) => *id == format!("{local}.{domain}") || *id == org,
         None => false,
-    }
-}
-
-/// Whether my ATTENDEE in a component says RSVP=FALSE.
-fn rsvp_false(c: &Node, me: &str) -> bool {
-    c.entries.iter().any(|e| {
-        e.name == P::Attendee
-            && ical::cal_address(e).as_deref() == Some(me)
-            && ical::param(e, &Pn::Rsvp).is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
-    })
-}
-
-/// Set my PARTSTAT on the components an answer covers.
-fn set_my_partstat(
-    root: &mut Node,
-    me: &str,
-    partstat: &str,
-    rids: &[Option<Instant>],
-    inst: &Instances,
-) {
-    for c in root.children.iter_mut().filter(|c| c.is_scheduling()) {
-        if !rids.contains(&inst.rid(c)) {
-            continue;
-        }
-        for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
-            if ical::cal_address(e).as_deref() == Some(me) {
-                ical::set_param(
-                    e,
-                    Pn::Partstat,
-                    ICalendarParameterValue::Text(partstat.to_string()),
-                );
-                ical::remove_param(e, &Pn::Rsvp);
-            }
-        }
     }
 }

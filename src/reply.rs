@@ -35,6 +35,10 @@ pub struct Outgoing {
     pub counterpart: String,
     /// What it says, for people ("Bob accepted: Planning, ...").
     pub summary: String,
+    /// The iTIP method it carries (REPLY, COUNTER, DECLINECOUNTER, REQUEST);
+    /// empty in entries queued by older versions.
+    #[serde(default)]
+    pub method: String,
     /// The whole RFC 5322 message.
     pub message: String,
 }
@@ -59,6 +63,10 @@ pub struct ReplyRequest<'a> {
     /// The invitation mail, for threading.
     pub request: Option<&'a Mail>,
     pub now: DateTime<Utc>,
+    /// How many times the answer to this version changed before (0 for a
+    /// first answer): part of the key, so that a changed answer is a new
+    /// message and a repeated one is not.
+    pub generation: u32,
 }
 
 fn master(root: &Node) -> Option<&Node> {
@@ -138,7 +146,10 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
     let uid = src.uid().unwrap_or_default();
     // One answer per request version (per component: its SEQUENCE and when
     // it happens) and per answer.
-    let key = key(&["REPLY", &uid, &versions.join(","), r.me, r.partstat]);
+    let mut key = key(&["REPLY", &uid, &versions.join(","), r.me, r.partstat]);
+    if r.generation > 0 {
+        key = self::key(&[&key, &r.generation.to_string()]);
+    }
     let verb = match r.partstat {
         "ACCEPTED" => "accepted",
         "DECLINED" => "declined",
@@ -398,6 +409,7 @@ fn outgoing(p: MailParts<'_>) -> anyhow::Result<Outgoing> {
         to: vec![p.to.to_string()],
         counterpart: p.to.to_string(),
         summary: p.text.to_string(),
+        method: p.method.to_string(),
         message,
     })
 }
