@@ -33,6 +33,7 @@
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
 //! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
+//! - [`respond`]: `respond`, `counter`, and the answers the calendar gives (edits, deletions).
 //! - [`process`]: one message: plan (no I/O but reads), then execute.
 //! - [`outcome`]: what happened to a message (the outcome lines).
 //! - [`describe`]: an event as JSON shows it (times with offsets, people).
@@ -78,6 +79,7 @@ pub mod policy;
 pub mod process;
 pub mod recur;
 pub mod reply;
+pub mod respond;
 pub mod service;
 pub mod shutdown;
 pub mod source;

@@ -152,8 +152,48 @@ impl Processor {
         )
     }
 
+    /// Open to answer beside a running imipd (`respond`, `counter`, `mcp`):
+    /// the store, the state without its process lock, and the outbox.
+    /// Call under [`State::write_lock`]: opening removes the store's temp
+    /// files.
+    pub fn open_shared(cfg: Arc<Config>) -> anyhow::Result<Processor> {
+        let state = State::open_shared(&cfg.state)?;
+        Ok(Processor {
+            store: Box::new(Vdir::open(&cfg.store)?),
+            outbox: Outbox::open_shared(state.dir())?,
+            records: Records::new(state.dir()),
+            state,
+            dry_run: false,
+            gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+            cfg,
+        })
+    }
+
+    /// Take the write lock (nothing for a dry run) and catch up with what
+    /// another imipd wrote meanwhile (the answered ledger).
+    pub fn lock(&mut self) -> anyhow::Result<Option<crate::state::WriteLock>> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        let lock = self.state.write_lock(self.cfg.lock_timeout)?;
+        self.outbox.refresh()?;
+        Ok(Some(lock))
+    }
+
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
+        let _lock = match self.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let mut out = MessageOutcome::failed_to_read(
+                    origin.source,
+                    format!("{e:#}"),
+                    self.dry_run,
+                );
+                out.stop = true;
+                return out;
+            }
+        };
         let mut c = classify::classify(raw, origin.source, &self.cfg.limits);
         if !origin.problems.is_empty() {
             c.report.valid = false;

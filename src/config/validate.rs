@@ -352,6 +352,7 @@ impl Validator<'_> {
             file: Some(self.file.clone()),
             identity,
             store,
+            answer_edits: raw.store.answer_edits.unwrap_or(true),
             state,
             lock_timeout,
             outgoing,
