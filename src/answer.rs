@@ -285,6 +285,20 @@ impl Processor {
                 out: ReplyOutcome::already(&outgoing, partstat),
             });
         }
+        if same_answer && a.manual {
+            let mut out = ReplyOutcome::already(&outgoing, partstat);
+            let why = format!(
+                "the last answer sent for this version is already {}",
+                a.partstat
+            );
+            out.text = format!("not sent: {why}");
+            out.reason = Some(why);
+            return Ok(Answer::Already {
+                after: Some(answered),
+                note: Some(note),
+                out,
+            });
+        }
         if same_answer
             || self.outbox.answered(&outgoing.key)
             || pending.iter().any(|p| p.key == outgoing.key)

@@ -33,6 +33,7 @@
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
 //! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
+//! - [`pending`]: `pending` and `show`: what waits for me, read-only.
 //! - [`respond`]: `respond`, `counter`, and the answers the calendar gives (edits, deletions).
 //! - [`process`]: one message: plan (no I/O but reads), then execute.
 //! - [`outcome`]: what happened to a message (the outcome lines).
@@ -51,6 +52,7 @@
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.
 //! - [`shutdown`]: the stop signal the service's tasks watch.
 //! - [`check`]: `check --connect`.
+//! - [`mcp`]: `mcp`, the Model Context Protocol server for assistant bots.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
 #![forbid(unsafe_code)]
 
@@ -70,11 +72,13 @@ pub mod ical;
 pub mod identity;
 pub mod itip;
 pub mod limits;
+pub mod mcp;
 pub mod mime;
 pub mod mine;
 pub mod originator;
 pub mod outbox;
 pub mod outcome;
+pub mod pending;
 pub mod policy;
 pub mod process;
 pub mod recur;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, Utc};
 
+use crate::answer::{Answer, Ask, Note};
 use crate::classify::{self, Classified};
 use crate::config::Config;
 use crate::engine::{self, Decision, Effect, Input, Instances, Role, Trust};
@@ -23,10 +24,9 @@ use crate::gather::Gatherer;
 use crate::ical::{self, Node};
 use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
+use crate::mine::{self, Records};
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
-use crate::answer::{Answer, Ask, Note};
-use crate::mine::{self, Records};
 use crate::outcome::{ItemOutcome, MessageOutcome, Origin, ReplyOutcome};
 use crate::policy::{self, Action, Facts, Verdict};
 use crate::recur::Budget;
@@ -44,6 +44,9 @@ pub struct Processor {
     pub dry_run: bool,
     /// What imipd remembers of the invitations to me it filed.
     pub(crate) records: Records,
+    /// Store files looked at for edits, and how they were then (size,
+    /// time, inode): an unchanged file is not read again.
+    pub(crate) edit_stamps: std::collections::HashMap<String, String>,
     gather: Gatherer,
 }
 
@@ -124,6 +127,7 @@ impl Processor {
                 outbox: Outbox::open_read_only(&cfg.state)?,
                 state: State::open_read_only(&cfg.state),
                 records: Records::new(&cfg.state),
+                edit_stamps: Default::default(),
                 dry_run,
                 gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
                 cfg,
@@ -134,6 +138,7 @@ impl Processor {
             store: Box::new(Vdir::open(&cfg.store)?),
             outbox: Outbox::open(state.dir())?,
             records: Records::new(state.dir()),
+            edit_stamps: Default::default(),
             state,
             dry_run,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
@@ -162,6 +167,7 @@ impl Processor {
             store: Box::new(Vdir::open(&cfg.store)?),
             outbox: Outbox::open_shared(state.dir())?,
             records: Records::new(state.dir()),
+            edit_stamps: Default::default(),
             state,
             dry_run: false,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
@@ -185,11 +191,8 @@ impl Processor {
         let _lock = match self.lock() {
             Ok(l) => l,
             Err(e) => {
-                let mut out = MessageOutcome::failed_to_read(
-                    origin.source,
-                    format!("{e:#}"),
-                    self.dry_run,
-                );
+                let mut out =
+                    MessageOutcome::failed_to_read(origin.source, format!("{e:#}"), self.dry_run);
                 out.stop = true;
                 return out;
             }
@@ -203,6 +206,27 @@ impl Processor {
         }
         let now = crate::clock::now();
         let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
+        // An edit another program made to an event this message is about
+        // is answered before the message changes the event: never lost.
+        if !self.dry_run {
+            let uids: Vec<String> = c
+                .objects
+                .iter()
+                .flat_map(|o| {
+                    o.components
+                        .iter()
+                        .filter_map(|&k| ical::uid(&o.ical.components[k]))
+                })
+                .collect();
+            match self.answer_edits(Some(&uids), now) {
+                Ok(edits) => edits.iter().for_each(|e| tracing::info!("{e}")),
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                    return out;
+                }
+            }
+        }
         let plan = match self.plan(&c, origin, now) {
             Ok(p) => p,
             Err(e) => {
@@ -731,9 +755,7 @@ impl Processor {
                     Some(o) => o.clone(),
                     None => match self.current(plan, &it.uid)? {
                         Some(s) => s,
-                        None => {
-                            return Ok(ReplyOutcome::not_sent("the event is not in the store"))
-                        }
+                        None => return Ok(ReplyOutcome::not_sent("the event is not in the store")),
                     },
                 };
                 let ask = Ask {

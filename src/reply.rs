@@ -424,8 +424,9 @@ pub fn build_counter(r: &CounterRequest<'_>) -> anyhow::Result<Outgoing> {
     let org = src
         .prop(&P::Organizer)
         .ok_or_else(|| anyhow::anyhow!("cannot build COUNTER: the event has no ORGANIZER"))?;
-    let to = mail_address(org)
-        .ok_or_else(|| anyhow::anyhow!("cannot build COUNTER: the ORGANIZER has no mail address"))?;
+    let to = mail_address(org).ok_or_else(|| {
+        anyhow::anyhow!("cannot build COUNTER: the ORGANIZER has no mail address")
+    })?;
     let mut c = Node {
         kind: src.kind.clone(),
         entries: Vec::new(),

@@ -142,6 +142,18 @@ impl std::fmt::Display for EditOutcome {
     }
 }
 
+/// When a file may have changed: its size, time and inode.
+fn file_stamp(path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}",
+        m.len(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ino()
+    ))
+}
+
 /// Read an instance as the user may write it: `20261201T090000Z`,
 /// `20261201T100000` or `2026-12-01T10:00` (in the event's zone),
 /// `2026-12-01T10:00:00+01:00`, `20261201` or `2026-12-01` (a day).
@@ -244,10 +256,7 @@ impl Processor {
                 .any(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(&t.me))
         };
         let Some(text) = instance else {
-            let master_cancelled = t
-                .inst
-                .find(&t.object, None)
-                .is_some_and(is_cancelled);
+            let master_cancelled = t.inst.find(&t.object, None).is_some_and(is_cancelled);
             if master_cancelled
                 || t.object
                     .children
@@ -255,10 +264,9 @@ impl Processor {
                     .filter(|c| c.is_scheduling())
                     .all(is_cancelled)
             {
-                return Err(Refused(format!(
-                    "cannot {what} {uid}: the organizer cancelled it"
-                ))
-                .into());
+                return Err(
+                    Refused(format!("cannot {what} {uid}: the organizer cancelled it")).into(),
+                );
             }
             if recur::is_over(&t.object, uid, now.timestamp(), &mut budget) == Some(true) {
                 return Err(Refused(format!(
@@ -296,17 +304,11 @@ impl Processor {
             Some(c) => c.clone(),
             None => {
                 // An instance of the series without an override of its own.
-                let occurs = recur::occurrences(
-                    &t.object,
-                    uid,
-                    start - 1,
-                    start + 1,
-                    &mut budget,
-                    |_| true,
-                )
-                .spans
-                .iter()
-                .any(|(s, _)| *s == start);
+                let occurs =
+                    recur::occurrences(&t.object, uid, start - 1, start + 1, &mut budget, |_| true)
+                        .spans
+                        .iter()
+                        .any(|(s, _)| *s == start);
                 let over = occurs
                     .then(|| engine::derive_override(&t.object, Some(rid), &t.inst))
                     .flatten();
@@ -326,11 +328,7 @@ impl Processor {
             ))
             .into());
         }
-        if is_cancelled(&comp)
-            || t.inst
-                .find(&t.object, None)
-                .is_some_and(is_cancelled)
-        {
+        if is_cancelled(&comp) || t.inst.find(&t.object, None).is_some_and(is_cancelled) {
             return Err(Refused(format!(
                 "cannot {what} {uid}: the organizer cancelled the instance at {text}"
             ))
@@ -416,7 +414,11 @@ impl Processor {
             if let Some(o) = outgoing {
                 self.outbox.enqueue(o, now)?;
             }
-            let written: Vec<String> = if changed { vec![uid.to_string()] } else { Vec::new() };
+            let written: Vec<String> = if changed {
+                vec![uid.to_string()]
+            } else {
+                Vec::new()
+            };
             let notes: Vec<answer::Note> = note.into_iter().collect();
             if changed || !notes.is_empty() {
                 self.remember(&written, &notes, &[], now)?;
@@ -489,7 +491,8 @@ impl Processor {
         now: DateTime<Utc>,
     ) -> anyhow::Result<RespondOutcome> {
         let mut t = self.target(uid, "propose a new time for")?;
-        let rids = self.instances_to_answer(uid, &mut t, instance, "propose a new time for", now)?;
+        let rids =
+            self.instances_to_answer(uid, &mut t, instance, "propose a new time for", now)?;
         let rid = if instance.is_some() {
             rids.first().copied().flatten()
         } else {
@@ -553,10 +556,7 @@ impl Processor {
         let outgoing = match built {
             Ok(o) => o,
             Err(err) => {
-                return Err(Refused(format!(
-                    "cannot propose a new time for {uid}: {err:#}"
-                ))
-                .into())
+                return Err(Refused(format!("cannot propose a new time for {uid}: {err:#}")).into())
             }
         };
         if outgoing.to.iter().any(|a| self.cfg.identity.is_me(a)) {
@@ -639,13 +639,19 @@ impl Processor {
         if records.is_empty() {
             return Ok(out);
         }
-        // A store that is gone or empty (unmounted, a sync gone wrong)
-        // deletes nothing: declining everything would be the wrong answer.
-        let store_usable = self.store.uids().map(|u| !u.is_empty()).unwrap_or(false);
+        // A calendar folder that is gone, or is not the folder imipd filed
+        // into (replaced, or a mount point without its file system), deletes
+        // nothing: declining every invitation would be the wrong answer.
+        let store_usable = self.same_store_folder();
         let mut planned: Vec<reply::Outgoing> = Vec::new();
         for record in records {
             let uid = record.uid.clone();
             let mut budget = Budget::per_message();
+            // An unchanged file has nothing new to say.
+            let stamp = file_stamp(&self.store.location(&uid));
+            if only.is_none() && stamp.is_some() && self.edit_stamps.get(&uid) == stamp.as_ref() {
+                continue;
+            }
             match self.store.get(&uid)? {
                 Some(object) => {
                     if engine::stored_organizer(&object)
@@ -655,12 +661,17 @@ impl Processor {
                     }
                     let current = my_partstats(&object, &record.me);
                     if current == record.seen {
+                        if let Some(st) = stamp {
+                            self.edit_stamps.insert(uid.clone(), st);
+                        }
                         continue;
                     }
                     let answers = ["ACCEPTED", "DECLINED", "TENTATIVE"];
                     let changed: Vec<(String, String)> = current
                         .iter()
-                        .filter(|(k, v)| record.seen.get(*k) != Some(v) && answers.contains(&v.as_str()))
+                        .filter(|(k, v)| {
+                            record.seen.get(*k) != Some(v) && answers.contains(&v.as_str())
+                        })
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     let inst = answer::instances(&object);
@@ -773,7 +784,7 @@ impl Processor {
                 }
                 None => {
                     if !store_usable {
-                        tracing::warn!(uid, store = %self.cfg.store.display(), "the calendar is empty or cannot be read; an invitation missing from it is not declined");
+                        tracing::warn!(uid, store = %self.cfg.store.display(), "the calendar folder is missing or is not the one imipd filed into (replaced, or not mounted); an invitation missing from it is not declined (decline it with `imipd respond`)");
                         continue;
                     }
                     let o = self.deleted(&record, &mut planned, now, &mut budget)?;
@@ -782,6 +793,31 @@ impl Processor {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the calendar folder is the one imipd filed into: its device
+    /// and inode, kept in `STATE/mine/.folder` the first time.
+    fn same_store_folder(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(&self.cfg.store) else {
+            return false;
+        };
+        if !meta.is_dir() {
+            return false;
+        }
+        let id = format!("{}:{}", meta.dev(), meta.ino());
+        let dir = self.cfg.state.join("mine");
+        match std::fs::read_to_string(dir.join(".folder")) {
+            Ok(known) => known.trim() == id,
+            Err(_) => {
+                if !self.dry_run {
+                    if let Err(e) = crate::fsutil::write_atomic(&dir, ".folder", id.as_bytes()) {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+                true
+            }
+        }
     }
 
     /// Take what the store holds as what imipd knows (no answer due).
@@ -817,12 +853,12 @@ impl Processor {
             }
         };
         let inst = answer::instances(&object);
-        let declined_already = !record.seen.is_empty()
-            && record.seen.values().all(|p| p == "DECLINED");
+        let declined_already =
+            !record.seen.is_empty() && record.seen.values().all(|p| p == "DECLINED");
         let cancelled = inst.find(&object, None).is_some_and(is_cancelled);
         let over = recur::is_over(&object, uid, now.timestamp(), budget) != Some(false);
-        let mine_to_answer = engine::stored_organizer(&object)
-            .is_some_and(|o| !self.cfg.identity.is_me(&o));
+        let mine_to_answer =
+            engine::stored_organizer(&object).is_some_and(|o| !self.cfg.identity.is_me(&o));
         if declined_already || cancelled || over || !mine_to_answer {
             if !self.dry_run {
                 self.records.remove(uid)?;
@@ -871,9 +907,9 @@ impl Processor {
         if forget && !self.dry_run {
             self.records.remove(uid)?;
         }
-        let comp = inst.find(&object, None).or_else(|| {
-            object.children.iter().find(|c| c.is_scheduling())
-        });
+        let comp = inst
+            .find(&object, None)
+            .or_else(|| object.children.iter().find(|c| c.is_scheduling()));
         let times = comp.map(|c| describe::times(c, &zones, None));
         let zone = comp.map(|c| describe::zone(c, &zones)).unwrap_or(Tz::UTC);
         Ok(Some(EditOutcome {
