@@ -31,6 +31,7 @@
 //! - [`conflict`]: busy time (an interval index), durations.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
+//! - [`hook`]: the decision hook (`action = "command"`): a program decides.
 //! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
 //! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
 //! - [`pending`]: `pending` and `show`: what waits for me, read-only.
@@ -68,6 +69,7 @@ pub mod driver;
 pub mod engine;
 pub mod fsutil;
 pub mod gather;
+pub mod hook;
 pub mod ical;
 pub mod identity;
 pub mod itip;

@@ -701,7 +701,136 @@ impl Processor {
             answerable,
             budget,
         )?;
-        Ok(policy::decide(&self.cfg.policies, &facts))
+        let mut v = policy::decide(&self.cfg.policies, &facts);
+        if v.action == Action::Command {
+            let Some(hook) = v.hook.clone() else {
+                v.action = Action::File;
+                return Ok(v);
+            };
+            let input = self.hook_input(
+                root, uid, comps, originator, d, method, mail, origin, &v, now,
+            )?;
+            let said = crate::hook::run(&hook, &input);
+            v.why = match &said.failure {
+                None => format!("{}; the hook answered {}", v.why, said.action.as_str()),
+                Some(f) => format!("{}; {f}", v.why),
+            };
+            v.action = said.action;
+            if said.comment.is_some() {
+                v.comment = said.comment;
+            }
+        }
+        Ok(v)
+    }
+
+    /// What a decision hook reads: the invitation as `pending --json` shows
+    /// it (as this message leaves it), with `method`, the proven
+    /// `originator`, the `policy`, the mail's `from`, `account`, `folder`.
+    #[allow(clippy::too_many_arguments)]
+    fn hook_input(
+        &mut self,
+        root: &Node,
+        uid: &str,
+        comps: &[Node],
+        originator: &Result<Originator, String>,
+        d: &Decision,
+        method: Method,
+        mail: &Mail,
+        origin: Origin<'_>,
+        v: &Verdict,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let object = match &d.object {
+            Some(o) => o.clone(),
+            None => match self.store.get(uid)? {
+                Some(o) => o,
+                None => {
+                    let mut o = Node::from_ical(&ical::new_calendar(None));
+                    o.children.extend(comps.iter().cloned());
+                    o
+                }
+            },
+        };
+        let mut zones = Zones::of(root);
+        zones.add(&object);
+        let inst = Instances::of(Some(&object), comps, &zones);
+        let me = crate::answer::my_address(&object, &self.cfg.identity);
+        // The component the message is about: the master, else the first.
+        let c = comps
+            .iter()
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .or(comps.first())
+            .cloned()
+            .unwrap_or_else(|| Node::from_ical(&ical::new_calendar(None)));
+        let rid = inst.rid(&c);
+        let zone = describe::zone(&c, &zones);
+        let spans: Vec<(i64, i64)> = describe::span(&c, &zones).into_iter().collect();
+        let mut conflicts = Vec::new();
+        for (other, s, e) in
+            self.store
+                .busy_overlaps(&spans, uid, &self.cfg.identity, now.timestamp(), 20)?
+        {
+            let summary = self
+                .store
+                .get(&other)?
+                .and_then(|o| o.children.into_iter().find(|x| x.is_scheduling()))
+                .and_then(|x| describe::text(&x, P::Summary));
+            conflicts.push(crate::pending::Conflict {
+                uid: other,
+                summary,
+                start: describe::rfc3339(s, zone),
+                end: describe::rfc3339(e, zone),
+            });
+        }
+        let partstat = me.as_ref().and_then(|m| {
+            c.entries
+                .iter()
+                .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(m))
+                .map(ical::partstat)
+        });
+        let item = crate::pending::PendingItem {
+            schema: (),
+            kind: match method {
+                Method::Counter => "counter",
+                Method::Refresh => "refresh",
+                Method::DeclineCounter => "declinecounter",
+                _ => "invitation",
+            },
+            uid: uid.to_string(),
+            recurrence_id: rid.and_then(|r| describe::instant_text(r, zone)),
+            summary: describe::text(&c, P::Summary),
+            times: describe::times(&c, &zones, None),
+            location: describe::text(&c, P::Location),
+            description: describe::text(&c, P::Description),
+            recurrence: describe::rrule(&c),
+            organizer: describe::organizer(&c),
+            attendees: describe::attendees(&c),
+            me: me.as_deref().map(describe::address_text),
+            partstat,
+            sequence: c.sequence(),
+            verified: d.no_answer.is_none() && !engine::is_unverified(&object),
+            why: "deciding now: this hook decides".into(),
+            policy: Some(v.policy.clone()),
+            decided: None,
+            conflicts,
+            from: mail.from.clone(),
+            comment: describe::text(&c, P::Comment),
+            proposed: None,
+            file: None,
+        };
+        let mut value = serde_json::to_value(&item)?;
+        if let Some(o) = value.as_object_mut() {
+            o.insert("method".into(), method.as_str().into());
+            o.insert(
+                "originator".into(),
+                serde_json::to_value(originator.as_ref().ok())?,
+            );
+            o.insert("effect".into(), d.effect.as_str().into());
+            o.insert("account".into(), origin.account.into());
+            o.insert("folder".into(), origin.folder.into());
+            o.insert("dry_run".into(), self.dry_run.into());
+        }
+        Ok(serde_json::to_vec(&value)?)
     }
 
     /// Plan the answer a policy asked for, unless a never-answer rule

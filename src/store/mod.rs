@@ -50,4 +50,15 @@ pub trait CalendarStore: Send {
         identity: &Identity,
         now: i64,
     ) -> anyhow::Result<Option<(String, i64, i64)>>;
+
+    /// Every other event with busy time that overlaps one of `spans`, each
+    /// once with its first such span, at most `limit` of them.
+    fn busy_overlaps(
+        &mut self,
+        spans: &[(i64, i64)],
+        exclude_uid: &str,
+        identity: &Identity,
+        now: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(String, i64, i64)>>;
 }

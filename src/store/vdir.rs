@@ -638,6 +638,33 @@ impl super::CalendarStore for Vdir {
         identity: &Identity,
         now: i64,
     ) -> anyhow::Result<Option<(String, i64, i64)>> {
+        self.busy_index(identity, now)?;
+        Ok(self
+            .busy
+            .as_ref()
+            .and_then(|c| c.busy.overlaps(spans, exclude_uid)))
+    }
+
+    fn busy_overlaps(
+        &mut self,
+        spans: &[(i64, i64)],
+        exclude_uid: &str,
+        identity: &Identity,
+        now: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        self.busy_index(identity, now)?;
+        Ok(self
+            .busy
+            .as_ref()
+            .map(|c| c.busy.overlaps_all(spans, exclude_uid, limit))
+            .unwrap_or_default())
+    }
+}
+
+impl Vdir {
+    /// Build the busy index, or again when the store changed under it.
+    fn busy_index(&mut self, identity: &Identity, now: i64) -> anyhow::Result<()> {
         let changes = self.changes();
         let stale = match &self.busy {
             None => true,
@@ -655,10 +682,7 @@ impl super::CalendarStore for Vdir {
                 identity: identity.clone(),
             });
         }
-        Ok(self
-            .busy
-            .as_ref()
-            .and_then(|c| c.busy.overlaps(spans, exclude_uid)))
+        Ok(())
     }
 }
 
