@@ -234,7 +234,7 @@ fn main() -> ExitCode {
             service::run(cfg.clone(), r.options())
         }),
         Command::Pending(a) => with_config(a.config.as_deref(), |cfg| {
-            let cfg = cfg.for_account(a.account.as_deref())?;
+            let cfg = for_account(cfg, a.account.as_deref())?;
             let items = imipd::pending::pending(&cfg, imipd::clock::now())?;
             if a.json {
                 items.iter().for_each(driver::print_json);
@@ -244,7 +244,7 @@ fn main() -> ExitCode {
             Ok(driver::EXIT_OK)
         }),
         Command::Show(a) => with_config(a.config.as_deref(), |cfg| {
-            let cfg = cfg.for_account(a.account.as_deref())?;
+            let cfg = for_account(cfg, a.account.as_deref())?;
             let items = imipd::pending::show(&cfg, &a.uid, imipd::clock::now())?;
             if a.json {
                 items.iter().for_each(driver::print_json);
@@ -254,7 +254,7 @@ fn main() -> ExitCode {
             Ok(driver::EXIT_OK)
         }),
         Command::Respond(a) => with_config(a.config.as_deref(), |cfg| {
-            let cfg = Arc::new(cfg.for_account(a.account.as_deref())?);
+            let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
             let response = imipd::respond::Response::parse(&a.answer)
                 .ok_or_else(|| imipd::respond::Refused(format!("unknown answer `{}`", a.answer)))?;
             let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
@@ -269,7 +269,7 @@ fn main() -> ExitCode {
             answered(&outcome, &mut p, a.json)
         }),
         Command::Counter(a) => with_config(a.config.as_deref(), |cfg| {
-            let cfg = Arc::new(cfg.for_account(a.account.as_deref())?);
+            let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
             let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
                 p.counter(
                     &a.uid,
@@ -283,7 +283,7 @@ fn main() -> ExitCode {
             answered(&outcome, &mut p, a.json)
         }),
         Command::Mcp(a) => with_config(a.config.as_deref(), |cfg| {
-            let cfg = cfg.for_account(a.account.as_deref())?;
+            let cfg = for_account(cfg, a.account.as_deref())?;
             imipd::mcp::serve(Arc::new(cfg))
         }),
     }
@@ -310,6 +310,13 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
             }
         }
     }
+}
+
+/// The configuration as `--account NAME` sees it; an unknown name is a
+/// usage error (exit status 2).
+fn for_account(cfg: &Config, account: Option<&str>) -> anyhow::Result<Config> {
+    cfg.for_account(account)
+        .map_err(|e| imipd::respond::Refused(format!("{e:#}")).into())
 }
 
 /// Report what `respond` or `counter` did, then send the outbox; the exit
