@@ -114,6 +114,9 @@ struct Item {
     verdict: Verdict,
 }
 
+/// How often a message is planned again when the calendar changes under it.
+const CHANGED_TRIES: usize = 3;
+
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
@@ -206,52 +209,76 @@ impl Processor {
         }
         let now = crate::clock::now();
         let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
-        // An edit another program made to an event this message is about
-        // is answered before the message changes the event: never lost.
-        if !self.dry_run {
-            let uids: Vec<String> = c
-                .objects
+        let uids: Vec<String> = c
+            .objects
+            .iter()
+            .flat_map(|o| {
+                o.components
+                    .iter()
+                    .filter_map(|&k| ical::uid(&o.ical.components[k]))
+            })
+            .collect();
+        // Another program may edit an event while this message is planned:
+        // then the plan is made again from what the store holds now.
+        for attempt in 1..=CHANGED_TRIES {
+            // An edit another program made to an event this message is
+            // about is answered before the message changes the event.
+            if !self.dry_run {
+                match self.answer_edits(Some(&uids), now) {
+                    Ok(edits) => edits.iter().for_each(|e| tracing::info!("{e}")),
+                    Err(e) => {
+                        out.error = Some(format!("{e:#}"));
+                        out.stop = true;
+                        return out;
+                    }
+                }
+            }
+            let read: Vec<(String, Option<String>)> = uids
                 .iter()
-                .flat_map(|o| {
-                    o.components
-                        .iter()
-                        .filter_map(|&k| ical::uid(&o.ical.components[k]))
+                .map(|u| {
+                    (
+                        u.clone(),
+                        crate::respond::file_stamp(&self.store.location(u)),
+                    )
                 })
                 .collect();
-            match self.answer_edits(Some(&uids), now) {
-                Ok(edits) => edits.iter().for_each(|e| tracing::info!("{e}")),
+            let plan = match self.plan(&c, origin, now) {
+                Ok(p) => p,
                 Err(e) => {
                     out.error = Some(format!("{e:#}"));
                     out.stop = true;
                     return out;
                 }
-            }
-        }
-        let plan = match self.plan(&c, origin, now) {
-            Ok(p) => p,
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
+            };
+            out.quarantine = plan.quarantine;
+            out.results = plan.results.clone();
+            if self.dry_run {
                 return out;
             }
-        };
-        out.quarantine = plan.quarantine;
-        out.results = plan.results.clone();
-        if self.dry_run {
-            return out;
-        }
-        match self.execute(plan, &c, raw, origin, now) {
-            Ok(locations) => {
-                for (i, l) in locations {
-                    if let Some(r) = out.results.get_mut(i) {
-                        r.location = Some(l);
-                    }
+            let changed = plan.writes.iter().find(|w| {
+                let now = crate::respond::file_stamp(&self.store.location(&w.uid));
+                read.iter().any(|(u, before)| *u == w.uid && *before != now)
+            });
+            if let Some(w) = changed {
+                if attempt < CHANGED_TRIES {
+                    tracing::info!(uid = %w.uid, "the event changed in the calendar while this message was planned; planning again");
+                    continue;
                 }
             }
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
+            match self.execute(plan, &c, raw, origin, now) {
+                Ok(locations) => {
+                    for (i, l) in locations {
+                        if let Some(r) = out.results.get_mut(i) {
+                            r.location = Some(l);
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                }
             }
+            break;
         }
         out
     }

@@ -143,7 +143,7 @@ impl std::fmt::Display for EditOutcome {
 }
 
 /// When a file may have changed: its size, time and inode.
-fn file_stamp(path: &str) -> Option<String> {
+pub(crate) fn file_stamp(path: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some(format!(

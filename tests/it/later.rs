@@ -780,3 +780,41 @@ fn outcome_lines_carry_the_event_and_the_reply_as_an_object() {
         .unwrap()
         .ends_with("outcome@example.com.ics"));
 }
+
+#[test]
+fn an_edit_is_answered_before_a_message_rewrites_the_event() {
+    let env = file_env("");
+    env.one(&planning("race@example.com"));
+    let path = store_file(&env, "race@example.com");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob",
+            "PARTSTAT=ACCEPTED;CN=Bob",
+        ),
+    )
+    .unwrap();
+    // The organizer re-sends the same version with a new title before any
+    // pass looked at the calendar: the edit is answered first, not lost.
+    let o = env.one(
+        &planning("race@example.com")
+            .replace("DTSTAMP:20261120T100000Z", "DTSTAMP:20261121T080000Z")
+            .replace("SUMMARY:Planning", "SUMMARY:Planning (room changed)"),
+    );
+    assert_eq!(first(&o)["effect"], "updated", "{o}");
+    assert_eq!(
+        sent_partstats(&env),
+        [("REPLY".to_string(), "ACCEPTED".to_string())]
+    );
+    let stored = stored(&env, "race@example.com").unwrap();
+    assert!(stored.contains("Planning (room changed)"));
+    assert!(
+        stored
+            .lines()
+            .any(|l| l.contains("mailto:bob@example.com") && l.contains("PARTSTAT=ACCEPTED")),
+        "my answer stays: {stored}"
+    );
+    run(&env, &["once"]);
+    assert_eq!(env.sent_in("sent").len(), 1, "answered once");
+}
