@@ -137,9 +137,15 @@ impl Processor {
             });
         }
         let state = State::open(&cfg.state, cfg.lock_timeout)?;
+        // Opening removes temp files a killed run left: not those of a
+        // `respond` writing beside it.
+        let write = state.write_lock(cfg.lock_timeout)?;
+        let store = Box::new(Vdir::open(&cfg.store)?);
+        let outbox = Outbox::open(state.dir())?;
+        drop(write);
         Ok(Processor {
-            store: Box::new(Vdir::open(&cfg.store)?),
-            outbox: Outbox::open(state.dir())?,
+            store,
+            outbox,
             records: Records::new(state.dir()),
             edit_stamps: Default::default(),
             state,

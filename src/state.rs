@@ -50,7 +50,12 @@ impl State {
         create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create state folder {}: {e}", dir.display()))?;
         let lock = take_lock(dir, "lock", lock_timeout)?;
+        // `respond` may be writing (it holds only the write lock): clean up
+        // under that lock, so that its temp files are not taken for a
+        // killed run's.
+        let write = take_lock(dir, "write.lock", lock_timeout)?;
         tighten(dir, 0);
+        drop(write);
         Ok(State {
             dir: dir.to_path_buf(),
             _lock: Some(lock),
