@@ -144,6 +144,45 @@ impl Busy {
         None
     }
 
+    /// Every other UID with a busy span that overlaps one of `spans`, each
+    /// once with its first such span (UID, start, end), at most `limit`.
+    /// Each found UID costs one search; spans of UIDs found are skipped.
+    pub fn overlaps_all(
+        &self,
+        spans: &[(i64, i64)],
+        exclude_uid: &str,
+        limit: usize,
+    ) -> Vec<(String, i64, i64)> {
+        let mut out: Vec<(String, i64, i64)> = Vec::new();
+        let exclude = self.ids.get(exclude_uid).copied();
+        for &(s, e) in spans {
+            if e <= s {
+                continue;
+            }
+            let before = self.spans.partition_point(|b| b.start < e);
+            // Walk the candidates from the first overlap on; few events
+            // overlap one occurrence.
+            for b in self.spans[..before].iter().rev() {
+                if out.len() >= limit {
+                    return out;
+                }
+                if b.end > s && Some(b.uid) != exclude {
+                    let uid = &self.uids[b.uid as usize];
+                    if !out.iter().any(|(u, _, _)| u == uid) {
+                        out.push((uid.clone(), b.start, b.end));
+                    }
+                }
+                // Spans sorted by start: once starts are a horizon before
+                // s, nothing earlier can reach it (bounded by the window).
+                if b.start < s.saturating_sub(HORIZON_DAYS * 86_400) {
+                    break;
+                }
+            }
+        }
+        out.sort_by_key(|(_, s, _)| *s);
+        out
+    }
+
     /// Replace what the index knows of one UID after the store changed it
     /// (`None`: removed). O(n) in the spans held.
     pub fn update(&mut self, uid: &str, root: Option<&Node>, identity: &Identity) {

@@ -72,13 +72,26 @@ impl Reporter {
     /// A pass over one IMAP folder, with `--json`.
     pub fn pass(&self, account: &str, r: &PassReport) {
         if self.opts.json {
-            print_json(&serde_json::json!({ "pass": r, "account": account }));
+            print_json(
+                &serde_json::json!({ "schema": crate::outcome::SCHEMA, "pass": r, "account": account }),
+            );
+        }
+    }
+
+    /// An answer the calendar gave (an edit or a deletion in the store).
+    pub fn edit(&self, e: &crate::respond::EditOutcome) {
+        if self.opts.json {
+            print_json(&serde_json::json!({ "schema": crate::outcome::SCHEMA, "edit": e }));
+        } else if self.log {
+            tracing::info!("{e}");
+        } else {
+            crate::say_err!("{e}");
         }
     }
 
     pub fn sent(&self, r: &SendReport) {
         if self.opts.json {
-            print_json(&serde_json::json!({ "outbox": r }));
+            print_json(&serde_json::json!({ "schema": crate::outcome::SCHEMA, "outbox": r }));
             return;
         }
         let line = match &r.error {
@@ -126,7 +139,13 @@ impl Handler for Direct<'_> {
     }
 }
 
-type Job = (Incoming, oneshot::Sender<MessageOutcome>);
+/// What the processor thread is asked to do.
+enum Job {
+    /// Handle a message.
+    Message(Incoming, oneshot::Sender<MessageOutcome>),
+    /// Answer the changes made in the calendar (`[store] answer_edits`).
+    Edits(oneshot::Sender<u8>),
+}
 
 /// The processor on a thread of its own, shared by every account of the
 /// service through a channel: one message at a time, in the order asked,
@@ -155,8 +174,15 @@ impl Actor {
         let thread = std::thread::Builder::new()
             .name("imipd-processor".into())
             .spawn(move || {
-                while let Some((m, reply)) = rx.blocking_recv() {
-                    let _ = reply.send(processor.process_from(&m.raw, m.origin()));
+                while let Some(job) = rx.blocking_recv() {
+                    match job {
+                        Job::Message(m, reply) => {
+                            let _ = reply.send(processor.process_from(&m.raw, m.origin()));
+                        }
+                        Job::Edits(reply) => {
+                            let _ = reply.send(edits(&mut processor, &reporter));
+                        }
+                    }
                 }
             })
             .map_err(|e| anyhow::anyhow!("cannot start the processor thread: {e}"))?;
@@ -172,11 +198,23 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// Have the processor answer the changes made in the calendar; `false`
+    /// once the processor has stopped.
+    pub async fn edits(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Edits(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+}
+
 impl Handler for Actor {
     async fn handle(&mut self, m: Incoming) -> MessageOutcome {
         let source = m.source.clone();
         let (tx, rx) = oneshot::channel();
-        let o = match self.jobs.send((m, tx)).await {
+        let o = match self.jobs.send(Job::Message(m, tx)).await {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
@@ -317,8 +355,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// Run a batch command's passes on a thread with the IMAP stack.
-fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> anyhow::Result<u8> {
+/// Answer what changed in the store since the last look (`[store]
+/// answer_edits`), under the write lock; the exit status it earns.
+pub fn edits(p: &mut Processor, reporter: &Reporter) -> u8 {
+    let mut look = || -> anyhow::Result<Vec<crate::respond::EditOutcome>> {
+        let _lock = p.lock()?;
+        p.answer_edits(None, crate::clock::now())
+    };
+    let result = look();
+    match result {
+        Ok(edits) => {
+            edits.iter().for_each(|e| reporter.edit(e));
+            EXIT_OK
+        }
+        Err(e) => {
+            crate::say_err!("imipd: cannot answer the changes made in the calendar: {e:#}");
+            EXIT_SOME_FAILED
+        }
+    }
+}
+
+/// Run a batch command's passes on a thread with the IMAP stack; with
+/// `edits`, then answer the changes made in the calendar.
+fn batch<S: Source>(
+    cfg: Arc<Config>,
+    opts: Options,
+    mut sources: Vec<S>,
+    with_edits: bool,
+) -> anyhow::Result<u8> {
     imap::on_imap_stack(move || -> anyhow::Result<u8> {
         let mut processor = Processor::open(cfg, opts.dry_run)?;
         let reporter = Reporter { opts, log: false };
@@ -336,6 +400,11 @@ fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> any
             }
             status
         });
+        let status = if with_edits {
+            status.max(edits(&mut processor, &reporter))
+        } else {
+            status
+        };
         Ok(status.max(flush(&mut processor, &reporter)?))
     })?
 }
@@ -343,12 +412,12 @@ fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> any
 /// `imipd once`: every account, every folder, then the outbox.
 pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
     let sources = AnySource::all(&cfg, opts.dry_run);
-    batch(cfg, opts, sources)
+    batch(cfg, opts, sources, true)
 }
 
 /// `imipd process FILE|-...`: each message in the order given, then the outbox.
 pub fn process(cfg: Arc<Config>, files: &[String], opts: Options) -> anyhow::Result<u8> {
-    batch(cfg, opts, vec![FilesSource::new(files)])
+    batch(cfg, opts, vec![FilesSource::new(files)], false)
 }
 
 /// Send what the outbox holds (everything, whatever its backoff); exit 3

@@ -32,14 +32,20 @@
 //! - [`conflict`]: busy time (an interval index), durations.
 //! - [`policy`]: the `[[policy]]` rules: facts → first match → action (pure).
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
-//! - [`reply`]: the REPLY, DECLINECOUNTER and REFRESH answers and their mail.
+//! - [`hook`]: the decision hook (`action = "command"`): a program decides.
+//! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
+//! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
+//! - [`pending`]: `pending` and `show`: what waits for me, read-only.
+//! - [`respond`]: `respond`, `counter`, and the answers the calendar gives (edits, deletions).
 //! - [`process`]: one message: plan (no I/O but reads), then execute.
 //! - [`outcome`]: what happened to a message (the outcome lines).
+//! - [`describe`]: an event as JSON shows it (times with offsets, people).
 //!
 //! Keeping and sending:
 //! - [`store`]: the calendar store seam; [`store::vdir`], the first store.
 //! - [`state`]: imipd's own state: held CANCELs, attention, quarantine, lock, ledgers.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
+//! - [`mine`]: what imipd remembers per invitation to me (answers, why not, my PARTSTATs).
 //!
 //! Running:
 //! - [`config`]: the TOML configuration, validated once; secrets.
@@ -48,31 +54,39 @@
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.
 //! - [`shutdown`]: the stop signal the service's tasks watch.
 //! - [`check`]: `check --connect`.
+//! - [`mcp`]: `mcp`, the Model Context Protocol server for assistant bots.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod answer;
 pub mod check;
 pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod conflict;
+pub mod describe;
 pub mod driver;
 pub mod engine;
 pub mod fsutil;
 pub mod gather;
+pub mod hook;
 pub mod ical;
 pub mod identity;
 pub mod itip;
 pub mod limits;
+pub mod mcp;
 pub mod mime;
+pub mod mine;
 pub mod originator;
 pub mod outbox;
 pub mod outcome;
+pub mod pending;
 pub mod policy;
 pub mod process;
 pub mod recur;
 pub mod reply;
+pub mod respond;
 pub mod service;
 pub mod shutdown;
 pub mod source;

@@ -63,6 +63,17 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// What waits for my answer: invitations, and COUNTER, REFRESH, DECLINECOUNTER kept for attention.
+    Pending(PendingArgs),
+    /// One event in the calendar, as `pending --json` shows it.
+    Show(ShowArgs),
+    /// Answer an invitation now (accept, decline, tentative): sets my PARTSTAT and sends the REPLY.
+    Respond(RespondArgs),
+    /// Propose another time for an invitation (an iTIP COUNTER to the organizer).
+    Counter(CounterArgs),
+    /// A Model Context Protocol server on standard input/output, for assistant bots
+    /// (tools: pending, show, respond, counter).
+    Mcp(McpArgs),
     /// Validate the configuration.
     Check {
         #[arg(long)]
@@ -85,6 +96,102 @@ struct RunArgs {
     /// Print one JSON object per message outcome on standard output.
     #[arg(long)]
     json: bool,
+}
+
+/// `imipd pending`.
+#[derive(clap::Args)]
+struct PendingArgs {
+    /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// As this account's person sees it.
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
+    /// One JSON object per line (see docs/json.md) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `imipd show`.
+#[derive(clap::Args)]
+struct ShowArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The event's UID.
+    uid: String,
+}
+
+/// `imipd respond`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Exit status: 0 answered (or nothing to send: the same answer again); 1 held back by a cap or not handled; 2 an unknown UID, an event I am not invited to, one I organize, one cancelled or over; 3 the mail server could not be reached (the REPLY stays queued); 75 another imipd held the state's write lock too long."
+)]
+struct RespondArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
+    /// The event's UID (`imipd pending` lists them).
+    uid: String,
+    /// Answer one instance of a series: its RECURRENCE-ID (20261201T090000Z)
+    /// or start (2026-12-01T10:00:00+01:00).
+    #[arg(long, value_name = "RID")]
+    instance: Option<String>,
+    /// accept, decline or tentative.
+    #[arg(value_parser = ["accept", "decline", "tentative"])]
+    answer: String,
+    /// A comment for the organizer (COMMENT in the REPLY, and in the mail).
+    #[arg(long, value_name = "TEXT")]
+    comment: Option<String>,
+    /// Decide and report, but change nothing and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// One JSON object on standard output (see docs/json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `imipd counter`.
+#[derive(clap::Args)]
+struct CounterArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
+    /// The event's UID.
+    uid: String,
+    /// Propose for one instance of a series (its RECURRENCE-ID or start).
+    #[arg(long, value_name = "RID")]
+    instance: Option<String>,
+    /// The proposed start: 2026-12-01T15:00:00+01:00, or 2026-12-01T15:00 in the event's zone.
+    #[arg(long, value_name = "T")]
+    start: String,
+    /// The proposed end, written like --start.
+    #[arg(long, value_name = "T")]
+    end: String,
+    /// A comment for the organizer.
+    #[arg(long, value_name = "TEXT")]
+    comment: Option<String>,
+    /// Decide and report, but send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// One JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `imipd mcp`.
+#[derive(clap::Args)]
+struct McpArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
 }
 
 impl RunArgs {
@@ -130,6 +237,59 @@ fn main() -> ExitCode {
         Command::Run { run: r } => with_config(r.config.as_deref(), |cfg| {
             service::run(cfg.clone(), r.options())
         }),
+        Command::Pending(a) => with_config(a.config.as_deref(), |cfg| {
+            let cfg = for_account(cfg, a.account.as_deref())?;
+            let items = imipd::pending::pending(&cfg, imipd::clock::now())?;
+            if a.json {
+                items.iter().for_each(driver::print_json);
+            } else {
+                imipd::say!("{}", imipd::pending::table(&items).trim_end());
+            }
+            Ok(driver::EXIT_OK)
+        }),
+        Command::Show(a) => with_config(a.config.as_deref(), |cfg| {
+            let cfg = for_account(cfg, a.account.as_deref())?;
+            let items = imipd::pending::show(&cfg, &a.uid, imipd::clock::now())?;
+            if a.json {
+                items.iter().for_each(driver::print_json);
+            } else {
+                imipd::say!("{}", imipd::pending::table(&items).trim_end());
+            }
+            Ok(driver::EXIT_OK)
+        }),
+        Command::Respond(a) => with_config(a.config.as_deref(), |cfg| {
+            let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
+            let response = imipd::respond::Response::parse(&a.answer)
+                .ok_or_else(|| imipd::respond::Refused(format!("unknown answer `{}`", a.answer)))?;
+            let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
+                p.respond(
+                    &a.uid,
+                    a.instance.as_deref(),
+                    response,
+                    a.comment.as_deref(),
+                    imipd::clock::now(),
+                )
+            })?;
+            answered(&outcome, &mut p, a.json)
+        }),
+        Command::Counter(a) => with_config(a.config.as_deref(), |cfg| {
+            let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
+            let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
+                p.counter(
+                    &a.uid,
+                    a.instance.as_deref(),
+                    &a.start,
+                    &a.end,
+                    a.comment.as_deref(),
+                    imipd::clock::now(),
+                )
+            })?;
+            answered(&outcome, &mut p, a.json)
+        }),
+        Command::Mcp(a) => with_config(a.config.as_deref(), |cfg| {
+            let cfg = for_account(cfg, a.account.as_deref())?;
+            imipd::mcp::serve(Arc::new(cfg))
+        }),
     }
 }
 
@@ -147,11 +307,44 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
             imipd::say_err!("imipd: {e:#}");
             if e.chain().any(|c| c.is::<imipd::state::LockBusy>()) {
                 ExitCode::from(driver::EXIT_TEMPFAIL)
+            } else if e.chain().any(|c| c.is::<imipd::respond::Refused>()) {
+                ExitCode::from(2)
             } else {
                 ExitCode::from(1)
             }
         }
     }
+}
+
+/// The configuration as `--account NAME` sees it; an unknown name is a
+/// usage error (exit status 2).
+fn for_account(cfg: &Config, account: Option<&str>) -> anyhow::Result<Config> {
+    cfg.for_account(account)
+        .map_err(|e| imipd::respond::Refused(format!("{e:#}")).into())
+}
+
+/// Report what `respond` or `counter` did, then send the outbox; the exit
+/// status (1 when a cap held the answer back, 3 when the server failed).
+fn answered(
+    outcome: &imipd::respond::RespondOutcome,
+    p: &mut imipd::process::Processor,
+    json: bool,
+) -> anyhow::Result<u8> {
+    if json {
+        driver::print_json(outcome);
+    } else {
+        imipd::say_err!("{outcome}");
+    }
+    let reporter = driver::Reporter {
+        opts: Options {
+            dry_run: p.dry_run,
+            json,
+        },
+        log: false,
+    };
+    let sent = driver::flush(p, &reporter)?;
+    let held = outcome.reply.status == imipd::outcome::ReplyStatus::Held;
+    Ok(sent.max(if held { driver::EXIT_SOME_FAILED } else { 0 }))
 }
 
 /// Load the configuration, or print the error and give exit status 2.

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +68,9 @@ pub struct Outbox {
     answered: HashMap<String, (String, i64)>,
     /// The highest sequence number queued: the next one is higher.
     last_seq: u64,
+    /// How much of the ledger has been read (another imipd may append:
+    /// `respond` beside a running service).
+    ledger_read: u64,
 }
 
 impl Outbox {
@@ -84,33 +87,27 @@ impl Outbox {
         Outbox::read(state)
     }
 
+    /// Open beside a running imipd (see [`crate::state::State::open_shared`]):
+    /// the folder is created, nothing is cleaned up.
+    pub fn open_shared(state: &Path) -> anyhow::Result<Outbox> {
+        let dir = state.join("outbox");
+        crate::fsutil::create_private_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create outbox {}: {e}", dir.display()))?;
+        Outbox::read(state)
+    }
+
     fn read(state: &Path) -> anyhow::Result<Outbox> {
         let dir = state.join("outbox");
         let ledger = state.join("answered.log");
-        let mut answered = HashMap::new();
-        match fs::File::open(&ledger) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line =
-                        line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ledger.display()))?;
-                    let mut it = line.split('\t');
-                    if let (Some(k), Some(c), Some(t)) = (it.next(), it.next(), it.next()) {
-                        if let Ok(t) = t.parse() {
-                            answered.insert(k.to_string(), (c.to_string(), t));
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => anyhow::bail!("cannot read {}: {e}", ledger.display()),
-        }
         let mut outbox = Outbox {
             rejected: state.join("outbox-rejected"),
             dir,
             ledger,
-            answered,
+            answered: HashMap::new(),
             last_seq: 0,
+            ledger_read: 0,
         };
+        outbox.refresh()?;
         // Entries whose ledger line was lost in a crash still count.
         for e in outbox.pending()? {
             outbox.last_seq = outbox.last_seq.max(e.seq);
@@ -120,6 +117,43 @@ impl Outbox {
                 .or_insert((e.message.counterpart.clone(), (e.seq / 1_000_000) as i64));
         }
         Ok(outbox)
+    }
+
+    /// Read what another imipd appended to the answered ledger since it was
+    /// last read (called under the write lock, before deciding).
+    pub fn refresh(&mut self) -> anyhow::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match fs::File::open(&self.ledger) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", self.ledger.display()),
+        };
+        let len = f
+            .metadata()
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.ledger.display()))?
+            .len();
+        if len <= self.ledger_read {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        f.seek(SeekFrom::Start(self.ledger_read))
+            .and_then(|_| f.read_to_end(&mut text))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.ledger.display()))?;
+        // Only whole lines: a line being written is read next time.
+        let Some(end) = text.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        for line in text[..end].split(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            let mut it = line.split('\t');
+            if let (Some(k), Some(c), Some(t)) = (it.next(), it.next(), it.next()) {
+                if let Ok(t) = t.parse() {
+                    self.answered.insert(k.to_string(), (c.to_string(), t));
+                }
+            }
+        }
+        self.ledger_read += end as u64 + 1;
+        Ok(())
     }
 
     /// Whether this answer was queued before (sent or not).
@@ -220,6 +254,28 @@ impl Sender {
         }
     }
 
+    /// Take `STATE/send.lock`, waiting (without blocking a thread) up to
+    /// [`SEND_LOCK_WAIT`] for another imipd to finish sending; `None` when
+    /// it is still busy then.
+    async fn send_lock(&self) -> anyhow::Result<Option<fs::File>> {
+        let Some(state) = self.dir.parent() else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match crate::state::take_lock(state, "send.lock", Duration::ZERO) {
+                Ok(f) => return Ok(Some(f)),
+                Err(e) if e.is::<crate::state::LockBusy>() => {
+                    if started.elapsed() >= SEND_LOCK_WAIT {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Every queued entry, oldest first.
     pub fn pending(&self) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
@@ -255,6 +311,15 @@ impl Sender {
         now: DateTime<Utc>,
         respect_backoff: bool,
     ) -> anyhow::Result<Vec<SendReport>> {
+        // One sender at a time (`respond` beside a running service): two
+        // would send the same entry twice.
+        let _lock = match self.send_lock().await? {
+            Some(l) => l,
+            None => {
+                tracing::info!("another imipd is sending the outbox; what is queued stays for it");
+                return Ok(Vec::new());
+            }
+        };
         let mut reports = Vec::new();
         let mut session = transport.session();
         for mut entry in self.pending()? {
@@ -307,6 +372,9 @@ impl Sender {
         Ok(reports)
     }
 }
+
+/// How long a flush waits for another imipd that is sending.
+pub const SEND_LOCK_WAIT: Duration = Duration::from_secs(120);
 
 fn entry_name(seq: u64, key: &str) -> String {
     format!("{seq:020}-{key}.json")
@@ -594,6 +662,7 @@ mod tests {
             to: vec![to.into()],
             counterpart: to.into(),
             summary: format!("answer {key}"),
+            method: "REPLY".into(),
             message: format!("Subject: {key}\r\n\r\nbody\r\n"),
         }
     }

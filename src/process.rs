@@ -13,11 +13,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use calcard::icalendar::{
-    ICalendarParameterName as Pn, ICalendarParameterValue, ICalendarProperty as P,
-};
+use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, Utc};
 
+use crate::answer::{Answer, Ask, Note};
 use crate::classify::{self, Classified};
 use crate::config::Config;
 use crate::engine::{self, Decision, Effect, Input, Instances, Role, Trust};
@@ -25,16 +24,17 @@ use crate::gather::Gatherer;
 use crate::ical::{self, Node};
 use crate::itip::{CalObject, Method};
 use crate::mime::Mail;
+use crate::mine::{self, Records};
 use crate::originator::{self, MailIdentity, Originator, Proof, Via};
 use crate::outbox::Outbox;
-use crate::outcome::{ItemOutcome, MessageOutcome, Origin};
+use crate::outcome::{ItemOutcome, MessageOutcome, Origin, ReplyOutcome};
 use crate::policy::{self, Action, Facts, Verdict};
-use crate::recur::{self, Budget};
+use crate::recur::Budget;
 use crate::state::State;
 use crate::store::{CalendarStore, Vdir};
-use crate::time::{Instant, Zones};
+use crate::time::Zones;
 use crate::trust::Require;
-use crate::{address, reply};
+use crate::{address, describe, reply};
 
 /// Processes messages against one store, state and outbox.
 pub struct Processor {
@@ -43,6 +43,11 @@ pub struct Processor {
     pub state: State,
     pub outbox: Outbox,
     pub dry_run: bool,
+    /// What imipd remembers of the invitations to me it filed.
+    pub(crate) records: Records,
+    /// Store files looked at for edits, and how they were then (size,
+    /// time, inode): an unchanged file is not read again.
+    pub(crate) edit_stamps: std::collections::HashMap<String, String>,
     gather: Gatherer,
 }
 
@@ -62,6 +67,9 @@ struct Plan {
     drop_held: Vec<(String, PathBuf)>,
     /// Messages kept for a person (method, UID, calendar text).
     attention: Vec<(Method, String, String)>,
+    /// What to remember about invitations to me (answers queued, why
+    /// none was).
+    notes: Vec<Note>,
 }
 
 struct Write {
@@ -97,6 +105,8 @@ impl Plan {
 /// One UID of one iTIP object, between deciding and planning its effects.
 struct Item {
     object: usize,
+    /// The time zones of its iTIP object.
+    zones: Zones,
     method: Method,
     uid: String,
     comps: Vec<Node>,
@@ -104,6 +114,9 @@ struct Item {
     decision: Decision,
     verdict: Verdict,
 }
+
+/// How often a message is planned again when the calendar changes under it.
+const CHANGED_TRIES: usize = 3;
 
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
@@ -119,15 +132,25 @@ impl Processor {
                 store: Box::new(Vdir::open_read_only(&cfg.store)?),
                 outbox: Outbox::open_read_only(&cfg.state)?,
                 state: State::open_read_only(&cfg.state),
+                records: Records::new(&cfg.state),
+                edit_stamps: Default::default(),
                 dry_run,
                 gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
                 cfg,
             });
         }
         let state = State::open(&cfg.state, cfg.lock_timeout)?;
+        // Opening removes temp files a killed run left: not those of a
+        // `respond` writing beside it.
+        let write = state.write_lock(cfg.lock_timeout)?;
+        let store = Box::new(Vdir::open(&cfg.store)?);
+        let outbox = Outbox::open(state.dir())?;
+        drop(write);
         Ok(Processor {
-            store: Box::new(Vdir::open(&cfg.store)?),
-            outbox: Outbox::open(state.dir())?,
+            store,
+            outbox,
+            records: Records::new(state.dir()),
+            edit_stamps: Default::default(),
             state,
             dry_run,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
@@ -146,8 +169,46 @@ impl Processor {
         )
     }
 
+    /// Open to answer beside a running imipd (`respond`, `counter`, `mcp`):
+    /// the store, the state without its process lock, and the outbox.
+    /// Call under [`State::write_lock`]: opening removes the store's temp
+    /// files.
+    pub fn open_shared(cfg: Arc<Config>) -> anyhow::Result<Processor> {
+        let state = State::open_shared(&cfg.state)?;
+        Ok(Processor {
+            store: Box::new(Vdir::open(&cfg.store)?),
+            outbox: Outbox::open_shared(state.dir())?,
+            records: Records::new(state.dir()),
+            edit_stamps: Default::default(),
+            state,
+            dry_run: false,
+            gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+            cfg,
+        })
+    }
+
+    /// Take the write lock (nothing for a dry run) and catch up with what
+    /// another imipd wrote meanwhile (the answered ledger).
+    pub fn lock(&mut self) -> anyhow::Result<Option<crate::state::WriteLock>> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        let lock = self.state.write_lock(self.cfg.lock_timeout)?;
+        self.outbox.refresh()?;
+        Ok(Some(lock))
+    }
+
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
+        let _lock = match self.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let mut out =
+                    MessageOutcome::failed_to_read(origin.source, format!("{e:#}"), self.dry_run);
+                out.stop = true;
+                return out;
+            }
+        };
         let mut c = classify::classify_with(raw, origin.source, &self.cfg.limits, &self.cfg.trust);
         if !origin.problems.is_empty() {
             c.report.valid = false;
@@ -157,31 +218,76 @@ impl Processor {
         }
         let now = crate::clock::now();
         let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
-        let plan = match self.plan(&c, origin, now) {
-            Ok(p) => p,
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
-                return out;
-            }
-        };
-        out.quarantine = plan.quarantine;
-        out.results = plan.results.clone();
-        if self.dry_run {
-            return out;
-        }
-        match self.execute(plan, &c, raw, origin, now) {
-            Ok(locations) => {
-                for (i, l) in locations {
-                    if let Some(r) = out.results.get_mut(i) {
-                        r.location = Some(l);
+        let uids: Vec<String> = c
+            .objects
+            .iter()
+            .flat_map(|o| {
+                o.components
+                    .iter()
+                    .filter_map(|&k| ical::uid(&o.ical.components[k]))
+            })
+            .collect();
+        // Another program may edit an event while this message is planned:
+        // then the plan is made again from what the store holds now.
+        for attempt in 1..=CHANGED_TRIES {
+            // An edit another program made to an event this message is
+            // about is answered before the message changes the event.
+            if !self.dry_run {
+                match self.answer_edits(Some(&uids), now) {
+                    Ok(edits) => edits.iter().for_each(|e| tracing::info!("{e}")),
+                    Err(e) => {
+                        out.error = Some(format!("{e:#}"));
+                        out.stop = true;
+                        return out;
                     }
                 }
             }
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
+            let read: Vec<(String, Option<String>)> = uids
+                .iter()
+                .map(|u| {
+                    (
+                        u.clone(),
+                        crate::respond::file_stamp(&self.store.location(u)),
+                    )
+                })
+                .collect();
+            let plan = match self.plan(&c, origin, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                    return out;
+                }
+            };
+            out.quarantine = plan.quarantine;
+            out.results = plan.results.clone();
+            if self.dry_run {
+                return out;
             }
+            let changed = plan.writes.iter().find(|w| {
+                let now = crate::respond::file_stamp(&self.store.location(&w.uid));
+                read.iter().any(|(u, before)| *u == w.uid && *before != now)
+            });
+            if let Some(w) = changed {
+                if attempt < CHANGED_TRIES {
+                    tracing::info!(uid = %w.uid, "the event changed in the calendar while this message was planned; planning again");
+                    continue;
+                }
+            }
+            match self.execute(plan, &c, raw, origin, now) {
+                Ok(locations) => {
+                    for (i, l) in locations {
+                        if let Some(r) = out.results.get_mut(i) {
+                            r.location = Some(l);
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                }
+            }
+            break;
         }
         out
     }
@@ -268,6 +374,7 @@ impl Processor {
                 )?;
                 items.push(Item {
                     object: i,
+                    zones: zones.clone(),
                     method,
                     uid,
                     comps,
@@ -302,6 +409,10 @@ impl Processor {
                 method: obj.method.clone().unwrap_or_default(),
                 uid,
                 summary: None,
+                start: None,
+                end: None,
+                place: None,
+                organizer: None,
                 role: Role::Attendee,
                 effect: Effect::Ignored,
                 reason: format!(
@@ -386,10 +497,20 @@ impl Processor {
 
     /// The outcome line of an item.
     fn outcome(&self, it: &Item, role: Role, effect: Effect, reason: String) -> ItemOutcome {
+        let master = it
+            .comps
+            .iter()
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .or(it.comps.first());
+        let times = master.map(|c| describe::times(c, &it.zones, None));
         ItemOutcome {
             method: it.method.to_string(),
             uid: it.uid.clone(),
             summary: it.comps.first().and_then(|c| c.text(&P::Summary)),
+            start: times.as_ref().and_then(|t| t.start.clone()),
+            end: times.as_ref().and_then(|t| t.end.clone()),
+            place: master.and_then(|c| describe::text(c, P::Location)),
+            organizer: master.and_then(describe::organizer).map(|p| p.address),
             role,
             effect,
             reason,
@@ -423,6 +544,37 @@ impl Processor {
         );
         if it.verdict.action.partstat().is_some() {
             out.reply = Some(self.answer(plan, obj, it, mail, now, budget)?);
+        }
+        // Why an invitation to me stays unanswered, kept for `pending`.
+        if let (Role::Attendee, Method::Request | Method::Add, Some(inv)) =
+            (it.decision.role, it.method, &it.decision.invitation)
+        {
+            let answered = out.reply.as_ref().is_some_and(|r| {
+                r.is_queued() || r.status == crate::outcome::ReplyStatus::AlreadyAnswered
+            });
+            if !answered {
+                let text = match &out.reply {
+                    Some(r) => r.reason.clone().unwrap_or_else(|| r.text.clone()),
+                    None => match &it.decision.no_answer {
+                        Some(why) => why.clone(),
+                        None => format!(
+                            "no policy answers it (policy {}: {})",
+                            it.verdict.policy,
+                            it.verdict.action.as_str()
+                        ),
+                    },
+                };
+                plan.notes.push(Note::why(
+                    &it.uid,
+                    &inv.me,
+                    inv.rids().into_iter().map(mine::rid_key).collect(),
+                    mine::Why {
+                        text,
+                        policy: Some(it.verdict.policy.clone()),
+                        at: now.timestamp(),
+                    },
+                ));
+            }
         }
         let d = &it.decision;
         match d.effect {
@@ -599,7 +751,141 @@ impl Processor {
             answerable,
             budget,
         )?;
-        Ok(policy::decide(&self.cfg.policies, &facts))
+        let mut v = policy::decide(&self.cfg.policies, &facts);
+        if v.action == Action::Command {
+            let Some(hook) = v.hook.clone() else {
+                v.action = Action::File;
+                return Ok(v);
+            };
+            let input = self.hook_input(
+                root, uid, comps, originator, d, method, mail, origin, &v, now,
+            )?;
+            let said = crate::hook::run(&hook, &input);
+            v.why = match &said.failure {
+                None => format!("{}; the hook answered {}", v.why, said.action.as_str()),
+                Some(f) => format!("{}; {f}", v.why),
+            };
+            v.action = said.action;
+            if said.comment.is_some() {
+                v.comment = said.comment;
+            }
+        }
+        Ok(v)
+    }
+
+    /// What a decision hook reads: the invitation as `pending --json` shows
+    /// it (as this message leaves it), with `method`, the proven
+    /// `originator`, the `policy`, the mail's `from`, `account`, `folder`.
+    #[allow(clippy::too_many_arguments)]
+    fn hook_input(
+        &mut self,
+        root: &Node,
+        uid: &str,
+        comps: &[Node],
+        originator: &Result<Originator, String>,
+        d: &Decision,
+        method: Method,
+        mail: &Mail,
+        origin: Origin<'_>,
+        v: &Verdict,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let object = match &d.object {
+            Some(o) => o.clone(),
+            None => match self.store.get(uid)? {
+                Some(o) => o,
+                None => {
+                    let mut o = Node::from_ical(&ical::new_calendar(None));
+                    o.children.extend(comps.iter().cloned());
+                    o
+                }
+            },
+        };
+        let mut zones = Zones::of(root);
+        zones.add(&object);
+        let inst = Instances::of(Some(&object), comps, &zones);
+        let me = crate::answer::my_address(&object, &self.cfg.identity);
+        // The component the message is about: the master, else the first.
+        let c = comps
+            .iter()
+            .find(|c| c.prop(&P::RecurrenceId).is_none())
+            .or(comps.first())
+            .cloned()
+            .unwrap_or_else(|| Node::from_ical(&ical::new_calendar(None)));
+        let rid = inst.rid(&c);
+        let zone = describe::zone(&c, &zones);
+        let spans: Vec<(i64, i64)> = describe::span(&c, &zones).into_iter().collect();
+        let mut conflicts = Vec::new();
+        for (other, s, e) in self.store.busy_overlaps(
+            &crate::store::BusyQuery {
+                spans: &spans,
+                exclude_uid: uid,
+                identity: &self.cfg.identity,
+                now: now.timestamp(),
+            },
+            20,
+        )? {
+            let summary = self
+                .store
+                .get(&other)?
+                .and_then(|o| o.children.into_iter().find(|x| x.is_scheduling()))
+                .and_then(|x| describe::text(&x, P::Summary));
+            conflicts.push(crate::pending::Conflict {
+                uid: other,
+                summary,
+                start: describe::rfc3339(s, zone),
+                end: describe::rfc3339(e, zone),
+            });
+        }
+        let partstat = me.as_ref().and_then(|m| {
+            c.entries
+                .iter()
+                .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(m))
+                .map(ical::partstat)
+        });
+        let item = crate::pending::PendingItem {
+            schema: (),
+            kind: match method {
+                Method::Counter => "counter",
+                Method::Refresh => "refresh",
+                Method::DeclineCounter => "declinecounter",
+                _ => "invitation",
+            },
+            uid: uid.to_string(),
+            recurrence_id: rid.and_then(|r| describe::instant_text(r, zone)),
+            summary: describe::text(&c, P::Summary),
+            times: describe::times(&c, &zones, None),
+            location: describe::text(&c, P::Location),
+            description: describe::text(&c, P::Description),
+            recurrence: describe::rrule(&c),
+            organizer: describe::organizer(&c),
+            attendees: describe::attendees(&c),
+            me: me.as_deref().map(describe::address_text),
+            partstat,
+            sequence: c.sequence(),
+            verified: d.no_answer.is_none() && !engine::is_unverified(&object),
+            why: "deciding now: this hook decides".into(),
+            policy: Some(v.policy.clone()),
+            decided: None,
+            conflicts,
+            from: mail.from.clone(),
+            comment: describe::text(&c, P::Comment),
+            proposed: None,
+            file: None,
+        };
+        let mut value = serde_json::to_value(&item)?;
+        if let Some(o) = value.as_object_mut() {
+            o.insert("method".into(), method.as_str().into());
+            o.insert(
+                "originator".into(),
+                serde_json::to_value(originator.as_ref().ok())?,
+            );
+            o.insert("effect".into(), d.effect.as_str().into());
+            o.insert("account".into(), origin.account.into());
+            o.insert("folder".into(), origin.folder.into());
+            o.insert("dry_run".into(), self.dry_run.into());
+        }
+        Ok(serde_json::to_vec(&value)?)
     }
 
     /// Plan the answer a policy asked for, unless a never-answer rule
@@ -612,10 +898,13 @@ impl Processor {
         mail: &Mail,
         now: DateTime<Utc>,
         budget: &mut Budget,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<ReplyOutcome> {
         let action = it.verdict.action;
         let Some(partstat) = action.partstat() else {
-            return Ok(format!("not sent: {} does not answer", action.as_str()));
+            return Ok(ReplyOutcome::not_sent(format!(
+                "{} does not answer",
+                action.as_str()
+            )));
         };
         let method = it.method;
         let d = &it.decision;
@@ -623,107 +912,83 @@ impl Processor {
             match &it.originator {
                 Ok(o) if o.proof.is_proven() => {}
                 Ok(o) => {
-                    return Ok(format!(
-                        "not sent: {} is not authenticated ({}), and [trust] require = \"authenticated\" answers only a proven originator",
+                    return Ok(ReplyOutcome::not_sent(format!(
+                        "{} is not authenticated ({}), and [trust] require = \"authenticated\" answers only a proven originator",
                         o.address.trim_start_matches("mailto:"),
                         o.unproven.as_deref().unwrap_or("only the From header says who sent it")
-                    ))
+                    )))
                 }
                 Err(why) => {
-                    return Ok(format!(
-                        "not sent: the originator is not authenticated ({why}), and [trust] require = \"authenticated\""
-                    ))
+                    return Ok(ReplyOutcome::not_sent(format!(
+                        "the originator is not authenticated ({why}), and [trust] require = \"authenticated\""
+                    )))
                 }
             }
         }
         if mail.auto_submitted_value.as_deref() == Some("auto-replied") {
-            return Ok("not sent: the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)".into());
+            return Ok(ReplyOutcome::not_sent("the mail is itself an automatic reply (Auto-Submitted: auto-replied), and answering it could start a loop (RFC 3834)"));
         }
         let me_name = self.cfg.identity.name.as_deref();
         let zones = Zones::of(&Node::from_ical(&obj.ical));
-        let (built, object_after) = match (d.role, method, d.effect) {
+        let built = match (d.role, method, d.effect) {
             (Role::Attendee, Method::Request | Method::Add, _) => {
                 let Some(inv) = d.invitation.clone() else {
-                    return Ok(match d.effect {
-                        Effect::Unchanged | Effect::Stale => {
-                            "not sent: this version was already handled".into()
-                        }
-                        Effect::Refused => "not sent: the message was refused".into(),
-                        Effect::Ignored => "not sent: the message changed nothing".into(),
-                        _ => "not sent: I am not an attendee of this event".into(),
-                    });
+                    return Ok(ReplyOutcome::not_sent(match d.effect {
+                        Effect::Unchanged | Effect::Stale => "this version was already handled",
+                        Effect::Refused => "the message was refused",
+                        Effect::Ignored => "the message changed nothing",
+                        _ => "I am not an attendee of this event",
+                    }));
                 };
                 if let Some(why) = &d.no_answer {
-                    return Ok(format!("not sent: {why}"));
+                    return Ok(ReplyOutcome::not_sent(why.clone()));
                 }
-                let organizer = it.comps.iter().find_map(Node::organizer);
-                match organizer.as_deref() {
-                    None => return Ok("not sent: the invitation names no organizer".into()),
-                    Some(o) if self.cfg.identity.is_me(o) => {
-                        return Ok("not sent: I am the organizer".into())
+                if let Some(o) = it.comps.iter().find_map(Node::organizer) {
+                    if !self.cfg.identity.is_me(&o) && is_the_list(mail, &o) {
+                        return Ok(ReplyOutcome::not_sent(format!(
+                            "the organizer {} is the mailing list the invitation came through; an automatic answer would go to the whole list",
+                            address::bare(&o)
+                        )));
                     }
-                    Some(o) if is_the_list(mail, o) => {
-                        return Ok(format!(
-                            "not sent: the organizer {} is the mailing list the invitation came through; an automatic answer would go to the whole list",
-                            address::bare(o)
-                        ))
-                    }
-                    _ => {}
                 }
                 // Already filed (a replayed message): answer from the store.
                 let object = match &d.object {
                     Some(o) => o.clone(),
                     None => match self.current(plan, &it.uid)? {
                         Some(s) => s,
-                        None => return Ok("not sent: the event is not in the store".into()),
+                        None => return Ok(ReplyOutcome::not_sent("the event is not in the store")),
                     },
                 };
-                let inst = Instances::of(Some(&object), &it.comps, &zones);
-                // Components that ask for no answer (RSVP=FALSE) are not answered.
-                let asked: Vec<Option<Instant>> = inv
-                    .rids()
-                    .into_iter()
-                    .filter(|rid| {
-                        inst.find(&object, *rid)
-                            .is_some_and(|c| !rsvp_false(c, &inv.me))
-                    })
-                    .collect();
-                if asked.is_empty() {
-                    return Ok("not sent: the organizer asks for no answer (RSVP=FALSE)".into());
-                }
-                // Never answer the past: the event must go on after now
-                // (expanded from now, within the message's budget).
-                if recur::is_over(&object, &it.uid, now.timestamp(), budget) == Some(true) {
-                    return Ok("not sent: every occurrence of the event is over".into());
-                }
-                let mut answered = object.clone();
-                set_my_partstat(&mut answered, &inv.me, partstat, &asked, &inst);
-                let built = reply::build_reply(&reply::ReplyRequest {
-                    object: &answered,
-                    instances: &inst,
+                let ask = Ask {
+                    uid: &it.uid,
+                    object: &object,
+                    comps: &it.comps,
+                    zones: &zones,
                     tz_source: Some(&obj.ical),
                     me: &inv.me,
-                    my_name: me_name,
                     partstat,
-                    recurrence_ids: &asked,
+                    rids: inv.rids(),
                     comment: it.verdict.comment.as_deref(),
                     request: Some(mail),
-                    now,
-                });
-                (built, Some(answered))
+                    manual: false,
+                };
+                let a = self.answer_invitation(&plan.answers, &ask, now, budget)?;
+                return self.take(plan, it, a);
             }
             (Role::Organizer, Method::Counter | Method::Refresh, Effect::Recorded)
                 if (method == Method::Counter && action == Action::Decline)
                     || (method == Method::Refresh && action == Action::Accept) =>
             {
                 let Some(stored) = self.current(plan, &it.uid)? else {
-                    return Ok("not sent: the event is not in the store".into());
+                    return Ok(ReplyOutcome::not_sent("the event is not in the store"));
                 };
                 if engine::is_unverified(&stored) {
-                    return Ok("not sent: I learned this event from mail that only claimed to come from me, so imipd sends nothing about it".into());
+                    return Ok(ReplyOutcome::not_sent("I learned this event from mail that only claimed to come from me, so imipd sends nothing about it"));
                 }
                 let Ok(who) = &it.originator else {
-                    return Ok("not sent: the sender is not the attendee it speaks for".into());
+                    return Ok(ReplyOutcome::not_sent(
+                        "the sender is not the attendee it speaks for",
+                    ));
                 };
                 let me = engine::stored_organizer(&stored).unwrap_or_default();
                 let inst = Instances::of(Some(&stored), &it.comps, &zones);
@@ -734,87 +999,73 @@ impl Processor {
                     request: Some(mail),
                     now,
                 };
-                let built = if method == Method::Counter {
+                if method == Method::Counter {
                     reply::build_declinecounter(&stored, &inst, &it.comps[0], &who.address, &author)
                 } else {
                     reply::build_refresh_answer(&stored, &it.comps[0], &who.address, &author)
-                };
-                (built, None)
+                }
             }
             (
                 Role::Organizer,
                 Method::Request | Method::Add | Method::Publish | Method::Cancel,
                 _,
-            ) => return Ok("not sent: I am the organizer of this event".into()),
+            ) => return Ok(ReplyOutcome::not_sent("I am the organizer of this event")),
             _ => {
-                return Ok(format!(
-                    "not sent: a {method} is not answered with {}",
+                return Ok(ReplyOutcome::not_sent(format!(
+                    "a {method} is not answered with {}",
                     action.as_str()
-                ))
+                )))
             }
         };
         // A message that cannot be answered is reported, not retried.
-        let mut outgoing = match built {
+        let outgoing = match built.and_then(|o| self.signed(o)) {
             Ok(o) => o,
-            Err(e) => return Ok(format!("not sent: {e:#}")),
+            Err(e) => return Ok(ReplyOutcome::not_sent(format!("{e:#}"))),
         };
-        // `[outgoing] sign`: the whole mail becomes multipart/signed.
-        match crate::trust::sign::sign_mail(
-            &outgoing.message,
-            self.cfg.trust.sign,
-            &self.cfg.trust.keys,
-        ) {
-            Ok(m) => outgoing.message = m,
-            Err(e) => return Ok(format!("not sent: {e}")),
-        }
         if outgoing.to.iter().any(|t| self.cfg.identity.is_me(t)) {
-            return Ok("not sent: it would go to one of my own addresses".into());
+            return Ok(ReplyOutcome::not_sent(
+                "it would go to one of my own addresses",
+            ));
         }
         if self.outbox.answered(&outgoing.key) || plan.answers.iter().any(|a| a.key == outgoing.key)
         {
-            // A replay: make sure my copy still records the answer.
-            if let Some(after) = object_after {
-                if self.current(plan, &it.uid)?.as_ref() != Some(&after) {
-                    it.decision.object = Some(after);
-                }
-            }
-            return Ok("not sent: this version was already answered".into());
+            return Ok(ReplyOutcome::already(&outgoing, None));
         }
-        let counterpart = address::cap_key(&outgoing.counterpart);
-        let recent = self.outbox.recent(&counterpart, now)
-            + plan
-                .answers
-                .iter()
-                .filter(|a| address::cap_key(&a.counterpart) == counterpart)
-                .count();
-        if recent >= self.cfg.max_replies_per_hour as usize {
-            return Ok(format!(
-                "not sent, held back by a cap: {recent} answers to {counterpart} in the last hour reach outgoing.max_replies_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
-                self.cfg.max_replies_per_hour
-            ));
+        if let Some(held) = self.cap(&plan.answers, &outgoing, None, now) {
+            return Ok(held);
         }
-        let total = self.outbox.recent_all(now) + plan.answers.len();
-        if total >= self.cfg.max_answers_per_hour as usize {
-            return Ok(format!(
-                "not sent, held back by a cap: {total} automatic answers in the last hour reach outgoing.max_answers_per_hour = {}; the invitation stays unanswered in the store and can be answered later",
-                self.cfg.max_answers_per_hour
-            ));
-        }
-        let text = format!(
-            "{} to {}: {}",
-            if self.dry_run {
-                "would be queued"
-            } else {
-                "queued"
-            },
-            outgoing.to.join(", "),
-            outgoing.summary
-        );
+        let out = ReplyOutcome::queued(&outgoing, None, self.dry_run);
         plan.answers.push(outgoing);
-        if let Some(after) = object_after {
-            it.decision.object = Some(after);
-        }
-        Ok(text)
+        Ok(out)
+    }
+
+    /// Put an answer to an invitation into the plan: the message, my copy
+    /// with my answer, and what to remember.
+    fn take(&self, plan: &mut Plan, it: &mut Item, a: Answer) -> anyhow::Result<ReplyOutcome> {
+        Ok(match a {
+            Answer::Queue {
+                outgoing,
+                after,
+                note,
+                out,
+            } => {
+                plan.answers.push(outgoing);
+                plan.notes.push(note);
+                it.decision.object = Some(after);
+                out
+            }
+            Answer::Already { after, note, out } => {
+                // A replay: make sure my copy still records the answer.
+                if let Some(after) = after {
+                    if self.current(plan, &it.uid)?.as_ref() != Some(&after) {
+                        it.decision.object = Some(after);
+                    }
+                }
+                plan.notes.extend(note);
+                out
+            }
+            Answer::No(out) => out,
+        })
     }
 
     /// Carry out a plan in the crash-safe order: store, outbox and answered
@@ -829,6 +1080,7 @@ impl Processor {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Vec<(usize, String)>> {
         let mut files = Vec::new();
+        let written: Vec<String> = plan.writes.iter().map(|w| w.uid.clone()).collect();
         for w in plan.writes {
             let tz = c.objects.get(w.tz_source).map(|o| &o.ical);
             let location = self.store.put(&w.uid, &w.object, tz)?;
@@ -847,6 +1099,13 @@ impl Processor {
             let p = self.state.record_attention(method.as_str(), uid, text)?;
             tracing::info!(uid, %method, file = %p.display(), "kept for a person to act on");
         }
+        let declined: Vec<&str> = plan
+            .attention
+            .iter()
+            .filter(|(m, _, _)| *m == Method::DeclineCounter)
+            .map(|(_, uid, _)| uid.as_str())
+            .collect();
+        self.remember(&written, &plan.notes, &declined, now)?;
         if plan.quarantine && !origin.can_move {
             let p = self.state.quarantine(origin.source, raw)?;
             tracing::info!(file = %p.display(), "message quarantined");
@@ -890,40 +1149,6 @@ fn is_the_list(mail: &Mail, organizer: &str) -> bool {
     match org.split_once('@') {
         Some((local, domain)) => *id == format!("{local}.{domain}") || *id == org,
         None => false,
-    }
-}
-
-/// Whether my ATTENDEE in a component says RSVP=FALSE.
-fn rsvp_false(c: &Node, me: &str) -> bool {
-    c.entries.iter().any(|e| {
-        e.name == P::Attendee
-            && ical::cal_address(e).as_deref() == Some(me)
-            && ical::param(e, &Pn::Rsvp).is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
-    })
-}
-
-/// Set my PARTSTAT on the components an answer covers.
-fn set_my_partstat(
-    root: &mut Node,
-    me: &str,
-    partstat: &str,
-    rids: &[Option<Instant>],
-    inst: &Instances,
-) {
-    for c in root.children.iter_mut().filter(|c| c.is_scheduling()) {
-        if !rids.contains(&inst.rid(c)) {
-            continue;
-        }
-        for e in c.entries.iter_mut().filter(|e| e.name == P::Attendee) {
-            if ical::cal_address(e).as_deref() == Some(me) {
-                ical::set_param(
-                    e,
-                    Pn::Partstat,
-                    ICalendarParameterValue::Text(partstat.to_string()),
-                );
-                ical::remove_param(e, &Pn::Rsvp);
-            }
-        }
     }
 }
 

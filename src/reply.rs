@@ -35,6 +35,10 @@ pub struct Outgoing {
     pub counterpart: String,
     /// What it says, for people ("Bob accepted: Planning, ...").
     pub summary: String,
+    /// The iTIP method it carries (REPLY, COUNTER, DECLINECOUNTER, REQUEST);
+    /// empty in entries queued by older versions.
+    #[serde(default)]
+    pub method: String,
     /// The whole RFC 5322 message.
     pub message: String,
 }
@@ -59,6 +63,10 @@ pub struct ReplyRequest<'a> {
     /// The invitation mail, for threading.
     pub request: Option<&'a Mail>,
     pub now: DateTime<Utc>,
+    /// How many times the answer to this version changed before (0 for a
+    /// first answer): part of the key, so that a changed answer is a new
+    /// message and a repeated one is not.
+    pub generation: u32,
 }
 
 fn master(root: &Node) -> Option<&Node> {
@@ -138,7 +146,10 @@ pub fn build_reply(r: &ReplyRequest<'_>) -> anyhow::Result<Outgoing> {
     let uid = src.uid().unwrap_or_default();
     // One answer per request version (per component: its SEQUENCE and when
     // it happens) and per answer.
-    let key = key(&["REPLY", &uid, &versions.join(","), r.me, r.partstat]);
+    let mut key = key(&["REPLY", &uid, &versions.join(","), r.me, r.partstat]);
+    if r.generation > 0 {
+        key = self::key(&[&key, &r.generation.to_string()]);
+    }
     let verb = match r.partstat {
         "ACCEPTED" => "accepted",
         "DECLINED" => "declined",
@@ -375,6 +386,113 @@ pub fn build_refresh_answer(
     })
 }
 
+/// A COUNTER: another time I propose for an invitation (§3.2.7).
+pub struct CounterRequest<'a> {
+    /// The stored object.
+    pub object: &'a Node,
+    pub instances: &'a Instances,
+    /// The instance (`None`: the whole event).
+    pub rid: Option<Instant>,
+    /// My address as the event names it.
+    pub me: &'a str,
+    pub my_name: Option<&'a str>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub comment: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// COUNTER (§3.2.7): the component as I would have it, with the proposed
+/// DTSTART and DTEND (in UTC), a fresh DTSTAMP, the organizer's SEQUENCE,
+/// and me as the one ATTENDEE, to the organizer.
+pub fn build_counter(r: &CounterRequest<'_>) -> anyhow::Result<Outgoing> {
+    let derived;
+    let src = match r.instances.find(r.object, r.rid) {
+        Some(c) => c,
+        None => {
+            derived = engine::derive_override(r.object, r.rid, r.instances).ok_or_else(|| {
+                anyhow::anyhow!("cannot build COUNTER: the event has no such instance")
+            })?;
+            &derived
+        }
+    };
+    let mine = src
+        .entries
+        .iter()
+        .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(r.me))
+        .ok_or_else(|| anyhow::anyhow!("cannot build COUNTER: {} is not an attendee", r.me))?;
+    let org = src
+        .prop(&P::Organizer)
+        .ok_or_else(|| anyhow::anyhow!("cannot build COUNTER: the event has no ORGANIZER"))?;
+    let to = mail_address(org).ok_or_else(|| {
+        anyhow::anyhow!("cannot build COUNTER: the ORGANIZER has no mail address")
+    })?;
+    let mut c = Node {
+        kind: src.kind.clone(),
+        entries: Vec::new(),
+        children: Vec::new(),
+    };
+    for e in &src.entries {
+        let skip = matches!(
+            e.name,
+            P::Dtstart | P::Dtend | P::Duration | P::Dtstamp | P::Attendee | P::Comment
+        ) || matches!(&e.name, P::Other(n) if n.to_ascii_uppercase().starts_with("X-IMIPD"))
+            || (r.rid.is_some() && matches!(e.name, P::Rrule | P::Rdate | P::Exdate | P::Exrule));
+        if !skip {
+            c.entries.push(e.clone());
+        }
+    }
+    c.entries.push(ical::utc_entry(P::Dtstamp, r.now));
+    c.entries.push(ical::utc_entry(P::Dtstart, r.start));
+    c.entries.push(ical::utc_entry(P::Dtend, r.end));
+    let mut att = mine.clone();
+    ical::remove_param(&mut att, &Pn::Rsvp);
+    engine::strip_private(&mut att);
+    c.entries.push(att);
+    if let Some(text) = r.comment {
+        c.entries.push(ical::text_entry(P::Comment, text));
+    }
+    let mut root = Node::from_ical(&ical::new_calendar(Some("COUNTER")));
+    root.children.push(c);
+    let mut ical = root.into_ical();
+    ical.add_missing_timezones();
+    let ics = ical::to_string(&ical);
+    let uid = src.uid().unwrap_or_default();
+    let title = src.text(&P::Summary).unwrap_or_else(|| "(no title)".into());
+    let key = key(&[
+        "COUNTER",
+        &uid,
+        &r.rid.map(|i| i.canonical()).unwrap_or_default(),
+        &src.sequence().to_string(),
+        &r.start.timestamp().to_string(),
+        &r.end.timestamp().to_string(),
+        r.me,
+    ]);
+    let who = r
+        .my_name
+        .map(str::to_string)
+        .unwrap_or_else(|| r.me.trim_start_matches("mailto:").to_string());
+    let proposed = format!(
+        "{} – {} UTC",
+        r.start.format("%a %-d %b %Y %H:%M"),
+        r.end.format("%a %-d %b %Y %H:%M")
+    );
+    let summary = format!("{who} proposes a new time for: {title}, {proposed}");
+    outgoing(MailParts {
+        from: r.me.trim_start_matches("mailto:"),
+        from_name: r.my_name,
+        to: &to,
+        subject: &format!("New time proposed: {title}"),
+        text: &summary,
+        comment: r.comment,
+        method: "COUNTER",
+        ics: &ics,
+        key: &key,
+        request: None,
+        now: r.now,
+    })
+}
+
 struct MailParts<'a> {
     from: &'a str,
     from_name: Option<&'a str>,
@@ -398,6 +516,7 @@ fn outgoing(p: MailParts<'_>) -> anyhow::Result<Outgoing> {
         to: vec![p.to.to_string()],
         counterpart: p.to.to_string(),
         summary: p.text.to_string(),
+        method: p.method.to_string(),
         message,
     })
 }

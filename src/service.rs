@@ -61,6 +61,8 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    let edits = (cfg.answer_edits && !opts.dry_run)
+        .then(|| tokio::spawn(edits(actor.clone(), shutdown.clone(), handled.clone())));
     drop(actor);
     let outbox = tokio::spawn(outbox(
         cfg.clone(),
@@ -69,6 +71,9 @@ pub async fn serve(
         handled.clone(),
     ));
     for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(t) = edits {
         let _ = t.await;
     }
     handled.notify_one();
@@ -111,6 +116,25 @@ async fn account(mut source: AnySource, mut handler: Actor, reporter: Reporter, 
         }
     }
     source.close().await;
+}
+
+/// How often `run` looks for changes made in the calendar.
+pub const EDITS_EVERY: Duration = Duration::from_secs(2);
+
+/// Answers the changes another program makes in the calendar (`[store]
+/// answer_edits`): every [`EDITS_EVERY`], through the processor thread
+/// (the one writer), then has the outbox sent.
+async fn edits(actor: Actor, stop: Shutdown, handled: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EDITS_EVERY) => {}
+            _ = stop.wait() => return,
+        }
+        if stop.is_set() || !actor.edits().await {
+            return;
+        }
+        handled.notify_one();
+    }
 }
 
 /// Sends what the outbox holds: when something was handled, and every 30

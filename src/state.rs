@@ -49,51 +49,41 @@ impl State {
     pub fn open(dir: &Path, lock_timeout: Duration) -> anyhow::Result<State> {
         create_private_dir(dir)
             .map_err(|e| anyhow::anyhow!("cannot create state folder {}: {e}", dir.display()))?;
-        let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot open lock file {}: {}",
-                    lock_path.display(),
-                    explain_link(e)
-                )
-            })?;
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) => {
-                    let waited = start.elapsed();
-                    if waited >= lock_timeout {
-                        return Err(LockBusy {
-                            dir: dir.to_path_buf(),
-                            waited,
-                        }
-                        .into());
-                    }
-                    if waited.is_zero() {
-                        tracing::debug!(state = %dir.display(), "another imipd holds the lock; waiting");
-                    }
-                    std::thread::sleep(pause.min(lock_timeout - waited));
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                Err(fs::TryLockError::Error(e)) => {
-                    anyhow::bail!("cannot lock state folder {}: {e}", dir.display())
-                }
-            }
-        }
+        let lock = take_lock(dir, "lock", lock_timeout)?;
+        // `respond` may be writing (it holds only the write lock): clean up
+        // under that lock, so that its temp files are not taken for a
+        // killed run's.
+        let write = take_lock(dir, "write.lock", lock_timeout)?;
         tighten(dir, 0);
+        drop(write);
         Ok(State {
             dir: dir.to_path_buf(),
             _lock: Some(lock),
+        })
+    }
+
+    /// Open the folder for a command that changes the store and the state
+    /// now and then beside a running service (`respond`, `counter`, `mcp`):
+    /// the process lock is not taken (the service holds it); every change
+    /// is made under [`State::write_lock`] instead. Nothing is tightened or
+    /// cleaned here: the service may be writing.
+    pub fn open_shared(dir: &Path) -> anyhow::Result<State> {
+        create_private_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create state folder {}: {e}", dir.display()))?;
+        Ok(State {
+            dir: dir.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Take the write lock (`STATE/write.lock`), which every imipd holds
+    /// while it changes the store, the state or the outbox: the processor
+    /// for each message, `respond` and `counter` for their answer. It is
+    /// let go when the returned guard is dropped. Waits up to `timeout`
+    /// for another imipd ([`LockBusy`] then).
+    pub fn write_lock(&self, timeout: Duration) -> anyhow::Result<WriteLock> {
+        Ok(WriteLock {
+            _file: take_lock(&self.dir, "write.lock", timeout)?,
         })
     }
 
@@ -213,6 +203,57 @@ impl State {
         };
         let name = write_new(&d, raw, |i| format!("{stamp}-{label}-{}.eml", i + 1))?;
         Ok(d.join(name))
+    }
+}
+
+/// The write lock, held until dropped (see [`State::write_lock`]).
+pub struct WriteLock {
+    _file: File,
+}
+
+/// Take an exclusive lock on `DIR/NAME` (created 0600, never through a
+/// symbolic link), waiting up to `timeout` for another imipd to let it go.
+pub fn take_lock(dir: &Path, name: &str, timeout: Duration) -> anyhow::Result<File> {
+    let lock_path = dir.join(name);
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open lock file {}: {}",
+                lock_path.display(),
+                explain_link(e)
+            )
+        })?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) => {
+                let waited = start.elapsed();
+                if waited >= timeout {
+                    return Err(LockBusy {
+                        dir: dir.to_path_buf(),
+                        waited,
+                    }
+                    .into());
+                }
+                if waited.is_zero() {
+                    tracing::debug!(lock = %lock_path.display(), "another imipd holds the lock; waiting");
+                }
+                std::thread::sleep(pause.min(timeout - waited));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                anyhow::bail!("cannot lock state folder {}: {e}", dir.display())
+            }
+        }
     }
 }
 

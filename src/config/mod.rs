@@ -130,6 +130,9 @@ pub struct Config {
     pub file: Option<PathBuf>,
     pub identity: Identity,
     pub store: PathBuf,
+    /// Answer when another program changes my PARTSTAT in a stored
+    /// invitation, or deletes an upcoming one (`[store] answer_edits`).
+    pub answer_edits: bool,
     pub state: PathBuf,
     /// How long `process`, `once` and `run` wait for another imipd to let
     /// go of the state lock before giving up with exit status 75.
@@ -162,6 +165,7 @@ impl Config {
                 trusted_sent_by: Vec::new(),
             },
             store: PathBuf::from("calendar"),
+            answer_edits: true,
             state: PathBuf::from("state"),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             outgoing: None,
@@ -174,6 +178,29 @@ impl Config {
             trusted_authserv_ids: Vec::new(),
             trust: crate::trust::Trust::default(),
         }
+    }
+}
+
+impl Config {
+    /// The configuration as one account's person sees it (`--account NAME`):
+    /// whose invitations, which store, which identity. Today every account
+    /// shares the one identity and store, so this is the configuration
+    /// itself; a name that is no account is an error.
+    pub fn for_account(&self, account: Option<&str>) -> anyhow::Result<Config> {
+        if let Some(name) = account {
+            if !self.accounts.iter().any(|a| a.name == name) {
+                let known: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
+                anyhow::bail!(
+                    "cannot use account `{name}`: the configuration has no such account (it has: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
+        Ok(self.clone())
     }
 }
 

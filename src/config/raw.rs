@@ -58,6 +58,7 @@ pub(super) struct RawIdentity {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub(super) path: Spanned<String>,
+    pub(super) answer_edits: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -335,14 +335,14 @@ impl Validator<'_> {
             if let Some(p) = policies.iter().find(|p| {
                 matches!(
                     p.action,
-                    Action::Accept | Action::Decline | Action::Tentative
+                    Action::Accept | Action::Decline | Action::Tentative | Action::Command
                 )
             }) {
                 return Err(self.err(
                     "outgoing",
                     None,
                     format!(
-                        "policy `{}` answers ({}), so an [outgoing] section must say how replies are sent",
+                        "policy `{}` answers ({}; a command may answer), so an [outgoing] section must say how replies are sent",
                         p.name,
                         p.action.as_str()
                     ),
@@ -378,6 +378,7 @@ impl Validator<'_> {
             file: Some(self.file.clone()),
             identity,
             store,
+            answer_edits: raw.store.answer_edits.unwrap_or(true),
             state,
             lock_timeout,
             outgoing,

@@ -27,6 +27,9 @@ pub enum Action {
     File,
     Ignore,
     Quarantine,
+    /// Ask a program (the policy's `command`): it answers with one of the
+    /// others.
+    Command,
 }
 
 impl Action {
@@ -47,6 +50,7 @@ impl Action {
             Action::File => "file",
             Action::Ignore => "ignore",
             Action::Quarantine => "quarantine",
+            Action::Command => "command",
         }
     }
 
@@ -86,14 +90,36 @@ pub struct Policy {
     pub matchers: Vec<Matcher>,
     pub action: Action,
     pub comment: Option<String>,
+    /// For `action = "command"`: the program that decides.
+    pub hook: Option<Hook>,
 }
+
+/// A decision hook: a program that reads the invitation as JSON and says
+/// what to do with it (`action = "command"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// The program and its arguments (no shell).
+    pub command: Vec<String>,
+    /// How long it may take (default 30 s); then it is killed.
+    pub timeout: std::time::Duration,
+    /// What to do when it fails: times out, exits non-zero, or prints
+    /// something that is not a decision (default `file`).
+    pub fallback: Action,
+}
+
+/// The default time a decision hook may take.
+pub const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The rule that decided, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     /// The policy's name; `default` when none matched.
     pub policy: String,
+    /// `command` until the hook (in [`Verdict::hook`]) has answered.
     pub action: Action,
+    /// The hook to ask, for `action = "command"`.
+    #[serde(skip)]
+    pub hook: Option<Hook>,
     pub comment: Option<String>,
     /// The matchers that matched, as words ("method REQUEST, organizer
     /// alice@example.com matches *@example.com").
@@ -115,6 +141,7 @@ pub fn decide(rules: &[Policy], f: &Facts<'_>) -> Verdict {
             return Verdict {
                 policy: r.name.clone(),
                 action: r.action,
+                hook: r.hook.clone(),
                 comment: r.comment.clone(),
                 why: if why.is_empty() {
                     "it matches every message".into()
@@ -127,6 +154,7 @@ pub fn decide(rules: &[Policy], f: &Facts<'_>) -> Verdict {
     Verdict {
         policy: "default".into(),
         action: Action::File,
+        hook: None,
         comment: None,
         why: "no policy matched".into(),
     }
@@ -150,7 +178,9 @@ pub struct PolicyError {
 pub type RawPolicy = std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The keys of a `[[policy]]` that are not matchers.
-const OWN_KEYS: [&str; 3] = ["name", "action", "comment"];
+const OWN_KEYS: [&str; 6] = [
+    "name", "action", "comment", "command", "timeout", "fallback",
+];
 
 /// Compile one `[[policy]]` table, given the policies before it (a policy
 /// that can never match is an error).
@@ -189,16 +219,21 @@ pub fn compile(
             format!("policy `{name}` needs an action"),
         )
     })?;
-    let action = Action::parse(&action_text).ok_or_else(|| {
-        err(
-            "action",
-            Some(action_span),
-            format!(
-                "policy `{name}`: unknown action `{action_text}`, expected accept, decline, tentative, file, ignore or quarantine"
-            ),
-        )
-    })?;
+    let action = if action_text.trim().eq_ignore_ascii_case("command") {
+        Action::Command
+    } else {
+        Action::parse(&action_text).ok_or_else(|| {
+            err(
+                "action",
+                Some(action_span.clone()),
+                format!(
+                    "policy `{name}`: unknown action `{action_text}`, expected accept, decline, tentative, file, ignore, quarantine or command"
+                ),
+            )
+        })?
+    };
     let comment = text("comment")?.map(|(c, _)| c);
+    let hook = compile_hook(raw, &name, action, action_span, table.span())?;
     let mut matchers = Vec::new();
     for (key, value) in raw {
         let k = key.get_ref().as_str();
@@ -230,6 +265,7 @@ pub fn compile(
         matchers,
         action,
         comment,
+        hook,
     };
     if let Some(why) = never_matches(&policy, earlier) {
         return Err(PolicyError {
@@ -239,6 +275,108 @@ pub fn compile(
         });
     }
     Ok(policy)
+}
+
+/// The `command`, `timeout` and `fallback` of a policy: required (the
+/// first) with `action = "command"`, refused without it.
+fn compile_hook(
+    raw: &RawPolicy,
+    name: &str,
+    action: Action,
+    action_span: std::ops::Range<usize>,
+    table_span: std::ops::Range<usize>,
+) -> Result<Option<Hook>, PolicyError> {
+    let err = |key: &str, span: std::ops::Range<usize>, message: String| PolicyError {
+        key: format!("policy.{key}"),
+        span: Some(span),
+        message,
+    };
+    let get = |k: &str| raw.iter().find(|(key, _)| key.get_ref() == k);
+    if action != Action::Command {
+        if let Some((k, v)) = ["command", "timeout", "fallback"]
+            .iter()
+            .find_map(|k| get(k))
+        {
+            return Err(err(
+                k.get_ref(),
+                v.span(),
+                format!(
+                    "policy `{name}`: `{}` belongs to action = \"command\"",
+                    k.get_ref()
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some((_, cmd)) = get("command") else {
+        return Err(err(
+            "command",
+            table_span,
+            format!(
+                "policy `{name}`: action = \"command\" needs command = [\"program\", \"argument\", ...]"
+            ),
+        ));
+    };
+    let command: Vec<String> = match cmd.get_ref() {
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if command.is_empty() || command[0].trim().is_empty() {
+        return Err(err(
+            "command",
+            cmd.span(),
+            format!(
+                "policy `{name}`: command must be a list of strings, the program first: [\"program\", \"argument\", ...]"
+            ),
+        ));
+    }
+    let timeout = match get("timeout") {
+        None => HOOK_TIMEOUT,
+        Some((_, v)) => {
+            let d = match v.get_ref() {
+                toml::Value::Integer(n) if *n > 0 => {
+                    Some(std::time::Duration::from_secs(*n as u64))
+                }
+                toml::Value::String(t) => crate::time::parse_duration(t).filter(|d| !d.is_zero()),
+                _ => None,
+            };
+            d.ok_or_else(|| {
+                err(
+                    "timeout",
+                    v.span(),
+                    format!(
+                        "policy `{name}`: timeout must be a positive number of seconds or a duration like \"30s\""
+                    ),
+                )
+            })?
+        }
+    };
+    let fallback = match get("fallback") {
+        None => Action::File,
+        Some((_, v)) => v
+            .get_ref()
+            .as_str()
+            .and_then(Action::parse)
+            .ok_or_else(|| {
+                err(
+                    "fallback",
+                    v.span(),
+                    format!(
+                        "policy `{name}`: fallback must be one of accept, decline, tentative, file, ignore, quarantine"
+                    ),
+                )
+            })?,
+    };
+    let _ = action_span;
+    Ok(Some(Hook {
+        command,
+        timeout,
+        fallback,
+    }))
 }
 
 /// Why a policy can never take effect, if it cannot: an earlier policy

@@ -268,3 +268,60 @@ fn unreachable_policies_are_refused() {
             .unwrap_err();
     assert!(e.message.contains("can never accept"), "{e:?}");
 }
+
+#[test]
+fn a_command_policy_needs_its_program_and_checks_its_keys() {
+    let r = rules(
+        "[[policy]]\nname = \"bot\"\naction = \"command\"\ncommand = [\"/bin/decide\", \"-v\"]\ntimeout = \"5s\"\nfallback = \"tentative\"\n",
+    )
+    .unwrap();
+    let hook = r[0].hook.as_ref().unwrap();
+    assert_eq!(hook.command, ["/bin/decide", "-v"]);
+    assert_eq!(hook.timeout, std::time::Duration::from_secs(5));
+    assert_eq!(hook.fallback, Action::Tentative);
+    let (c, o) = (comps(), originator());
+    let v = decide(&r, &facts(&c, &o));
+    assert_eq!(v.action, Action::Command);
+    assert!(v.hook.is_some());
+    // Defaults: 30 s, file.
+    let r = rules("[[policy]]\nname = \"bot\"\naction = \"command\"\ncommand = [\"x\"]\n").unwrap();
+    let hook = r[0].hook.as_ref().unwrap();
+    assert_eq!((hook.timeout, hook.fallback), (HOOK_TIMEOUT, Action::File));
+    for (text, key, says) in [
+        ("action = \"command\"\n", "policy.command", "needs command"),
+        (
+            "action = \"command\"\ncommand = []\n",
+            "policy.command",
+            "list of strings",
+        ),
+        (
+            "action = \"command\"\ncommand = \"x\"\n",
+            "policy.command",
+            "list of strings",
+        ),
+        (
+            "action = \"command\"\ncommand = [\"x\"]\ntimeout = 0\n",
+            "policy.timeout",
+            "positive",
+        ),
+        (
+            "action = \"command\"\ncommand = [\"x\"]\nfallback = \"command\"\n",
+            "policy.fallback",
+            "fallback must be",
+        ),
+        (
+            "action = \"file\"\ncommand = [\"x\"]\n",
+            "policy.command",
+            "belongs to action",
+        ),
+        (
+            "action = \"accept\"\ntimeout = 3\n",
+            "policy.timeout",
+            "belongs to action",
+        ),
+    ] {
+        let e = rules(&format!("[[policy]]\nname = \"r\"\n{text}")).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e:?}");
+        assert!(e.message.contains(says), "{text}: {e:?}");
+    }
+}

@@ -2,6 +2,7 @@
 //! small rules (mailing lists, RSVP=FALSE, who speaks).
 
 use super::*;
+use crate::answer::rsvp_false;
 
 const CONFIG: &str = "[identity]\naddresses = [\"bob@example.com\"]\n\
     [store]\npath = \"calendar\"\n[state]\npath = \"state\"\n\
@@ -41,8 +42,9 @@ fn a_plan_writes_nothing_and_execute_writes_in_order() {
     assert_eq!(plan.answers.len(), 1);
     assert!(plan.results[0]
         .reply
-        .as_deref()
+        .as_ref()
         .unwrap()
+        .text
         .starts_with("queued"));
     // Deciding wrote nothing.
     assert!(p.store.get("p1@x").unwrap().is_none());
@@ -69,8 +71,9 @@ fn a_dry_run_reports_the_plan_and_creates_nothing() {
     assert_eq!(o.results[0].effect, Effect::Created);
     assert!(o.results[0]
         .reply
-        .as_deref()
+        .as_ref()
         .unwrap()
+        .text
         .starts_with("would be queued"));
     assert!(o.results[0]
         .location
@@ -92,8 +95,9 @@ fn the_same_message_twice_is_answered_once() {
     assert_eq!(again.results[0].effect, Effect::Unchanged);
     assert!(again.results[0]
         .reply
-        .as_deref()
+        .as_ref()
         .unwrap()
+        .text
         .contains("already answered"));
     assert_eq!(p.outbox.pending().unwrap().len(), 1);
 }

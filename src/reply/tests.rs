@@ -73,6 +73,7 @@ fn build(partstat: &str, rids: &[Option<String>], comment: Option<&str>) -> Outg
         comment,
         request: Some(&request),
         now: now(),
+        generation: 0,
     })
     .unwrap()
 }
@@ -282,6 +283,7 @@ fn not_an_attendee_cannot_reply() {
         comment: None,
         request: None,
         now: now(),
+        generation: 0,
     });
     assert!(r.is_err());
 }

@@ -44,6 +44,10 @@ pub trait CalendarStore: Send {
     /// spans. Busy: not transparent, not cancelled, not declined by me.
     /// Looked at from about the query's `now` to a year ahead.
     fn busy_overlap(&mut self, q: &BusyQuery<'_>) -> anyhow::Result<Option<BusySpan>>;
+
+    /// Every other event with busy time that overlaps one of the query's
+    /// spans, each once with its first such span, at most `limit` of them.
+    fn busy_overlaps(&mut self, q: &BusyQuery<'_>, limit: usize) -> anyhow::Result<Vec<BusySpan>>;
 }
 
 /// What [`CalendarStore::busy_overlap`] is asked.

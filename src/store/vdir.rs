@@ -635,7 +635,30 @@ impl super::CalendarStore for Vdir {
         &mut self,
         q: &super::BusyQuery<'_>,
     ) -> anyhow::Result<Option<super::BusySpan>> {
-        let (identity, now) = (q.identity, q.now);
+        self.busy_index(q.identity, q.now)?;
+        Ok(self
+            .busy
+            .as_ref()
+            .and_then(|c| c.busy.overlaps(q.spans, q.exclude_uid)))
+    }
+
+    fn busy_overlaps(
+        &mut self,
+        q: &super::BusyQuery<'_>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<super::BusySpan>> {
+        self.busy_index(q.identity, q.now)?;
+        Ok(self
+            .busy
+            .as_ref()
+            .map(|c| c.busy.overlaps_all(q.spans, q.exclude_uid, limit))
+            .unwrap_or_default())
+    }
+}
+
+impl Vdir {
+    /// Build the busy index, or again when the store changed under it.
+    fn busy_index(&mut self, identity: &Identity, now: i64) -> anyhow::Result<()> {
         let changes = self.changes();
         let stale = match &self.busy {
             None => true,
@@ -653,10 +676,7 @@ impl super::CalendarStore for Vdir {
                 identity: identity.clone(),
             });
         }
-        Ok(self
-            .busy
-            .as_ref()
-            .and_then(|c| c.busy.overlaps(q.spans, q.exclude_uid)))
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ fn invitation(uid: &str, organizer_line: &str, extra: &[&str]) -> String {
 }
 
 fn reply_text(o: &serde_json::Value) -> String {
-    first(o)["reply"].as_str().unwrap_or("").to_string()
+    first(o)["reply"]["text"].as_str().unwrap_or("").to_string()
 }
 
 /// RFC 6047 §3 / RFC 2447 §3: the calendar user decides before changes from

@@ -1035,3 +1035,149 @@ fn a_kill_at_every_durable_step_loses_no_answer() {
         failures.join("\n")
     );
 }
+
+/// The same claim for `imipd respond` (issue 14): killed at every fsync,
+/// fdatasync, rename and unlink in turn — while answering an invitation
+/// the first time, and while changing that answer — then run again, and
+/// followed by `once` (which answers edits made in the calendar). Each time
+/// exactly one REPLY per answer is sent (none lost, none twice) and my
+/// copy in the store says the last answer.
+#[test]
+fn a_kill_at_every_durable_step_of_respond_sends_one_reply() {
+    assert!(
+        std::process::Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok(),
+        "strace is not installed (apt-get install strace; scripts/test does it)"
+    );
+    let cfg = "[outgoing]\ntransport = \"file\"\npath = \"sent\"\n";
+    let invite = itip(
+        9101,
+        "Alice <alice@example.com>",
+        "REQUEST",
+        &[
+            "UID:respond-steps@example.com".into(),
+            "SEQUENCE:0".into(),
+            "DTSTAMP:20261120T100000Z".into(),
+            "DTSTART;TZID=Europe/Berlin:20261201T100000".into(),
+            "DURATION:PT1H".into(),
+            "SUMMARY:Steps".into(),
+            "ORGANIZER:mailto:alice@example.com".into(),
+            "ATTENDEE;RSVP=TRUE:mailto:bob@example.com".into(),
+        ],
+    );
+    let uid = "respond-steps@example.com";
+    // The answers sent: the PARTSTAT of each .eml of the file transport.
+    let sent = |env: &Env| -> Vec<String> {
+        dir_files(&env.path("sent"))
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with('.'))
+            .map(|(_, m)| {
+                calendar_vevents(&m)
+                    .first()
+                    .and_then(|v| {
+                        ["ACCEPTED", "DECLINED", "TENTATIVE"]
+                            .into_iter()
+                            .find(|p| v.contains(&format!("PARTSTAT={p}")))
+                    })
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    };
+    let respond = |env: &Env, answer: &str| {
+        imipd()
+            .args(["respond", "--config"])
+            .arg(&env.config)
+            .args([uid, answer])
+            .output()
+            .unwrap()
+    };
+    let mut failures = Vec::new();
+    let mut steps = 0;
+    // (answers given before, the answer killed, what must be sent in all)
+    for (before, answer, want) in [
+        (vec![], "accept", vec!["ACCEPTED"]),
+        (vec!["accept"], "decline", vec!["ACCEPTED", "DECLINED"]),
+    ] {
+        for syscall in [
+            "fsync",
+            "fdatasync",
+            "rename,renameat,renameat2",
+            "unlink,unlinkat",
+        ] {
+            for k in 1.. {
+                let env = Env::new(cfg);
+                let m = env.message("invite.eml", &invite);
+                let (_, out) = env.process(&[&m]);
+                assert!(out.status.success());
+                for b in &before {
+                    assert!(respond(&env, b).status.success());
+                }
+                let status = std::process::Command::new("strace")
+                    .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                    .arg(format!("trace={syscall}"))
+                    .arg("-e")
+                    .arg(format!("inject={syscall}:signal=KILL:when={k}"))
+                    .arg(env!("CARGO_BIN_EXE_imipd"))
+                    .env("IMIPD_NOW", TEST_NOW)
+                    .args(["respond", "--config"])
+                    .arg(&env.config)
+                    .args([uid, answer])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                let killed = {
+                    use std::os::unix::process::ExitStatusExt;
+                    status.signal() == Some(9) || status.code() == Some(137)
+                };
+                if !killed {
+                    assert!(status.success(), "{answer} {syscall} #{k}: {status}");
+                    break;
+                }
+                steps += 1;
+                // The restart: the person (or bot) answers again, and the
+                // next pass looks at the calendar.
+                let again = respond(&env, answer);
+                let once = imipd()
+                    .args(["once", "--config"])
+                    .arg(&env.config)
+                    .output()
+                    .unwrap();
+                let got = sent(&env);
+                let mut sorted = got.clone();
+                sorted.sort();
+                let mut want_sorted: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+                want_sorted.sort();
+                let last = want.last().unwrap();
+                let store_ok =
+                    stored(&env, uid).is_some_and(|t| t.contains(&format!("PARTSTAT={last}")));
+                if sorted != want_sorted
+                    || !store_ok
+                    || !again.status.success()
+                    || !once.status.success()
+                {
+                    failures.push(format!(
+                        "{answer} killed at {syscall} #{k}: sent {got:?} (want {want:?}), store {}; the rerun said {}",
+                        if store_ok { "as expected" } else { "DIFFERENT" },
+                        String::from_utf8_lossy(&again.stderr).trim()
+                    ));
+                }
+                assert!(k < 100, "more than 100 {syscall} calls for one answer?");
+            }
+        }
+    }
+    figure("respond crash steps: durable steps killed at", steps);
+    figure(
+        "respond crash steps: kills after which a REPLY was lost, sent twice, or the store differed",
+        failures.len(),
+    );
+    assert!(steps > 0, "no durable step was killed");
+    assert!(
+        failures.is_empty(),
+        "a kill at these steps loses or repeats something:\n{}",
+        failures.join("\n")
+    );
+}

@@ -324,7 +324,7 @@ fn hostile_spoofed_cancel_request_and_organizer_change_change_nothing() {
     let res = result(o);
     assert_eq!(res["effect"], "created", "{o}");
     assert!(
-        res["reply"]
+        res["reply"]["text"]
             .as_str()
             .unwrap()
             .contains("not shown to be its organizer"),
@@ -356,7 +356,7 @@ fn hostile_spoofed_cancel_request_and_organizer_change_change_nothing() {
             "{id}: the reason should say \"{why}\": {o}"
         );
         assert!(res["file"].is_null(), "{id}: {o}");
-        if let Some(reply) = res["reply"].as_str() {
+        if let Some(reply) = res["reply"]["text"].as_str() {
             assert!(reply.starts_with("not sent"), "{id}: {o}");
         }
     }
@@ -672,7 +672,7 @@ fn hostile_10000_attendees() {
     assert_eq!(result(o)["effect"], "created", "{o}");
     let o = r.outcome("many-not-me@a");
     assert!(
-        result(o)["reply"]
+        result(o)["reply"]["text"]
             .as_str()
             .is_some_and(|s| s.contains("not an attendee")),
         "{o}"
@@ -883,7 +883,7 @@ fn hostile_flood_from_one_organizer_is_capped() {
         .outcomes
         .iter()
         .filter(|o| {
-            result(o)["reply"]
+            result(o)["reply"]["text"]
                 .as_str()
                 .is_some_and(|s| s.contains("max_replies_per_hour"))
         })

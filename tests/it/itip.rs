@@ -130,7 +130,7 @@ fn instances_are_instants_not_text() {
     ));
     assert_eq!(first(&o)["effect"], "unchanged", "{o}");
     assert!(
-        first(&o)["reply"]
+        first(&o)["reply"]["text"]
             .as_str()
             .unwrap()
             .contains("already answered"),
@@ -376,7 +376,10 @@ fn one_reply_answers_every_component_that_asks_me() {
         ],
     ));
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     let sent = env.sent_in("outbox");
@@ -604,7 +607,7 @@ fn delegation_as_delegate() {
         "{o}"
     );
     assert!(
-        first(&o)["reply"]
+        first(&o)["reply"]["text"]
             .as_str()
             .unwrap()
             .starts_with("queued to alice@example.com"),
@@ -624,7 +627,10 @@ fn delegation_as_delegate() {
     ));
     assert_eq!(first(&o)["effect"], "created", "{o}");
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("not sent"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("not sent"),
         "{o}"
     );
     assert!(env.sent_in("outbox").is_empty());
@@ -698,7 +704,10 @@ fn a_moved_event_is_asked_again_even_at_the_same_sequence() {
     let o = env.one(&mail(ALICE, "REQUEST", &[moved]));
     assert_eq!(first(&o)["effect"], "updated", "{o}");
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     assert_eq!(env.sent_in("outbox").len(), 2);
@@ -861,7 +870,13 @@ fn an_invitation_for_the_past_is_filed_not_answered() {
         .replace("COUNT=10", "COUNT=3");
     let o = env.one(&mail(ALICE, "REQUEST", &[past]));
     assert_eq!(first(&o)["effect"], "created", "{o}");
-    assert!(first(&o)["reply"].as_str().unwrap().contains("over"), "{o}");
+    assert!(
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("over"),
+        "{o}"
+    );
     assert!(env.sent_in("outbox").is_empty());
     // A series that started long ago and goes on is answered.
     let ongoing = series("ongoing-1@example.com", 0, "20261120T100000Z", &[])
@@ -869,7 +884,10 @@ fn an_invitation_for_the_past_is_filed_not_answered() {
         .replace(";COUNT=10", "");
     let o = env.one(&mail(ALICE, "REQUEST", &[ongoing]));
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
 }
@@ -928,7 +946,10 @@ fn a_refresh_answer_carries_only_the_requesters_components() {
     );
     let o = env.one(&refresh);
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     let sent = env.sent_in("outbox");

@@ -17,6 +17,7 @@ mod imap;
 mod imap_hardening;
 mod itip;
 mod khal;
+mod later;
 mod load;
 mod replies;
 mod robustness;

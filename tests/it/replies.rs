@@ -49,7 +49,10 @@ fn run(env: &Env, raws: &[&str]) -> Vec<Value> {
 }
 
 fn reply_of(v: &Value) -> String {
-    v["results"][0]["reply"].as_str().unwrap_or("").to_string()
+    v["results"][0]["reply"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn classify_file(path: &Path) -> Value {

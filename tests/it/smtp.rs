@@ -159,7 +159,7 @@ fn receiver_down_then_up_delivers_later_exactly_once() {
     assert!(v
         .iter()
         .filter(|l| l.get("results").is_some())
-        .all(|l| !l["results"][0]["reply"]
+        .all(|l| !l["results"][0]["reply"]["text"]
             .as_str()
             .unwrap_or("")
             .starts_with("queued")));
