@@ -137,7 +137,10 @@ fn smime_signed_by_the_organizer_is_proven() {
     assert_eq!(proof(&o), "smime", "{o}");
     assert_eq!(first(&o)["policy"], "signed", "{o}");
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     assert_eq!(o["signatures"][0]["verified"], true, "{o}");
@@ -362,7 +365,10 @@ fn trusted_relay_with_and_without_dkim() {
         "{o}"
     );
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     // Its later CANCEL for the same UID, through the same relay, applies.
@@ -383,7 +389,7 @@ fn trusted_relay_with_and_without_dkim() {
         "{o}"
     );
     assert!(
-        !first(&o)["reply"]
+        !first(&o)["reply"]["text"]
             .as_str()
             .unwrap_or("not sent")
             .starts_with("queued"),
@@ -427,7 +433,10 @@ fn require_authenticated_refuses_unproven_changes() {
     let o = env.one(&signed_req);
     assert_eq!(first(&o)["effect"], "created", "{o}");
     assert!(
-        first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
 
@@ -474,7 +483,10 @@ fn require_authenticated_refuses_unproven_changes() {
         "{o}"
     );
     assert!(
-        !first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+        !first(&o)["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("queued"),
         "{o}"
     );
     assert!(stored(&env, "q2@example.com")
@@ -502,7 +514,10 @@ fn signed_replies_verify_with_openssl_and_gpg() {
             &[event("g1@example.com", 0, "alice@example.com")],
         ));
         assert!(
-            first(&o)["reply"].as_str().unwrap().starts_with("queued"),
+            first(&o)["reply"]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("queued"),
             "{o}"
         );
         let sent = env.sent_in("outbox");
