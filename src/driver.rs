@@ -3,12 +3,13 @@
 //! Lines on standard output with `--json`), and the exit status of the
 //! contract. The batch commands `process` (files or standard input) and
 //! `once` (every account) are a pass each, then the outbox is sent; `run`
-//! ([`crate::service`]) repeats passes with the processor on a thread of
-//! its own ([`Actor`]).
+//! ([`crate::service`]) repeats passes with each person's processor behind
+//! an [`Actor`]. One processor per person ([`Config::people`]): an
+//! account's messages go to its person's processor only.
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{Config, Source as SourceConfig};
 use crate::outbox::{SendReport, Transport};
@@ -126,14 +127,13 @@ impl Handler for Direct<'_> {
     }
 }
 
-type Job = (Incoming, oneshot::Sender<MessageOutcome>);
-
-/// The processor on a thread of its own, shared by every account of the
-/// service through a channel: one message at a time, in the order asked,
-/// without a lock around it.
+/// One person's processor for the service, shared by that person's
+/// accounts: each message runs on the runtime's blocking threads (so a
+/// slow store holds up only this person), one at a time per person, in the
+/// order asked.
 #[derive(Clone)]
 pub struct Actor {
-    jobs: mpsc::Sender<Job>,
+    processor: Arc<std::sync::Mutex<Processor>>,
     reporter: Reporter,
     dry_run: bool,
     /// Told when a message was handled (the outbox may have something new).
@@ -141,45 +141,35 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// Open the processor here (so that a busy lock or a broken store is
-    /// reported at once), then hand it to its thread. The thread ends when
-    /// every [`Actor`] is dropped.
+    /// Open the processor here, so that a busy lock or a broken store is
+    /// reported at once. It is closed (the lock let go) when the last
+    /// [`Actor`] of it is dropped.
     pub fn spawn(
         cfg: Arc<Config>,
         reporter: Reporter,
         handled: Arc<Notify>,
-    ) -> anyhow::Result<(Actor, std::thread::JoinHandle<()>)> {
+    ) -> anyhow::Result<Actor> {
         let dry_run = reporter.opts.dry_run;
-        let mut processor = Processor::open(cfg, dry_run)?;
-        let (tx, mut rx) = mpsc::channel::<Job>(1);
-        let thread = std::thread::Builder::new()
-            .name("imipd-processor".into())
-            .spawn(move || {
-                while let Some((m, reply)) = rx.blocking_recv() {
-                    let _ = reply.send(processor.process_from(&m.raw, m.origin()));
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the processor thread: {e}"))?;
-        Ok((
-            Actor {
-                jobs: tx,
-                reporter,
-                dry_run,
-                handled,
-            },
-            thread,
-        ))
+        let processor = Processor::open(cfg, dry_run)?;
+        Ok(Actor {
+            processor: Arc::new(std::sync::Mutex::new(processor)),
+            reporter,
+            dry_run,
+            handled,
+        })
     }
 }
 
 impl Handler for Actor {
     async fn handle(&mut self, m: Incoming) -> MessageOutcome {
         let source = m.source.clone();
-        let (tx, rx) = oneshot::channel();
-        let o = match self.jobs.send((m, tx)).await {
-            Ok(()) => rx.await.ok(),
-            Err(_) => None,
-        };
+        let processor = self.processor.clone();
+        let o = tokio::task::spawn_blocking(move || {
+            let mut p = processor.lock().unwrap_or_else(|e| e.into_inner());
+            p.process_from(&m.raw, m.origin())
+        })
+        .await
+        .ok();
         let o = o.unwrap_or_else(|| {
             let mut o = MessageOutcome::failed_to_read(
                 &source,
@@ -340,10 +330,35 @@ fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> any
     })?
 }
 
-/// `imipd once`: every account, every folder, then the outbox.
+/// `imipd once`: every account, every folder, then the outbox; person by
+/// person, each with its own processor, state and store. One person that
+/// cannot be served (its state locked by another imipd, its store
+/// unusable) is reported and the others go on.
 pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
-    let sources = AnySource::all(&cfg, opts.dry_run);
-    batch(cfg, opts, sources)
+    let people = cfg.people();
+    if people.len() <= 1 {
+        let person = Arc::new(people.into_iter().next().unwrap_or_else(|| (*cfg).clone()));
+        let sources = AnySource::all(&person, opts.dry_run);
+        return batch(person, opts, sources);
+    }
+    let mut status = EXIT_OK;
+    for person in people {
+        let person = Arc::new(person);
+        let sources = AnySource::all(&person, opts.dry_run);
+        let who = person.person.clone().unwrap_or_else(|| "[identity]".into());
+        match batch(person, opts, sources) {
+            Ok(s) => status = status.max(s),
+            Err(e) => {
+                crate::say_err!("imipd: {who}: {e:#}");
+                status = status.max(if e.chain().any(|c| c.is::<crate::state::LockBusy>()) {
+                    EXIT_TEMPFAIL
+                } else {
+                    EXIT_SOME_FAILED
+                });
+            }
+        }
+    }
+    Ok(status)
 }
 
 /// `imipd process FILE|-...`: each message in the order given, then the outbox.

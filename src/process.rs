@@ -31,7 +31,7 @@ use crate::outcome::{ItemOutcome, MessageOutcome, Origin};
 use crate::policy::{self, Action, Facts, Verdict};
 use crate::recur::{self, Budget};
 use crate::state::State;
-use crate::store::{CalendarStore, Vdir};
+use crate::store::{self, CalendarStore};
 use crate::time::{Instant, Zones};
 use crate::{address, reply};
 
@@ -104,6 +104,11 @@ struct Item {
     verdict: Verdict,
 }
 
+/// How many times one message is planned again after the store found an
+/// event changed between imipd's read and its write; then the message is
+/// left for the next pass.
+const MAX_CONFLICT_RETRIES: u32 = 5;
+
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
 
@@ -113,7 +118,7 @@ impl Processor {
     pub fn open(cfg: Arc<Config>, dry_run: bool) -> anyhow::Result<Processor> {
         if dry_run {
             return Ok(Processor {
-                store: Box::new(Vdir::open_read_only(&cfg.store)?),
+                store: store::open(&cfg.store, true)?,
                 outbox: Outbox::open_read_only(&cfg.state)?,
                 state: State::open_read_only(&cfg.state),
                 dry_run,
@@ -123,7 +128,7 @@ impl Processor {
         }
         let state = State::open(&cfg.state, cfg.lock_timeout)?;
         Ok(Processor {
-            store: Box::new(Vdir::open(&cfg.store)?),
+            store: store::open(&cfg.store, false)?,
             outbox: Outbox::open(state.dir())?,
             state,
             dry_run,
@@ -153,34 +158,47 @@ impl Processor {
                 .splice(0..0, origin.problems.iter().cloned());
         }
         let now = crate::clock::now();
-        let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
-        let plan = match self.plan(&c, origin, now) {
-            Ok(p) => p,
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
+        let mut attempt = 0;
+        loop {
+            let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
+            let plan = match self.plan(&c, origin, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                    return out;
+                }
+            };
+            out.quarantine = plan.quarantine;
+            out.results = plan.results.clone();
+            if self.dry_run {
                 return out;
             }
-        };
-        out.quarantine = plan.quarantine;
-        out.results = plan.results.clone();
-        if self.dry_run {
-            return out;
-        }
-        match self.execute(plan, &c, raw, origin, now) {
-            Ok(locations) => {
-                for (i, l) in locations {
-                    if let Some(r) = out.results.get_mut(i) {
-                        r.location = Some(l);
+            match self.execute(plan, &c, raw, origin, now) {
+                Ok(locations) => {
+                    for (i, l) in locations {
+                        if let Some(r) = out.results.get_mut(i) {
+                            r.location = Some(l);
+                        }
                     }
                 }
+                // Someone changed an event between the read and the write
+                // (a person in their calendar app): nothing of theirs is
+                // overwritten; read again and apply the message to what is
+                // there now. What this message already wrote is found
+                // written, as after a restart.
+                Err(e) if store::is_conflict(&e) && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(source = origin.source, attempt, "{e:#}; reading it again");
+                    continue;
+                }
+                Err(e) => {
+                    out.error = Some(format!("{e:#}"));
+                    out.stop = true;
+                }
             }
-            Err(e) => {
-                out.error = Some(format!("{e:#}"));
-                out.stop = true;
-            }
+            return out;
         }
-        out
     }
 
     /// The stored object for a UID, as the plan so far leaves it.
