@@ -511,7 +511,12 @@ impl<E: std::error::Error + 'static> From<WebDavError<E>> for RequestFailure {
         match e {
             WebDavError::BadStatusCode(s) => RequestFailure::Status(s),
             WebDavError::PreconditionFailed(p) => RequestFailure::Precondition(p.to_string()),
-            WebDavError::Request(r) => RequestFailure::Other(error_chain(&r)),
+            WebDavError::Request(libdav::dav::RequestError::Client(e)) => {
+                RequestFailure::Other(error_chain(&e))
+            }
+            WebDavError::Request(libdav::dav::RequestError::Http(e)) => {
+                RequestFailure::Other(error_chain(e.as_ref()))
+            }
             other => RequestFailure::Other(other.to_string()),
         }
     }
@@ -708,7 +713,11 @@ async fn discover(cfg: CalDavConfig) -> anyhow::Result<Connected> {
         Err(RequestFailure::Status(s)) if s == StatusCode::UNAUTHORIZED => {
             return Err(fail("log in", login(s)))
         }
-        Err(e) => tracing::debug!(url = %cfg.url, "not a calendar: {e}"),
+        Err(RequestFailure::Status(s)) => {
+            tracing::debug!(url = %cfg.url, "not a calendar: the server answered {s}")
+        }
+        // Not reached at all (refused, a certificate not trusted, …).
+        Err(e) => return Err(fail("connect", e.to_string())),
     }
     // The principal, where the URL (or `/`) names it…
     let mut principal = client.find_current_user_principal().await.ok().flatten();

@@ -8,6 +8,7 @@ mod hostile_mail;
 mod support;
 
 mod authz;
+mod caldav;
 mod chaos;
 mod classify_fixtures;
 mod cli;

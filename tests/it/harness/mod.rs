@@ -30,6 +30,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod dav;
 pub mod dovecot;
 pub mod python;
 pub mod smtp;
