@@ -19,6 +19,7 @@ mod imap_hardening;
 mod itip;
 mod khal;
 mod load;
+mod people;
 mod replies;
 mod robustness;
 mod scenarios;
