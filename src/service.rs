@@ -64,7 +64,11 @@ pub async fn serve(
 ) -> anyhow::Result<u8> {
     let shutdown = Shutdown::when(stop);
     let reporter = Reporter { opts, log: true };
-    let people = cfg.people();
+    let mut people = cfg.people();
+    if people.is_empty() && cfg.has_global_person {
+        // No account: the outbox is still sent.
+        people.push((*cfg).clone());
+    }
     let several = people.len() > 1;
     let senders = Arc::new(tokio::sync::Semaphore::new(SENDERS));
     let mut tasks = Vec::new();

@@ -153,13 +153,17 @@ fn measure(n: usize) -> Measured {
         d.deliver_lmtp(u, invitation(i, u).as_bytes());
     }
     let sent_dir = env.path("sent");
-    wait("all replies", Duration::from_secs(120 + n as u64 / 5), &mut || {
-        dir_files(&sent_dir)
-            .keys()
-            .filter(|k| k.ends_with(".eml"))
-            .count()
-            >= n
-    });
+    wait(
+        "all replies",
+        Duration::from_secs(120 + n as u64 / 5),
+        &mut || {
+            dir_files(&sent_dir)
+                .keys()
+                .filter(|k| k.ends_with(".eml"))
+                .count()
+                >= n
+        },
+    );
     let latency = t0.elapsed();
     // A moment for anything that would come twice.
     std::thread::sleep(Duration::from_millis(300));
@@ -199,8 +203,14 @@ fn measure(n: usize) -> Measured {
             matching[0]
         );
         let mine = dir_files(&env.path(&format!("people/acct{i}")));
-        assert_eq!(mine.len(), 1, "account {i}: only its own invitation in its store");
-        assert!(mine.values().any(|t| t.contains(&format!("UID:load-{i}@example.com"))));
+        assert_eq!(
+            mine.len(),
+            1,
+            "account {i}: only its own invitation in its store"
+        );
+        assert!(mine
+            .values()
+            .any(|t| t.contains(&format!("UID:load-{i}@example.com"))));
         let flags = d.flags(u, "INBOX");
         assert!(
             flags[0].iter().any(|f| f == "$iMIPProcessed"),
