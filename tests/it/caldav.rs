@@ -20,7 +20,7 @@ const ALICE: &str = "Alice <alice@example.com>";
 /// Where a scenario keeps its calendar.
 enum Backend {
     Vdir,
-    Dav(DavServer),
+    Dav(Box<DavServer>),
 }
 
 /// One scenario environment: a configuration for bob@example.com with the
@@ -40,7 +40,7 @@ impl Run {
             Some(k) => {
                 let server = DavServer::start(k);
                 point_at(&env, &server.store_toml());
-                Backend::Dav(server)
+                Backend::Dav(Box::new(server))
             }
         };
         Run { env, backend }
