@@ -73,7 +73,20 @@ impl Run {
     fn stored(&self) -> BTreeMap<String, String> {
         let texts: Vec<String> = match &self.backend {
             Backend::Vdir => self.env.store_files().into_values().collect(),
-            Backend::Dav(s) => s.objects().into_values().collect(),
+            Backend::Dav(s) => {
+                let objects = s.objects();
+                // Resource names are safe, whatever the UID holds.
+                for href in objects.keys() {
+                    let name = href
+                        .strip_prefix(&s.calendar)
+                        .unwrap_or_else(|| panic!("{href} is outside the calendar {}", s.calendar));
+                    assert!(
+                        !name.contains('/') && !name.starts_with('.') && name.ends_with(".ics"),
+                        "unsafe resource name {href}"
+                    );
+                }
+                objects.into_values().collect()
+            }
         };
         texts.iter().map(|t| (uid_of(t), canonical(t))).collect()
     }
