@@ -1,5 +1,6 @@
-//! `imipd check --connect`: log in to every IMAP and SMTP server the
-//! configuration names and say what imipd would use there.
+//! `imipd check --connect`: log in to every IMAP, SMTP and CalDAV server
+//! the configuration names and say what imipd would use there (for a
+//! CalDAV store: the calendar it found).
 
 use crate::config::{Config, Source};
 use crate::driver;
@@ -12,7 +13,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// `imipd check --connect`: log in to every server and say what imipd would use.
+/// `imipd check --connect` for one person: log in to its IMAP servers and
+/// its CalDAV store, and say what imipd would use.
 pub fn check_connect(cfg: &Config) -> u8 {
     // The servers' answers are parsed on a thread with the IMAP stack.
     imap::on_imap_stack(|| check_connect_here(cfg)).unwrap_or_else(|e| {
@@ -70,20 +72,59 @@ fn check_connect_here(cfg: &Config) -> u8 {
             });
         }
     }
-    if let Some(crate::config::Outgoing::Smtp(s)) = &cfg.outgoing {
-        match rt.block_on(crate::outbox::test_smtp(s)) {
-            Ok(()) => crate::say!(
-                "outgoing: SMTP server {}:{} accepts the connection and login",
-                s.host,
-                s.port
+    if let crate::config::StoreConfig::CalDav(c) = &cfg.store {
+        let store = crate::store::caldav::CalDav::open(c, true);
+        match store.connect() {
+            Ok(found) => crate::say!(
+                "store: logged in to CalDAV server {}{}; calendar {}at {} (sync-collection: {})",
+                c.url,
+                c.username
+                    .as_deref()
+                    .map(|u| format!(" as {u}"))
+                    .unwrap_or_default(),
+                found
+                    .name
+                    .as_deref()
+                    .map(|n| format!("\"{n}\" "))
+                    .unwrap_or_default(),
+                found.url,
+                yes(found.sync)
             ),
             Err(e) => {
-                crate::say_err!("imipd: outgoing: {e}");
+                crate::say_err!("imipd: store: {e:#}");
                 status = status.max(driver::EXIT_SERVER);
             }
         }
     }
     status
+}
+
+/// `imipd check --connect`: log in to the SMTP server, if any.
+pub fn check_outgoing(cfg: &Config) -> u8 {
+    let Some(crate::config::Outgoing::Smtp(s)) = &cfg.outgoing else {
+        return driver::EXIT_OK;
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            crate::say_err!("imipd: {e:#}");
+            return driver::EXIT_SOME_FAILED;
+        }
+    };
+    match rt.block_on(crate::outbox::test_smtp(s)) {
+        Ok(()) => {
+            crate::say!(
+                "outgoing: SMTP server {}:{} accepts the connection and login",
+                s.host,
+                s.port
+            );
+            driver::EXIT_OK
+        }
+        Err(e) => {
+            crate::say_err!("imipd: outgoing: {e}");
+            driver::EXIT_SERVER
+        }
+    }
 }
 
 fn yes(b: bool) -> &'static str {

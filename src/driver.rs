@@ -3,8 +3,9 @@
 //! Lines on standard output with `--json`), and the exit status of the
 //! contract. The batch commands `process` (files or standard input) and
 //! `once` (every account) are a pass each, then the outbox is sent; `run`
-//! ([`crate::service`]) repeats passes with the processor on a thread of
-//! its own ([`Actor`]).
+//! ([`crate::service`]) repeats passes with each person's processor behind
+//! an [`Actor`]. One processor per person ([`Config::people`]): an
+//! account's messages go to its person's processor only.
 
 use std::sync::Arc;
 
@@ -139,7 +140,7 @@ impl Handler for Direct<'_> {
     }
 }
 
-/// What the processor thread is asked to do.
+/// What a person's processor is asked to do.
 enum Job {
     /// Handle a message.
     Message(Incoming, oneshot::Sender<MessageOutcome>),
@@ -147,9 +148,10 @@ enum Job {
     Edits(oneshot::Sender<u8>),
 }
 
-/// The processor on a thread of its own, shared by every account of the
-/// service through a channel: one message at a time, in the order asked,
-/// without a lock around it.
+/// One person's processor for the service, shared by that person's
+/// accounts through a channel. A task owns it and runs each job on the
+/// runtime's blocking threads (so a slow store holds up only this person):
+/// one at a time, in the order asked, without a lock around it.
 #[derive(Clone)]
 pub struct Actor {
     jobs: mpsc::Sender<Job>,
@@ -160,32 +162,41 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// Open the processor here (so that a busy lock or a broken store is
-    /// reported at once), then hand it to its thread. The thread ends when
-    /// every [`Actor`] is dropped.
+    /// Open the processor here, so that a busy lock or a broken store is
+    /// reported at once. It is closed (the lock let go) when the last
+    /// [`Actor`] of it is dropped: the task returned ends then.
     pub fn spawn(
         cfg: Arc<Config>,
         reporter: Reporter,
         handled: Arc<Notify>,
-    ) -> anyhow::Result<(Actor, std::thread::JoinHandle<()>)> {
+    ) -> anyhow::Result<(Actor, tokio::task::JoinHandle<()>)> {
         let dry_run = reporter.opts.dry_run;
-        let mut processor = Processor::open(cfg, dry_run)?;
+        let processor = Processor::open(cfg, dry_run)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1);
-        let thread = std::thread::Builder::new()
-            .name("imipd-processor".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
+        let task = tokio::spawn(async move {
+            let mut slot = Some(processor);
+            while let Some(job) = rx.recv().await {
+                let Some(mut p) = slot.take() else { break };
+                let back = tokio::task::spawn_blocking(move || {
                     match job {
                         Job::Message(m, reply) => {
-                            let _ = reply.send(processor.process_from(&m.raw, m.origin()));
+                            let _ = reply.send(p.process_from(&m.raw, m.origin()));
                         }
                         Job::Edits(reply) => {
-                            let _ = reply.send(edits(&mut processor, &reporter));
+                            let _ = reply.send(edits(&mut p, &reporter));
                         }
                     }
+                    p
+                })
+                .await;
+                // A panic loses the processor (and lets its lock go): the
+                // jobs after it are answered "the processor stopped".
+                match back {
+                    Ok(p) => slot = Some(p),
+                    Err(_) => break,
                 }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the processor thread: {e}"))?;
+            }
+        });
         Ok((
             Actor {
                 jobs: tx,
@@ -193,7 +204,7 @@ impl Actor {
                 dry_run,
                 handled,
             },
-            thread,
+            task,
         ))
     }
 }
@@ -409,10 +420,35 @@ fn batch<S: Source>(
     })?
 }
 
-/// `imipd once`: every account, every folder, then the outbox.
+/// `imipd once`: every account, every folder, then the outbox; person by
+/// person, each with its own processor, state and store. One person that
+/// cannot be served (its state locked by another imipd, its store
+/// unusable) is reported and the others go on.
 pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
-    let sources = AnySource::all(&cfg, opts.dry_run);
-    batch(cfg, opts, sources, true)
+    let people = cfg.people();
+    if people.len() <= 1 {
+        let person = Arc::new(people.into_iter().next().unwrap_or_else(|| (*cfg).clone()));
+        let sources = AnySource::all(&person, opts.dry_run);
+        return batch(person, opts, sources, true);
+    }
+    let mut status = EXIT_OK;
+    for person in people {
+        let person = Arc::new(person);
+        let sources = AnySource::all(&person, opts.dry_run);
+        let who = person.person.clone().unwrap_or_else(|| "[identity]".into());
+        match batch(person, opts, sources, true) {
+            Ok(s) => status = status.max(s),
+            Err(e) => {
+                crate::say_err!("imipd: {who}: {e:#}");
+                status = status.max(if e.chain().any(|c| c.is::<crate::state::LockBusy>()) {
+                    EXIT_TEMPFAIL
+                } else {
+                    EXIT_SOME_FAILED
+                });
+            }
+        }
+    }
+    Ok(status)
 }
 
 /// `imipd process FILE|-...`: each message in the order given, then the outbox.

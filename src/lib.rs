@@ -42,13 +42,13 @@
 //! - [`describe`]: an event as JSON shows it (times with offsets, people).
 //!
 //! Keeping and sending:
-//! - [`store`]: the calendar store seam; [`store::vdir`], the first store.
+//! - [`store`]: the calendar store seam; [`store::vdir`] and [`store::caldav`].
 //! - [`state`]: imipd's own state: held CANCELs, attention, quarantine, lock, ledgers.
 //! - [`outbox`]: the durable outbox, the answered ledger, SMTP and file transports.
 //! - [`mine`]: what imipd remembers per invitation to me (answers, why not, my PARTSTATs).
 //!
 //! Running:
-//! - [`config`]: the TOML configuration, validated once; secrets.
+//! - [`config`]: the TOML configuration, validated once; secrets; the people it serves.
 //! - [`source`]: the source seam; IMAP, Maildir, files and standard input.
 //! - [`driver`]: one pass of a source through the processor; `once`, `process`.
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.

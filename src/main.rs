@@ -50,6 +50,9 @@ enum Command {
     Process {
         #[command(flatten)]
         run: RunArgs,
+        /// The account the messages came to: whose calendar and state to use (needed when the configuration serves several people).
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
         #[arg(value_name = "FILE", default_value = "-")]
         files: Vec<String>,
     },
@@ -57,11 +60,17 @@ enum Command {
     Once {
         #[command(flatten)]
         run: RunArgs,
+        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<config::Shard>,
     },
     /// The service: every account, every folder, forever (IDLE where the server has it).
     Run {
         #[command(flatten)]
         run: RunArgs,
+        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<config::Shard>,
     },
     /// What waits for my answer: invitations, and COUNTER, REFRESH, DECLINECOUNTER kept for attention.
     Pending(PendingArgs),
@@ -78,9 +87,12 @@ enum Command {
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Also log in to every IMAP and SMTP server.
+        /// Also log in to every IMAP, SMTP and CalDAV server.
         #[arg(long)]
         connect: bool,
+        /// Check only the person of this account.
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
     },
 }
 
@@ -227,15 +239,26 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
-        Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
-        Command::Process { run: r, files } => with_config(r.config.as_deref(), |cfg| {
-            driver::process(Arc::new(cfg.clone()), &files, r.options())
+        Command::Check {
+            config,
+            connect,
+            account,
+        } => cmd_check(config.as_deref(), connect, account.as_deref()),
+        Command::Process {
+            run: r,
+            account,
+            files,
+        } => match person_config(r.config.as_deref(), account.as_deref()) {
+            Ok(cfg) => with_loaded(cfg, |cfg| {
+                driver::process(Arc::new(cfg.clone()), &files, r.options())
+            }),
+            Err(code) => code,
+        },
+        Command::Once { run: r, shard } => with_config(r.config.as_deref(), |cfg| {
+            driver::once(Arc::new(sharded(cfg, shard)), r.options())
         }),
-        Command::Once { run: r } => with_config(r.config.as_deref(), |cfg| {
-            driver::once(Arc::new(cfg.clone()), r.options())
-        }),
-        Command::Run { run: r } => with_config(r.config.as_deref(), |cfg| {
-            service::run(cfg.clone(), r.options())
+        Command::Run { run: r, shard } => with_config(r.config.as_deref(), |cfg| {
+            service::run(sharded(cfg, shard), r.options())
         }),
         Command::Pending(a) => with_config(a.config.as_deref(), |cfg| {
             let cfg = for_account(cfg, a.account.as_deref())?;
@@ -301,6 +324,11 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
         Ok(c) => c,
         Err(code) => return code,
     };
+    with_loaded(cfg, f)
+}
+
+/// Run a command with a loaded configuration (see [`with_config`]).
+fn with_loaded(cfg: Config, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> ExitCode {
     match f(&cfg) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -356,6 +384,26 @@ fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// The configuration as one person sees it (`--account NAME`, or the only
+/// person there is), or the error and exit status 2.
+fn person_config(path: Option<&Path>, account: Option<&str>) -> Result<Config, ExitCode> {
+    let cfg = load_config(path)?;
+    cfg.for_account(account).map_err(|e| {
+        imipd::say_err!("imipd: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+/// Only the accounts of one shard (`--shard K/N`).
+fn sharded(cfg: &Config, shard: Option<config::Shard>) -> Config {
+    let mut cfg = cfg.clone();
+    if let Some(s) = shard {
+        cfg.shard(s);
+        tracing::info!(shard = %s, accounts = cfg.accounts.len(), "serving one shard");
+    }
+    cfg
+}
+
 fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> ExitCode {
     // The configuration is optional for classify: use it when it is given or exists.
     let default = config::default_path(config_path);
@@ -402,7 +450,7 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
     ExitCode::from(u8::from(failed))
 }
 
-fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
+fn cmd_check(config_path: Option<&Path>, connect: bool, account: Option<&str>) -> ExitCode {
     let cfg = match load_config(config_path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -411,8 +459,62 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
         "configuration {} is valid",
         cfg.file.as_deref().unwrap_or(Path::new("?")).display()
     );
+    let people = match account {
+        Some(name) => match cfg.for_account(Some(name)) {
+            Ok(p) => vec![p],
+            Err(e) => {
+                imipd::say_err!("imipd: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let mut people = cfg.people();
+            if people.is_empty() {
+                people.push(cfg.clone());
+            }
+            people
+        }
+    };
+    let several = people.len() > 1;
+    let mut unusable = false;
+    let mut status = driver::EXIT_OK;
+    for p in &people {
+        if several || p.person.is_some() {
+            imipd::say!("person {}:", p.person.as_deref().unwrap_or("[identity]"));
+        }
+        unusable |= check_person(p);
+        if connect {
+            status = status.max(check::check_connect(p));
+        }
+    }
+    imipd::say!("policies: {}", cfg.policies.len());
+    for warning in plain_text_passwords(&cfg) {
+        eprintln!("imipd: warning: {warning}");
+    }
+    if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
+        if let Err(e) = imipd::fsutil::probe_writable(path) {
+            eprintln!(
+                "imipd: cannot use outgoing folder {}: {e:#}",
+                path.display()
+            );
+            unusable = true;
+        }
+    }
+    if connect {
+        status = status.max(check::check_outgoing(&cfg));
+    }
+    if unusable {
+        return ExitCode::from(2);
+    }
+    ExitCode::from(status)
+}
+
+/// Say what one person's configuration holds, and make sure its store (a
+/// vdir) and state folders can be created and written as a run would;
+/// true when one cannot.
+fn check_person(cfg: &Config) -> bool {
     imipd::say!("identity: {}", cfg.identity.addresses.join(", "));
-    imipd::say!("store: {}", cfg.store.display());
+    imipd::say!("store: {}", cfg.store);
     imipd::say!("state: {}", cfg.state.display());
     for a in &cfg.accounts {
         match &a.source {
@@ -429,11 +531,7 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
             }
         }
     }
-    imipd::say!("policies: {}", cfg.policies.len());
     imipd::say!("trust: {}", imipd::trust::summary(&cfg.trust));
-    for warning in plain_text_passwords(&cfg) {
-        eprintln!("imipd: warning: {warning}");
-    }
     // The folders a run writes into: created as a run would, then probed.
     let mut unusable = false;
     let mut probe = |what: &str, dir: &Path, r: anyhow::Result<()>| {
@@ -442,28 +540,15 @@ fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
             unusable = true;
         }
     };
-    probe(
-        "store folder",
-        &cfg.store,
-        imipd::fsutil::probe_writable(&cfg.store),
-    );
+    if let Some(dir) = cfg.store.vdir_path() {
+        probe("store folder", dir, imipd::fsutil::probe_writable(dir));
+    }
     probe(
         "state folder",
         &cfg.state,
         imipd::state::State::probe_writable(&cfg.state),
     );
-    if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
-        probe("outgoing folder", path, imipd::fsutil::probe_writable(path));
-    }
-    let status = if connect {
-        check::check_connect(&cfg)
-    } else {
-        driver::EXIT_OK
-    };
-    if unusable {
-        return ExitCode::from(2);
-    }
-    ExitCode::from(status)
+    unusable
 }
 
 /// Where a password would travel in plain text (`tls = "none"`) to a host
@@ -486,6 +571,31 @@ fn plain_text_passwords(cfg: &Config) -> Vec<String> {
     if let Some(config::Outgoing::Smtp(s)) = &cfg.outgoing {
         if s.tls == config::Tls::None && s.secret.is_some() && !is_loopback(&s.host) {
             out.push(say("outgoing".to_string(), &s.host));
+        }
+    }
+    let mut stores = vec![("store".to_string(), &cfg.store)];
+    for a in &cfg.accounts {
+        if let Some(p) = &a.person {
+            stores.push((format!("account {} store", a.name), &p.store));
+        }
+    }
+    for (who, store) in stores {
+        if let config::StoreConfig::CalDav(c) = store {
+            let uri: Option<http::Uri> = c.url.parse().ok();
+            let host = uri
+                .as_ref()
+                .and_then(|u| u.host())
+                .unwrap_or("")
+                .to_string();
+            if c.secret.is_some()
+                && uri.as_ref().and_then(|u| u.scheme_str()) == Some("http")
+                && !is_loopback(&host)
+            {
+                out.push(format!(
+                    "{who}: the password travels without TLS (an http:// URL) to {host}, which is not this machine; \
+                     anyone on the way can read it (use https://)"
+                ));
+            }
         }
     }
     out

@@ -400,11 +400,41 @@ impl Transport {
     /// reused for every message of a flush.
     pub fn session(&self) -> Session<'_> {
         if let Transport::File(dir) = self {
-            crate::fsutil::remove_temp_files(dir);
+            clean_once(dir);
         }
         Session {
             transport: self,
             smtp: None,
+        }
+    }
+}
+
+/// Remove the temp files a killed run left in the file transport's folder,
+/// once per process: sessions of several people (and other imipd
+/// processes, shards sharing the folder) write there at the same time, and
+/// a temp file being written must not be taken away.
+fn clean_once(dir: &std::path::Path) {
+    static CLEANED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+    if cleaned.iter().any(|d| d == dir) {
+        return;
+    }
+    cleaned.push(dir.to_path_buf());
+    if let Ok(rd) = fs::read_dir(dir) {
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `.NAME.PID.tmp`: only a process that is gone left it.
+            let pid = name
+                .strip_suffix(".tmp")
+                .and_then(|r| r.rsplit_once('.'))
+                .map(|(_, pid)| pid.to_string());
+            let alive = pid.is_some_and(|p| {
+                std::path::Path::new("/proc/self").exists()
+                    && std::path::Path::new("/proc").join(&p).exists()
+            });
+            if crate::fsutil::is_our_temp_file(&name) && !alive {
+                let _ = fs::remove_file(entry.path());
+            }
         }
     }
 }

@@ -20,13 +20,12 @@ use serde::Serialize;
 
 use crate::answer::{self, my_address};
 use crate::config::Config;
-use crate::conflict::Busy;
 use crate::describe::{self, Attendee, Person, Times};
 use crate::engine::{self, Instances};
 use crate::ical::{self, Node};
 use crate::mine::{self, Records};
 use crate::recur::{self, Budget};
-use crate::store::Vdir;
+use crate::store::{BusyQuery, CalendarStore};
 use crate::time::Zones;
 
 /// How far ahead conflicts are looked for (occurrences of a series).
@@ -124,35 +123,20 @@ impl std::fmt::Display for PendingItem {
 
 /// What `pending` and `show` read.
 struct View {
-    store: Vdir,
+    store: Box<dyn CalendarStore>,
     records: Records,
     cfg: Config,
     now: DateTime<Utc>,
-    busy: Option<Busy>,
 }
 
 impl View {
     fn open(cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<View> {
         Ok(View {
-            store: Vdir::open_read_only(&cfg.store)?,
+            store: crate::store::open(&cfg.store, true)?,
             records: Records::new(&cfg.state),
             cfg: cfg.clone(),
             now,
-            busy: None,
         })
-    }
-
-    fn busy(&mut self) -> anyhow::Result<&Busy> {
-        if self.busy.is_none() {
-            let now = self.now.timestamp();
-            let b = self.store.busy(
-                &self.cfg.identity,
-                now - 86_400,
-                now + crate::conflict::HORIZON_DAYS * 86_400,
-            )?;
-            self.busy = Some(b);
-        }
-        Ok(self.busy.as_ref().expect("built above"))
     }
 
     /// The busy events other than `uid` that overlap `spans`.
@@ -165,7 +149,15 @@ impl View {
         if spans.is_empty() {
             return Ok(Vec::new());
         }
-        let found = self.busy()?.overlaps_all(spans, uid, MAX_CONFLICTS);
+        let found = self.store.busy_overlaps(
+            &BusyQuery {
+                spans,
+                exclude_uid: uid,
+                identity: &self.cfg.identity,
+                now: self.now.timestamp(),
+            },
+            MAX_CONFLICTS,
+        )?;
         let mut out = Vec::new();
         for (other, s, e) in found {
             let summary = self
@@ -289,7 +281,7 @@ impl View {
                 from: None,
                 comment: None,
                 proposed: record.as_ref().and_then(|r| r.countered.get(&key).cloned()),
-                file: self.store.path_of(uid).map(|p| p.display().to_string()),
+                file: Some(self.store.location(uid)),
             });
         }
         Ok(out)
@@ -429,7 +421,7 @@ fn recur_rule(c: &Node) -> bool {
 /// Everything that waits for me, soonest first.
 pub fn pending(cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<Vec<PendingItem>> {
     let mut view = View::open(cfg, now)?;
-    let mut uids = view.store.uids();
+    let mut uids = view.store.uids()?;
     uids.sort();
     let mut out = Vec::new();
     for uid in uids {
@@ -454,7 +446,7 @@ pub fn show(cfg: &Config, uid: &str, now: DateTime<Utc>) -> anyhow::Result<Vec<P
     if out.is_empty() {
         return Err(crate::respond::Refused(format!(
             "cannot show {uid}: no event with this UID is in the calendar ({})",
-            cfg.store.display()
+            cfg.store
         ))
         .into());
     }

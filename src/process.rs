@@ -31,7 +31,7 @@ use crate::outcome::{ItemOutcome, MessageOutcome, Origin, ReplyOutcome};
 use crate::policy::{self, Action, Facts, Verdict};
 use crate::recur::Budget;
 use crate::state::State;
-use crate::store::{CalendarStore, Vdir};
+use crate::store::{self, CalendarStore};
 use crate::time::Zones;
 use crate::trust::Require;
 use crate::{address, describe, reply};
@@ -117,6 +117,10 @@ struct Item {
 
 /// How often a message is planned again when the calendar changes under it.
 const CHANGED_TRIES: usize = 3;
+/// How many times one message is planned again after the store found an
+/// event changed between imipd's read and its write; then the message is
+/// left for the next pass.
+const MAX_CONFLICT_RETRIES: u32 = 5;
 
 /// The property imipd keeps on a held object: who it was from.
 const HELD_FROM: &str = "X-IMIPD-HELD-FROM";
@@ -129,7 +133,7 @@ impl Processor {
     pub fn open(cfg: Arc<Config>, dry_run: bool) -> anyhow::Result<Processor> {
         if dry_run {
             return Ok(Processor {
-                store: Box::new(Vdir::open_read_only(&cfg.store)?),
+                store: store::open(&cfg.store, true)?,
                 outbox: Outbox::open_read_only(&cfg.state)?,
                 state: State::open_read_only(&cfg.state),
                 records: Records::new(&cfg.state),
@@ -143,7 +147,7 @@ impl Processor {
         // Opening removes temp files a killed run left: not those of a
         // `respond` writing beside it.
         let write = state.write_lock(cfg.lock_timeout)?;
-        let store = Box::new(Vdir::open(&cfg.store)?);
+        let store = store::open(&cfg.store, false)?;
         let outbox = Outbox::open(state.dir())?;
         drop(write);
         Ok(Processor {
@@ -176,7 +180,7 @@ impl Processor {
     pub fn open_shared(cfg: Arc<Config>) -> anyhow::Result<Processor> {
         let state = State::open_shared(&cfg.state)?;
         Ok(Processor {
-            store: Box::new(Vdir::open(&cfg.store)?),
+            store: store::open(&cfg.store, false)?,
             outbox: Outbox::open_shared(state.dir())?,
             records: Records::new(state.dir()),
             edit_stamps: Default::default(),
@@ -217,7 +221,6 @@ impl Processor {
                 .splice(0..0, origin.problems.iter().cloned());
         }
         let now = crate::clock::now();
-        let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
         let uids: Vec<String> = c
             .objects
             .iter()
@@ -227,9 +230,10 @@ impl Processor {
                     .filter_map(|&k| ical::uid(&o.ical.components[k]))
             })
             .collect();
-        // Another program may edit an event while this message is planned:
-        // then the plan is made again from what the store holds now.
-        for attempt in 1..=CHANGED_TRIES {
+        let (mut attempt, mut conflicts) = (0, 0);
+        loop {
+            attempt += 1;
+            let mut out = MessageOutcome::new(&c, origin.source, self.dry_run);
             // An edit another program made to an event this message is
             // about is answered before the message changes the event.
             if !self.dry_run {
@@ -264,6 +268,8 @@ impl Processor {
             if self.dry_run {
                 return out;
             }
+            // Another program edited an event while this message was
+            // planned: plan again from what the store holds now.
             let changed = plan.writes.iter().find(|w| {
                 let now = crate::respond::file_stamp(&self.store.location(&w.uid));
                 read.iter().any(|(u, before)| *u == w.uid && *before != now)
@@ -282,14 +288,27 @@ impl Processor {
                         }
                     }
                 }
+                // Someone changed an event between the read and the write
+                // (a person in their calendar app): nothing of theirs is
+                // overwritten; read again and apply the message to what is
+                // there now. What this message already wrote is found
+                // written, as after a restart.
+                Err(e) if store::is_conflict(&e) && conflicts < MAX_CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    tracing::info!(
+                        source = origin.source,
+                        attempt = conflicts,
+                        "{e:#}; reading it again"
+                    );
+                    continue;
+                }
                 Err(e) => {
                     out.error = Some(format!("{e:#}"));
                     out.stop = true;
                 }
             }
-            break;
+            return out;
         }
-        out
     }
 
     /// The stored object for a UID, as the plan so far leaves it.

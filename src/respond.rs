@@ -206,7 +206,7 @@ impl Processor {
         let Some(object) = self.store.get(uid)? else {
             return Err(Refused(format!(
                 "cannot {what} {uid}: no event with this UID is in the calendar ({}); `imipd pending` lists the invitations waiting for an answer",
-                self.cfg.store.display()
+                self.cfg.store
             ))
             .into());
         };
@@ -784,7 +784,7 @@ impl Processor {
                 }
                 None => {
                     if !store_usable {
-                        tracing::warn!(uid, store = %self.cfg.store.display(), "the calendar folder is missing or is not the one imipd filed into (replaced, or not mounted); an invitation missing from it is not declined (decline it with `imipd respond`)");
+                        tracing::warn!(uid, store = %self.cfg.store, "the calendar folder is missing or is not the one imipd filed into (replaced, or not mounted); an invitation missing from it is not declined (decline it with `imipd respond`)");
                         continue;
                     }
                     let o = self.deleted(&record, &mut planned, now, &mut budget)?;
@@ -799,7 +799,12 @@ impl Processor {
     /// and inode, kept in `STATE/mine/.folder` the first time.
     fn same_store_folder(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(&self.cfg.store) else {
+        // Only a vdir follows edits ([`crate::config`] refuses
+        // `answer_edits` on any other store).
+        let Some(folder) = self.cfg.store.vdir_path() else {
+            return false;
+        };
+        let Ok(meta) = std::fs::metadata(folder) else {
             return false;
         };
         if !meta.is_dir() {

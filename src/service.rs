@@ -1,15 +1,20 @@
 //! `imipd run`, the service: one task per account (a pass, then a wait —
 //! IDLE where the server has it, polling otherwise — and again; after an
-//! error, a reconnect with capped exponential backoff), the processor on a
-//! thread of its own that every account hands its messages to, and one task
-//! that sends the outbox (at once when something was handled, and retries
-//! with backoff). The stop is passed in as a future ([`serve`]), so a test
-//! can start and stop the service; the binary passes SIGINT/SIGTERM. The
-//! message in hand is finished, nothing is lost. A broken account never
-//! stops the others, and neither does a hanging password command (it runs
-//! off the worker threads, within the account's timeout). The runtime's
-//! threads have an [`imap::IMAP_STACK`]-byte stack for imap-proto's
-//! recursive parser.
+//! error, a reconnect with capped exponential backoff, spread by a jitter
+//! of the account's own so that a restarted server is not stormed), one
+//! processor per person that the person's accounts hand their messages to
+//! ([`Actor`]), and per person a task that sends the outbox (at once when
+//! something was handled, and retries with backoff). Accounts connect
+//! gradually at start ([`START_BATCH`] every [`START_STEP`]), so that a
+//! thousand accounts do not log in at once. The stop is passed in as a
+//! future ([`serve`]), so a test can start and stop the service; the binary
+//! passes SIGINT/SIGTERM. The message in hand is finished, nothing is lost.
+//! A broken account never stops the others, and neither does a slow
+//! server: every account waits on its own connection, every person's
+//! messages run on their own blocking thread, and a hanging password
+//! command runs off the worker threads, within the account's timeout. The
+//! runtime's threads have an [`imap::IMAP_STACK`]-byte stack for
+//! imap-proto's recursive parser.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,8 +32,17 @@ use crate::source::Source;
 /// Reconnect backoff: 1 s doubling to 5 minutes.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// At start, this many accounts begin their first pass (and log in) …
+pub const START_BATCH: usize = 20;
+/// … every this long: 1,000 accounts are all under way after 5 s.
+pub const START_STEP: Duration = Duration::from_millis(100);
+
+/// At most this many outboxes are sent at once (they share one server).
+const SENDERS: usize = 4;
+
 /// Run until SIGINT or SIGTERM. Returns the exit status.
 pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
+    raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_stack_size(imap::IMAP_STACK)
@@ -50,42 +64,117 @@ pub async fn serve(
 ) -> anyhow::Result<u8> {
     let shutdown = Shutdown::when(stop);
     let reporter = Reporter { opts, log: true };
-    let handled = Arc::new(Notify::new());
-    let (actor, thread) = Actor::spawn(cfg.clone(), reporter, handled.clone())?;
+    let mut people = cfg.people();
+    if people.is_empty() && cfg.has_global_person {
+        // No account: the outbox is still sent.
+        people.push((*cfg).clone());
+    }
+    let several = people.len() > 1;
+    let senders = Arc::new(tokio::sync::Semaphore::new(SENDERS));
     let mut tasks = Vec::new();
-    for source in AnySource::all(&cfg, opts.dry_run) {
-        tasks.push(tokio::spawn(account(
-            source,
-            actor.clone(),
+    let mut outboxes = Vec::new();
+    let mut notifies = Vec::new();
+    let mut edit_tasks = Vec::new();
+    let mut processors = Vec::new();
+    let mut started = 0usize;
+    for person in people {
+        let person = Arc::new(person);
+        let handled = Arc::new(Notify::new());
+        let actor = match Actor::spawn(person.clone(), reporter, handled.clone()) {
+            Ok((a, task)) => {
+                processors.push(task);
+                a
+            }
+            // One person's broken store or busy state stops only them.
+            Err(e) if several => {
+                let who = person.person.clone().unwrap_or_else(|| "[identity]".into());
+                if reporter.opts.json {
+                    crate::say_err!("imipd: {who}: {e:#}");
+                }
+                tracing::error!(person = %who, "{e:#}; its accounts are not watched");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for source in AnySource::all(&person, opts.dry_run) {
+            let delay = START_STEP * (started / START_BATCH) as u32;
+            started += 1;
+            tasks.push(tokio::spawn(account(
+                source,
+                actor.clone(),
+                reporter,
+                shutdown.clone(),
+                delay,
+            )));
+        }
+        if person.answer_edits && !opts.dry_run {
+            edit_tasks.push(tokio::spawn(edits(
+                actor.clone(),
+                shutdown.clone(),
+                handled.clone(),
+            )));
+        }
+        drop(actor);
+        outboxes.push(tokio::spawn(outbox(
+            person.clone(),
             reporter,
             shutdown.clone(),
+            handled.clone(),
+            senders.clone(),
         )));
+        notifies.push(handled);
     }
-    let edits = (cfg.answer_edits && !opts.dry_run)
-        .then(|| tokio::spawn(edits(actor.clone(), shutdown.clone(), handled.clone())));
-    drop(actor);
-    let outbox = tokio::spawn(outbox(
-        cfg.clone(),
-        reporter,
-        shutdown.clone(),
-        handled.clone(),
-    ));
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(t) = edits {
+    for t in edit_tasks {
         let _ = t.await;
     }
-    handled.notify_one();
-    let _ = outbox.await;
-    // Every account is done: the processor thread ends with its channel.
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    notifies.iter().for_each(|n| n.notify_one());
+    // Every account is done: each outbox sends once more and ends, and
+    // each processor is closed with its last handle (the accounts').
+    for o in outboxes {
+        let _ = o.await;
+    }
+    for p in processors {
+        let _ = p.await;
+    }
     Ok(driver::EXIT_OK)
 }
 
+/// Let this process open as many files as it may (the hard limit): every
+/// account holds a connection and every person a lock file, and the usual
+/// soft limit of 1,024 is too few for a thousand accounts.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files"),
+        Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
+    }
+}
+
+/// A number in [0.5, 1.5) of an account's own, for spreading retries.
+fn jitter(name: &str, attempt: u32) -> f64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{name}/{attempt}").as_bytes());
+    0.5 + f64::from(u16::from_be_bytes([h[0], h[1]])) / 65_536.0
+}
+
 /// One account: pass, wait, and again, until the service stops.
-async fn account(mut source: AnySource, mut handler: Actor, reporter: Reporter, stop: Shutdown) {
+async fn account(
+    mut source: AnySource,
+    mut handler: Actor,
+    reporter: Reporter,
+    stop: Shutdown,
+    start_delay: Duration,
+) {
+    if !start_delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(start_delay) => {}
+            _ = stop.wait() => return,
+        }
+    }
     let mut backoff = Duration::from_secs(1);
+    let mut attempt = 0u32;
     loop {
         if stop.is_set() {
             break;
@@ -100,15 +189,20 @@ async fn account(mut source: AnySource, mut handler: Actor, reporter: Reporter, 
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => backoff = Duration::from_secs(1),
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                attempt = 0;
+            }
             Err(e) => {
+                attempt += 1;
+                let wait = backoff.mul_f64(jitter(source.name(), attempt));
                 if reporter.opts.json {
                     crate::say_err!("imipd: account {}: {e}", source.name());
                 }
-                tracing::warn!(account = %source.name(), "{e}; trying again in {} s", backoff.as_secs());
+                tracing::warn!(account = %source.name(), "{e}; trying again in {:.1} s", wait.as_secs_f64());
                 source.close().await;
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait() => break,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -121,9 +215,9 @@ async fn account(mut source: AnySource, mut handler: Actor, reporter: Reporter, 
 /// How often `run` looks for changes made in the calendar.
 pub const EDITS_EVERY: Duration = Duration::from_secs(2);
 
-/// Answers the changes another program makes in the calendar (`[store]
-/// answer_edits`): every [`EDITS_EVERY`], through the processor thread
-/// (the one writer), then has the outbox sent.
+/// Answers the changes another program makes in one person's calendar
+/// (`[store] answer_edits`): every [`EDITS_EVERY`], through the person's
+/// processor (the one writer), then has the outbox sent.
 async fn edits(actor: Actor, stop: Shutdown, handled: Arc<Notify>) {
     loop {
         tokio::select! {
@@ -137,9 +231,15 @@ async fn edits(actor: Actor, stop: Shutdown, handled: Arc<Notify>) {
     }
 }
 
-/// Sends what the outbox holds: when something was handled, and every 30
-/// seconds for retries (each entry waits out its own backoff).
-async fn outbox(cfg: Arc<Config>, reporter: Reporter, stop: Shutdown, handled: Arc<Notify>) {
+/// Sends what one person's outbox holds: when something was handled, and
+/// every 30 seconds for retries (each entry waits out its own backoff).
+async fn outbox(
+    cfg: Arc<Config>,
+    reporter: Reporter,
+    stop: Shutdown,
+    handled: Arc<Notify>,
+    senders: Arc<tokio::sync::Semaphore>,
+) {
     let Some(outgoing) = &cfg.outgoing else {
         return;
     };
@@ -151,6 +251,7 @@ async fn outbox(cfg: Arc<Config>, reporter: Reporter, stop: Shutdown, handled: A
     loop {
         let stop_now = stop.is_set();
         if sender.pending().map(|v| !v.is_empty()).unwrap_or(false) {
+            let _permit = senders.acquire().await;
             match sender
                 .flush(&transport, crate::clock::now(), !stop_now)
                 .await

@@ -16,8 +16,34 @@ pub fn install_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client configuration that trusts the system roots and `ca_file`.
+/// A client configuration that trusts the system roots and `ca_file`. Made
+/// once per CA file (and its modification time) and shared: reading and
+/// parsing the system's roots costs milliseconds, which a thousand accounts
+/// connecting would pay a thousand times.
 pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    type Key = (Option<std::path::PathBuf>, Option<std::time::SystemTime>);
+    static MADE: std::sync::Mutex<Vec<(Key, Arc<rustls::ClientConfig>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let key: Key = (
+        ca_file.map(Path::to_path_buf),
+        ca_file.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()),
+    );
+    if let Some((_, c)) = MADE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+    {
+        return Ok(c.clone());
+    }
+    let config = make_client_config(ca_file)?;
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    made.retain(|(k, _)| k.0 != key.0);
+    made.push((key, config.clone()));
+    Ok(config)
+}
+
+fn make_client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     install_provider();
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();

@@ -5,6 +5,7 @@
 //! printed. Every error names the file, the key and, where known, the line
 //! and column.
 
+mod people;
 mod raw;
 mod secret;
 mod validate;
@@ -18,6 +19,7 @@ pub use crate::limits::Limits;
 pub use crate::policy::Action;
 use crate::policy::Policy;
 pub use crate::time::parse_duration;
+pub use people::{shard_of, Shard};
 pub use secret::Secret;
 
 use crate::address;
@@ -122,6 +124,73 @@ pub enum Source {
 pub struct Account {
     pub name: String,
     pub source: Source,
+    /// The person this account's mail is for, when the account carries an
+    /// `identity` and `store` of its own; `None`: the global `[identity]`.
+    pub person: Option<Person>,
+}
+
+/// Someone imipd acts for: who they are and where their calendar lives.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub identity: Identity,
+    pub store: StoreConfig,
+    /// `[trust]` with the keys of this identity.
+    pub trust: crate::trust::Trust,
+    /// `answer_edits` of this person's store.
+    pub answer_edits: bool,
+}
+
+/// Where a person's calendar lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// A vdir: one `.ics` file per calendar object, in one folder.
+    Vdir { path: PathBuf },
+    /// A calendar collection on a CalDAV server (RFC 4791).
+    CalDav(Box<CalDavConfig>),
+}
+
+impl StoreConfig {
+    /// The vdir folder, for a vdir store.
+    pub fn vdir_path(&self) -> Option<&Path> {
+        match self {
+            StoreConfig::Vdir { path } => Some(path),
+            StoreConfig::CalDav(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Vdir { path } => write!(f, "vdir {}", path.display()),
+            StoreConfig::CalDav(c) => {
+                write!(f, "caldav {}", c.url)?;
+                if let Some(u) = &c.username {
+                    write!(f, " as {u}")?;
+                }
+                if let Some(n) = &c.calendar {
+                    write!(f, ", calendar \"{n}\"")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A CalDAV calendar: the server (a calendar's URL, a principal's, or the
+/// server's own, found by discovery), the login, and which calendar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalDavConfig {
+    pub url: String,
+    pub username: Option<String>,
+    pub secret: Option<Secret>,
+    /// An extra trusted CA (PEM), for a self-hosted server.
+    pub ca_file: Option<PathBuf>,
+    /// Pick the calendar with this display name when `url` is not itself a
+    /// calendar.
+    pub calendar: Option<String>,
+    /// Every request to the server is given up after this long.
+    pub timeout: Duration,
 }
 
 /// The validated configuration.
@@ -129,7 +198,14 @@ pub struct Account {
 pub struct Config {
     pub file: Option<PathBuf>,
     pub identity: Identity,
-    pub store: PathBuf,
+    pub store: StoreConfig,
+    /// Whose configuration this is: `None` for the global `[identity]` and
+    /// `[store]`, the account's name for an account that carries its own
+    /// (see [`Config::for_account`]).
+    pub person: Option<String>,
+    /// Whether the file has a global `[identity]` and `[store]`: without
+    /// them, every account carries its own.
+    pub has_global_person: bool,
     /// Answer when another program changes my PARTSTAT in a stored
     /// invitation, or deletes an upcoming one (`[store] answer_edits`).
     pub answer_edits: bool,
@@ -164,7 +240,11 @@ impl Config {
                 name: None,
                 trusted_sent_by: Vec::new(),
             },
-            store: PathBuf::from("calendar"),
+            store: StoreConfig::Vdir {
+                path: PathBuf::from("calendar"),
+            },
+            person: None,
+            has_global_person: true,
             answer_edits: true,
             state: PathBuf::from("state"),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
@@ -178,29 +258,6 @@ impl Config {
             trusted_authserv_ids: Vec::new(),
             trust: crate::trust::Trust::default(),
         }
-    }
-}
-
-impl Config {
-    /// The configuration as one account's person sees it (`--account NAME`):
-    /// whose invitations, which store, which identity. Today every account
-    /// shares the one identity and store, so this is the configuration
-    /// itself; a name that is no account is an error.
-    pub fn for_account(&self, account: Option<&str>) -> anyhow::Result<Config> {
-        if let Some(name) = account {
-            if !self.accounts.iter().any(|a| a.name == name) {
-                let known: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
-                anyhow::bail!(
-                    "cannot use account `{name}`: the configuration has no such account (it has: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-            }
-        }
-        Ok(self.clone())
     }
 }
 

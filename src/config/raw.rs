@@ -10,8 +10,8 @@ use crate::policy::RawPolicy;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub(super) identity: RawIdentity,
-    pub(super) store: RawStore,
+    pub(super) identity: Option<Spanned<RawIdentity>>,
+    pub(super) store: Option<Spanned<RawStore>>,
     pub(super) state: Option<RawState>,
     pub(super) outgoing: Option<RawOutgoing>,
     #[serde(default, rename = "account")]
@@ -54,10 +54,22 @@ pub(super) struct RawIdentity {
     pub(super) pgp_secret_key: Option<Spanned<String>>,
 }
 
+/// `[store]`, or an account's `store = { … }`: a vdir (`path`) or a CalDAV
+/// calendar (`type = "caldav"`, `url`, …).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
-    pub(super) path: Spanned<String>,
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_command: Option<String>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) calendar: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<u64>>,
     pub(super) answer_edits: Option<bool>,
 }
 
@@ -142,4 +154,8 @@ pub(super) struct RawAccount {
     pub(super) idle: Option<bool>,
     pub(super) timeout: Option<Spanned<u64>>,
     pub(super) path: Option<Spanned<String>>,
+    /// The person this account's mail is for, instead of `[identity]`.
+    pub(super) identity: Option<Spanned<RawIdentity>>,
+    /// That person's calendar, instead of `[store]`.
+    pub(super) store: Option<Spanned<RawStore>>,
 }

@@ -12,7 +12,7 @@ const MIN: &str = "[identity]\naddresses = [\"Bob@Example.com\"]\n[store]\npath 
 fn minimal_config_loads_with_relative_paths() {
     let c = p(MIN).unwrap();
     assert_eq!(c.identity.addresses, vec!["bob@example.com"]);
-    assert_eq!(c.store, PathBuf::from("/etc/imipd/cal"));
+    assert_eq!(c.store.vdir_path(), Some(Path::new("/etc/imipd/cal")));
     assert!(c.identity.is_me("MAILTO:BOB@example.com"));
 }
 
@@ -69,7 +69,7 @@ fn answering_a_method_that_is_never_answered_fails() {
 fn tilde_expands() {
     std::env::set_var("HOME", "/home/bob");
     let c = p("[identity]\naddresses = [\"b@x.org\"]\n[store]\npath = \"~/cal\"\n").unwrap();
-    assert_eq!(c.store, PathBuf::from("/home/bob/cal"));
+    assert_eq!(c.store.vdir_path(), Some(Path::new("/home/bob/cal")));
 }
 
 #[test]

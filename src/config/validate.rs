@@ -34,11 +34,14 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     v.validate(raw)
 }
 
-/// The key files `[identity]` names.
-struct IdentityKeys {
-    smime_certificate: Option<Spanned<String>>,
-    smime_key: Option<Spanned<String>>,
-    pgp_secret_key: Option<Spanned<String>>,
+/// What `[trust]` and `[outgoing] sign` say for everyone; each person adds
+/// the keys of their own identity ([`Validator::person_trust`]).
+struct TrustBase {
+    /// Without keys of mine, signing off.
+    trust: crate::trust::Trust,
+    anchors: crate::trust::smime::Anchors,
+    public: crate::trust::pgp::PublicKeys,
+    sign: Option<Spanned<String>>,
 }
 
 struct Validator<'a> {
@@ -184,52 +187,37 @@ impl Validator<'_> {
     }
 
     fn validate(&self, mut raw: RawConfig) -> Result<Config, ConfigError> {
-        let identity_keys = IdentityKeys {
-            smime_certificate: raw.identity.smime_certificate.take(),
-            smime_key: raw.identity.smime_key.take(),
-            pgp_secret_key: raw.identity.pgp_secret_key.take(),
-        };
+        let mut trusted_authserv_ids: Vec<String> = raw
+            .authentication
+            .take()
+            .map(|a| {
+                a.trusted_authserv_ids
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
         let outgoing_sign = raw.outgoing.as_mut().and_then(|o| o.sign.take());
-        // identity
-        let mut addresses = Vec::new();
-        for a in raw.identity.addresses.get_ref() {
-            let bare = address::bare(a.get_ref());
-            if !address::looks_like_email(&bare) {
+        let base = self.trust_base(raw.trust.take(), outgoing_sign, &mut trusted_authserv_ids)?;
+        // The global person: [identity] and [store], both or neither.
+        let global = match (&raw.identity, &raw.store) {
+            (Some(i), Some(st)) => Some(self.person("identity", i, "store", st, &base)?),
+            (None, None) => None,
+            (Some(i), None) => {
                 return Err(self.err(
-                    "identity.addresses",
-                    Some(a.span()),
-                    format!("`{}` is not an e-mail address", a.get_ref()),
-                ));
+                    "store",
+                    Some(i.span()),
+                    "[identity] needs a [store] beside it: where that person's calendar lives",
+                ))
             }
-            addresses.push(bare);
-        }
-        if addresses.is_empty() {
-            return Err(self.err(
-                "identity.addresses",
-                Some(raw.identity.addresses.span()),
-                "give at least one address",
-            ));
-        }
-        let identity = Identity {
-            addresses,
-            name: raw.identity.name.filter(|n| !n.trim().is_empty()),
-            trusted_sent_by: raw
-                .identity
-                .trusted_sent_by
-                .unwrap_or_default()
-                .iter()
-                .map(|g| address::bare(g))
-                .collect(),
+            (None, Some(st)) => {
+                return Err(self.err(
+                    "identity",
+                    Some(st.span()),
+                    "[store] needs an [identity] beside it: whose calendar it is",
+                ))
+            }
         };
-
-        if raw.store.path.get_ref().trim().is_empty() {
-            return Err(self.err(
-                "store.path",
-                Some(raw.store.path.span()),
-                "must not be empty",
-            ));
-        }
-        let store = self.path(raw.store.path.get_ref());
         let state = match raw.state.as_ref().and_then(|s| s.path.as_ref()) {
             Some(p) => self.path(p.get_ref()),
             None => std::env::var_os("XDG_STATE_HOME")
@@ -304,7 +292,7 @@ impl Validator<'_> {
         };
 
         let mut accounts: Vec<Account> = Vec::new();
-        for a in raw.accounts {
+        for mut a in raw.accounts {
             let name = a.name.get_ref().trim().to_string();
             if name.is_empty() {
                 return Err(self.err("account.name", Some(a.name.span()), "must not be empty"));
@@ -316,9 +304,62 @@ impl Validator<'_> {
                     format!("two accounts are named `{name}`"),
                 ));
             }
+            let person = match (a.identity.take(), a.store.take()) {
+                (Some(i), Some(st)) => Some(self.person(
+                    "account.identity",
+                    &i,
+                    "account.store",
+                    &st,
+                    &base,
+                )?),
+                (None, None) => None,
+                (Some(i), None) => {
+                    return Err(self.err(
+                        "account.store",
+                        Some(i.span()),
+                        format!("account `{name}` has an identity of its own, so it needs a store of its own too: store = {{ path = \"…\" }} or store = {{ type = \"caldav\", url = \"…\" }}"),
+                    ))
+                }
+                (None, Some(st)) => {
+                    return Err(self.err(
+                        "account.identity",
+                        Some(st.span()),
+                        format!("account `{name}` has a store of its own, so it needs an identity of its own too: identity = {{ addresses = [\"…\"] }}"),
+                    ))
+                }
+            };
+            if person.is_none() && global.is_none() {
+                return Err(self.err(
+                    "identity",
+                    Some(a.name.span()),
+                    format!("account `{name}` has no identity of its own and the file has no [identity]: give the account identity = {{ addresses = [\"…\"] }} and store = {{ … }}, or add [identity] and [store]"),
+                ));
+            }
             let source = self.account_source(a)?;
-            accounts.push(Account { name, source });
+            accounts.push(Account {
+                name,
+                source,
+                person,
+            });
         }
+        // Encrypted mail is fetched only for a person who has a key to open it.
+        for a in &mut accounts {
+            let can_decrypt = match (&a.person, &global) {
+                (Some(p), _) | (None, Some(p)) => p.trust.can_decrypt(),
+                (None, None) => false,
+            };
+            if let Source::Imap(c) = &mut a.source {
+                c.fetch_encrypted = can_decrypt;
+            }
+        }
+        if global.is_none() && accounts.is_empty() {
+            return Err(self.err(
+                "identity",
+                None,
+                "missing [identity] and [store]: whose calendar imipd keeps, and where",
+            ));
+        }
+        self.people_apart(global.as_ref(), &accounts)?;
 
         let account_names: Vec<String> = accounts.iter().map(|a| a.name.clone()).collect();
         let ctx = policy::Context {
@@ -351,34 +392,27 @@ impl Validator<'_> {
         }
 
         let address_book = raw.address_book.map(|a| self.path(a.path.get_ref()));
-        let mut trusted_authserv_ids: Vec<String> = raw
-            .authentication
-            .map(|a| {
-                a.trusted_authserv_ids
-                    .iter()
-                    .map(|s| s.to_ascii_lowercase())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let trust = self.trust(
-            raw.trust,
-            &identity_keys,
-            outgoing_sign,
-            &mut trusted_authserv_ids,
-        )?;
-        if trust.can_decrypt() {
-            for a in &mut accounts {
-                if let Source::Imap(c) = &mut a.source {
-                    c.fetch_encrypted = true;
-                }
-            }
-        }
 
+        let has_global_person = global.is_some();
+        let (identity, store, trust, answer_edits) = match global {
+            Some(p) => (p.identity, p.store, p.trust, p.answer_edits),
+            // Never used as a person: every account carries its own.
+            None => (
+                Identity::default(),
+                StoreConfig::Vdir {
+                    path: PathBuf::new(),
+                },
+                base.trust,
+                true,
+            ),
+        };
         Ok(Config {
             file: Some(self.file.clone()),
             identity,
             store,
-            answer_edits: raw.store.answer_edits.unwrap_or(true),
+            answer_edits,
+            person: None,
+            has_global_person,
             state,
             lock_timeout,
             outgoing,
@@ -393,16 +427,46 @@ impl Validator<'_> {
         })
     }
 
-    /// `[trust]`, the key files of `[identity]` and `[outgoing] sign`: the
-    /// files are read now, so a bad one is a configuration error.
-    fn trust(
+    /// A person: `[identity]` and `[store]`, or an account's own.
+    fn person(
+        &self,
+        identity_key: &str,
+        identity: &Spanned<RawIdentity>,
+        store_key: &str,
+        store: &Spanned<RawStore>,
+        base: &TrustBase,
+    ) -> Result<Person, ConfigError> {
+        let store_config = self.store(store_key, store)?;
+        // Edits are followed in a vdir (a look at each file's stamp); a
+        // CalDAV calendar would cost a request per invitation every look.
+        let answer_edits = match (&store_config, store.get_ref().answer_edits) {
+            (StoreConfig::Vdir { .. }, set) => set.unwrap_or(true),
+            (StoreConfig::CalDav(_), Some(true)) => {
+                return Err(self.err(
+                    &format!("{store_key}.answer_edits"),
+                    Some(store.span()),
+                    "answer_edits works with a vdir store only; on a CalDAV calendar answer with `imipd respond`",
+                ))
+            }
+            (StoreConfig::CalDav(_), _) => false,
+        };
+        Ok(Person {
+            identity: self.identity(identity_key, identity)?,
+            store: store_config,
+            trust: self.person_trust(identity_key, base, identity.get_ref())?,
+            answer_edits,
+        })
+    }
+
+    /// `[trust]` and `[outgoing] sign`: the key files are read now, so a bad
+    /// one is a configuration error.
+    fn trust_base(
         &self,
         raw: Option<RawTrust>,
-        ids: &IdentityKeys,
         sign: Option<Spanned<String>>,
         authserv_ids: &mut Vec<String>,
-    ) -> Result<crate::trust::Trust, ConfigError> {
-        use crate::trust::{self, Keys, Relay, Require, Sign};
+    ) -> Result<TrustBase, ConfigError> {
+        use crate::trust::{self, Keys, Relay, Require};
         let mut keys = Keys::default();
         let mut t = trust::Trust::default();
         if let Some(r) = raw {
@@ -477,27 +541,52 @@ impl Validator<'_> {
             }
         }
         t.authserv_ids = authserv_ids.clone();
+        Ok(TrustBase {
+            trust: t,
+            anchors: keys.smime_anchors,
+            public: keys.pgp_public,
+            sign,
+        })
+    }
+
+    /// One person's trust: the common part with the keys of their identity
+    /// (`smime_certificate`, `smime_key`, `pgp_secret_key`) and signing.
+    fn person_trust(
+        &self,
+        who: &str,
+        base: &TrustBase,
+        ids: &RawIdentity,
+    ) -> Result<crate::trust::Trust, ConfigError> {
+        use crate::trust::{self, Keys, Sign};
+        let mut t = base.trust.clone();
+        let mut keys = Keys {
+            smime_anchors: base.anchors.clone(),
+            pgp_public: base.public.clone(),
+            ..Keys::default()
+        };
+        let sign = &base.sign;
         match (&ids.smime_certificate, &ids.smime_key) {
             (Some(c), Some(k)) => {
                 let key = self.path(k.get_ref());
                 if let Some(problem) = loose_secret_file(&key) {
-                    return Err(self.err("identity.smime_key", Some(k.span()), problem));
+                    return Err(self.err(&format!("{who}.smime_key"), Some(k.span()), problem));
                 }
                 keys.smime_me = Some(
-                    trust::smime::Identity::load(&self.path(c.get_ref()), &key)
-                        .map_err(|e| self.err("identity.smime_certificate", Some(c.span()), e))?,
+                    trust::smime::Identity::load(&self.path(c.get_ref()), &key).map_err(|e| {
+                        self.err(&format!("{who}.smime_certificate"), Some(c.span()), e)
+                    })?,
                 );
             }
             (Some(c), None) => {
                 return Err(self.err(
-                    "identity.smime_key",
+                    &format!("{who}.smime_key"),
                     Some(c.span()),
                     "smime_certificate needs smime_key (my private key) beside it",
                 ))
             }
             (None, Some(k)) => {
                 return Err(self.err(
-                    "identity.smime_certificate",
+                    &format!("{who}.smime_certificate"),
                     Some(k.span()),
                     "smime_key needs smime_certificate (my certificate) beside it",
                 ))
@@ -507,11 +596,11 @@ impl Validator<'_> {
         if let Some(k) = &ids.pgp_secret_key {
             let key = self.path(k.get_ref());
             if let Some(problem) = loose_secret_file(&key) {
-                return Err(self.err("identity.pgp_secret_key", Some(k.span()), problem));
+                return Err(self.err(&format!("{who}.pgp_secret_key"), Some(k.span()), problem));
             }
             keys.pgp_me = Some(
                 trust::pgp::SecretKey::load(&key)
-                    .map_err(|e| self.err("identity.pgp_secret_key", Some(k.span()), e))?,
+                    .map_err(|e| self.err(&format!("{who}.pgp_secret_key"), Some(k.span()), e))?,
             );
         }
         if let Some(s) = &sign {
@@ -523,14 +612,14 @@ impl Validator<'_> {
                     return Err(self.err(
                         "outgoing.sign",
                         Some(s.span()),
-                        "sign = \"smime\" needs [identity] smime_certificate and smime_key",
+                        format!("sign = \"smime\" needs {who} smime_certificate and smime_key"),
                     ))
                 }
                 "pgp" => {
                     return Err(self.err(
                         "outgoing.sign",
                         Some(s.span()),
-                        "sign = \"pgp\" needs [identity] pgp_secret_key",
+                        format!("sign = \"pgp\" needs {who} pgp_secret_key"),
                     ))
                 }
                 other => {
@@ -544,6 +633,195 @@ impl Validator<'_> {
         }
         t.keys = std::sync::Arc::new(keys);
         Ok(t)
+    }
+
+    /// `[identity]`, or an account's `identity = { … }`.
+    fn identity(&self, key: &str, raw: &Spanned<RawIdentity>) -> Result<Identity, ConfigError> {
+        let raw = raw.get_ref();
+        let mut addresses = Vec::new();
+        for a in raw.addresses.get_ref() {
+            let bare = address::bare(a.get_ref());
+            if !address::looks_like_email(&bare) {
+                return Err(self.err(
+                    &format!("{key}.addresses"),
+                    Some(a.span()),
+                    format!("`{}` is not an e-mail address", a.get_ref()),
+                ));
+            }
+            addresses.push(bare);
+        }
+        if addresses.is_empty() {
+            return Err(self.err(
+                &format!("{key}.addresses"),
+                Some(raw.addresses.span()),
+                "give at least one address",
+            ));
+        }
+        Ok(Identity {
+            addresses,
+            name: raw.name.clone().filter(|n| !n.trim().is_empty()),
+            trusted_sent_by: raw
+                .trusted_sent_by
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| address::bare(g))
+                .collect(),
+        })
+    }
+
+    /// `[store]`, or an account's `store = { … }`: a vdir folder, or a
+    /// CalDAV calendar.
+    fn store(&self, key: &str, raw: &Spanned<RawStore>) -> Result<StoreConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let kind = raw
+            .kind
+            .as_ref()
+            .map(|k| k.get_ref().to_ascii_lowercase())
+            .unwrap_or_else(|| "vdir".into());
+        let caldav_only = [
+            ("url", raw.url.is_some()),
+            ("username", raw.username.is_some()),
+            (
+                "password",
+                raw.password.is_some()
+                    || raw.password_command.is_some()
+                    || raw.password_file.is_some(),
+            ),
+            ("ca_file", raw.ca_file.is_some()),
+            ("calendar", raw.calendar.is_some()),
+            ("timeout", raw.timeout.is_some()),
+        ];
+        match kind.as_str() {
+            "vdir" => {
+                if let Some((k, _)) = caldav_only.iter().find(|(_, set)| *set) {
+                    return Err(self.err(
+                        &format!("{key}.{k}"),
+                        Some(span),
+                        format!("`{k}` belongs to a CalDAV store (type = \"caldav\")"),
+                    ));
+                }
+                let path = raw.path.as_ref().ok_or_else(|| {
+                    self.err(
+                        &format!("{key}.path"),
+                        Some(span.clone()),
+                        "a vdir store needs a path (the folder of .ics files), or type = \"caldav\" and a url",
+                    )
+                })?;
+                if path.get_ref().trim().is_empty() {
+                    return Err(self.err(
+                        &format!("{key}.path"),
+                        Some(path.span()),
+                        "must not be empty",
+                    ));
+                }
+                Ok(StoreConfig::Vdir {
+                    path: self.path(path.get_ref()),
+                })
+            }
+            "caldav" => {
+                if let Some(p) = &raw.path {
+                    return Err(self.err(
+                        &format!("{key}.path"),
+                        Some(p.span()),
+                        "`path` belongs to a vdir store; a CalDAV store has a url",
+                    ));
+                }
+                let url = raw.url.as_ref().ok_or_else(|| {
+                    self.err(
+                        &format!("{key}.url"),
+                        Some(span.clone()),
+                        "a CalDAV store needs a url (the calendar's, the principal's, or the server's)",
+                    )
+                })?;
+                let text = url.get_ref().trim();
+                let parsed: Option<http::Uri> = text.parse().ok();
+                let usable = parsed.as_ref().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("https") | Some("http")) && u.host().is_some()
+                });
+                if !usable {
+                    return Err(self.err(
+                        &format!("{key}.url"),
+                        Some(url.span()),
+                        format!("`{text}` is not an http:// or https:// URL with a host"),
+                    ));
+                }
+                let secret = self.secret(
+                    key,
+                    raw.password.clone(),
+                    raw.password_command.clone(),
+                    raw.password_file.as_ref(),
+                )?;
+                if secret.is_some() && raw.username.is_none() {
+                    return Err(self.err(
+                        &format!("{key}.username"),
+                        Some(span),
+                        "a password needs a username",
+                    ));
+                }
+                Ok(StoreConfig::CalDav(Box::new(CalDavConfig {
+                    url: text.to_string(),
+                    username: raw.username.clone(),
+                    secret,
+                    ca_file: raw.ca_file.as_ref().map(|c| self.path(c.get_ref())),
+                    calendar: raw
+                        .calendar
+                        .as_ref()
+                        .map(|c| c.get_ref().trim().to_string())
+                        .filter(|c| !c.is_empty()),
+                    timeout: self.seconds(raw.timeout.as_ref(), &format!("{key}.timeout"), 60)?,
+                })))
+            }
+            other => Err(self.err(
+                &format!("{key}.type"),
+                raw.kind.as_ref().map(|k| k.span()),
+                format!("unknown store type `{other}`, expected \"vdir\" or \"caldav\""),
+            )),
+        }
+    }
+
+    /// Two people never share an address or a calendar: each has its own
+    /// answered ledger and caps, so a shared one could be answered twice,
+    /// and two processors writing one calendar could undo each other.
+    fn people_apart(
+        &self,
+        global: Option<&Person>,
+        accounts: &[Account],
+    ) -> Result<(), ConfigError> {
+        let mut people: Vec<(String, &Person)> = Vec::new();
+        if let Some(g) = global {
+            people.push(("[identity]".to_string(), g));
+        }
+        for a in accounts {
+            if let Some(p) = &a.person {
+                people.push((format!("account `{}`", a.name), p));
+            }
+        }
+        for (i, (who, p)) in people.iter().enumerate() {
+            for (other, q) in &people[..i] {
+                if let Some(addr) = p
+                    .identity
+                    .addresses
+                    .iter()
+                    .find(|a| q.identity.addresses.contains(a))
+                {
+                    return Err(self.err(
+                        "account.identity",
+                        None,
+                        format!("{who} and {other} both speak for {addr}: an address belongs to one person (one identity); give their mail one account, or one identity"),
+                    ));
+                }
+                if same_store(&p.store, &q.store) {
+                    return Err(self.err(
+                        "account.store",
+                        None,
+                        format!("{who} and {other} use the same calendar ({}): each person needs a store of their own", p.store),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn outgoing(&self, o: RawOutgoing) -> Result<Outgoing, ConfigError> {
@@ -777,6 +1055,23 @@ impl Validator<'_> {
                 format!("unknown source `{other}`, expected \"imap\" or \"maildir\""),
             )),
         }
+    }
+}
+
+/// Whether two stores are one calendar: the same vdir folder, or the same
+/// CalDAV URL, login and calendar name.
+fn same_store(a: &StoreConfig, b: &StoreConfig) -> bool {
+    match (a, b) {
+        (StoreConfig::Vdir { path: p }, StoreConfig::Vdir { path: q }) => {
+            let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            canon(p) == canon(q)
+        }
+        (StoreConfig::CalDav(x), StoreConfig::CalDav(y)) => {
+            x.url.trim_end_matches('/') == y.url.trim_end_matches('/')
+                && x.username == y.username
+                && x.calendar == y.calendar
+        }
+        _ => false,
     }
 }
 

@@ -3,8 +3,13 @@
 //! UID, put one (atomically), delete one, list the UIDs, and busy time in a
 //! window (the `conflict` matcher asks the store, so a server can answer
 //! with a time-range query). Objects are named by a location string (a file
-//! path for the vdir). [`vdir::Vdir`] is the first implementation.
+//! path for the vdir, a URL for CalDAV). [`vdir::Vdir`] and
+//! [`caldav::CalDav`] implement it; [`open`] opens the one a person's
+//! configuration names. A store that can tell that someone else changed an
+//! object between imipd's read and its write refuses the write with
+//! [`Conflict`]; the processor then reads again and re-applies the message.
 
+pub mod caldav;
 pub mod vdir;
 
 use calcard::icalendar::ICalendar;
@@ -13,6 +18,33 @@ use crate::ical::Node;
 use crate::identity::Identity;
 
 pub use vdir::{render, scan_uids, Vdir};
+
+use crate::config::StoreConfig;
+
+/// A write refused because the object changed since imipd read it (a
+/// person edited it in their calendar app; CalDAV's 412 Precondition
+/// Failed). Nothing was written: read the object again, apply the message
+/// to what is there now, and write again.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the event {uid}: it was changed by someone else since imipd read it")]
+pub struct Conflict {
+    pub uid: String,
+}
+
+/// Whether an error is (or was caused by) a [`Conflict`].
+pub fn is_conflict(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Conflict>())
+}
+
+/// Open the store a configuration names; `read_only` for a dry run
+/// (nothing is created or written).
+pub fn open(cfg: &StoreConfig, read_only: bool) -> anyhow::Result<Box<dyn CalendarStore>> {
+    Ok(match cfg {
+        StoreConfig::Vdir { path } if read_only => Box::new(Vdir::open_read_only(path)?),
+        StoreConfig::Vdir { path } => Box::new(Vdir::open(path)?),
+        StoreConfig::CalDav(c) => Box::new(caldav::CalDav::open(c, read_only)),
+    })
+}
 
 /// Where the user's calendar lives.
 pub trait CalendarStore: Send {
@@ -24,6 +56,9 @@ pub trait CalendarStore: Send {
     /// Store an object for a UID, replacing what was there atomically (a
     /// reader sees the old or the new one, never half). `tz_source` offers
     /// VTIMEZONEs to copy (the incoming message's). Returns its location.
+    /// What is replaced is what the last [`CalendarStore::get`] of the UID
+    /// saw: a store that can tell it changed since (CalDAV's ETag) refuses
+    /// with [`Conflict`].
     fn put(
         &mut self,
         uid: &str,

@@ -8,6 +8,7 @@ mod hostile_mail;
 mod support;
 
 mod authz;
+mod caldav;
 mod chaos;
 mod classify_fixtures;
 mod cli;
@@ -19,6 +20,7 @@ mod itip;
 mod khal;
 mod later;
 mod load;
+mod people;
 mod replies;
 mod robustness;
 mod scenarios;

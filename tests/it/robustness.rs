@@ -171,7 +171,9 @@ fn mutated_corpus_never_panics_through_classify_and_process() {
 
     let scratch = tempfile::tempdir().unwrap();
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
-    cfg.store = scratch.path().join("calendar");
+    cfg.store = imipd::config::StoreConfig::Vdir {
+        path: scratch.path().join("calendar"),
+    };
     cfg.state = scratch.path().join("state");
     let mut p = Processor::open(std::sync::Arc::new(cfg.clone()), false).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -190,7 +192,10 @@ fn mutated_corpus_never_panics_through_classify_and_process() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    for f in std::fs::read_dir(&cfg.store).unwrap().flatten() {
+    for f in std::fs::read_dir(scratch.path().join("calendar"))
+        .unwrap()
+        .flatten()
+    {
         let n = f.file_name().to_string_lossy().into_owned();
         assert!(n.ends_with(".ics") && !n.starts_with('.'), "{n}");
     }
@@ -209,7 +214,9 @@ fn regression_fuzz_crashers_are_handled() {
     assert!(!files.is_empty());
     let scratch = tempfile::tempdir().unwrap();
     let mut cfg = Config::minimal(&["bob@example.com".to_string()]);
-    cfg.store = scratch.path().join("calendar");
+    cfg.store = imipd::config::StoreConfig::Vdir {
+        path: scratch.path().join("calendar"),
+    };
     cfg.state = scratch.path().join("state");
     let mut p = Processor::open(std::sync::Arc::new(cfg.clone()), false).unwrap();
     for f in files {

@@ -156,6 +156,9 @@ impl Dovecot {
 
     fn write_config(&self) {
         let d = self.dir.path().display();
+        // More users than a default Dovecot takes connections for (its
+        // login processes are limited to 100).
+        let many = self.users.len() > 50;
         let conf = format!(
             r#"# Throwaway Dovecot for imipd's integration tests.
 base_dir = {d}/run
@@ -215,9 +218,9 @@ namespace inbox {{
     special_use = \Junk
   }}
 }}
-service imap-login {{
+{many}service imap-login {{
   chroot =
-  inet_listener imap {{
+{many_login}  inet_listener imap {{
     address = 127.0.0.1
     port = {imap}
   }}
@@ -239,6 +242,19 @@ service lmtp {{
             imap = self.imap_port,
             imaps = self.imaps_port,
             lmtp = self.lmtp_port,
+            many = if many {
+                "default_client_limit = 4000\nservice imap {\n  process_limit = 2000\n}\n"
+            } else {
+                ""
+            },
+            many_login = if many {
+                // Many connections: one login process serves them all
+                // (Dovecot's high-performance mode), each IMAP connection
+                // has a process of its own, as usual.
+                "  service_count = 0\n  process_min_avail = 2\n  client_limit = 2000\n"
+            } else {
+                ""
+            },
         );
         std::fs::write(self.conf_path(), conf).unwrap();
     }

@@ -31,6 +31,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod dav;
 pub mod dovecot;
 pub mod keys;
 pub mod python;
