@@ -7,6 +7,7 @@
 
 mod raw;
 mod secret;
+mod since;
 mod validate;
 
 use std::fmt;
@@ -19,6 +20,7 @@ pub use crate::policy::Action;
 use crate::policy::Policy;
 pub use crate::time::parse_duration;
 pub use secret::Secret;
+pub use since::Since;
 
 use crate::address;
 
@@ -119,6 +121,8 @@ pub enum Source {
 pub struct Account {
     pub name: String,
     pub source: Source,
+    /// Mail delivered before this is remembered as handled, unprocessed.
+    pub since: Option<Since>,
 }
 
 /// The validated configuration.

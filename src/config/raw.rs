@@ -87,7 +87,7 @@ pub(super) struct RawOutgoing {
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) path: Option<Spanned<String>>,
-    pub(super) timeout: Option<Spanned<u64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) max_replies_per_hour: Option<u32>,
     pub(super) max_answers_per_hour: Option<u32>,
 }
@@ -113,8 +113,18 @@ pub(super) struct RawAccount {
     pub(super) keyword: Option<String>,
     pub(super) quarantine_folder: Option<String>,
     pub(super) mark_seen: Option<bool>,
-    pub(super) poll_interval: Option<Spanned<u64>>,
+    pub(super) poll_interval: Option<Spanned<RawDuration>>,
     pub(super) idle: Option<bool>,
-    pub(super) timeout: Option<Spanned<u64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) path: Option<Spanned<String>>,
+    pub(super) since: Option<Spanned<RawSince>>,
+}
+
+/// `since`: a date or a span as text (`"2026-11-01"`, `"14d"`), or a TOML
+/// date (`since = 2026-11-01`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSince {
+    Text(String),
+    Date(toml::value::Datetime),
 }
