@@ -6,7 +6,7 @@
 //! ([`crate::service`]) repeats passes with the processor on a thread of
 //! its own ([`Actor`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -41,42 +41,160 @@ pub fn print_json(value: &impl serde::Serialize) {
     crate::say!("{line}");
 }
 
-/// How outcomes are shown.
-#[derive(Debug, Clone, Copy)]
+/// How outcomes are shown: the same lines for `once`, `process` and `run`
+/// — plain lines on standard error for the batch commands, log records
+/// (with time and level) for the service — and JSON Lines on standard
+/// output with `--json`. It also keeps the tally for `once`'s summary.
+#[derive(Debug, Clone)]
 pub struct Reporter {
     pub opts: Options,
     /// In the service, outcomes go to the log (tracing) rather than plain
     /// lines on standard error.
     pub log: bool,
+    tally: Arc<Mutex<Tally>>,
+}
+
+/// What a batch run did, for its summary line.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Tally {
+    /// Folders (and Maildirs) passed over.
+    pub folders: usize,
+    /// New messages looked at.
+    pub messages: usize,
+    /// Messages older than the account's `since`, remembered unprocessed.
+    pub older: usize,
+    /// Messages with calendar data (iTIP).
+    pub with_calendar: usize,
+    /// What was done, by effect (`created`, `updated`, `refused`, …).
+    pub effects: std::collections::BTreeMap<&'static str, usize>,
+    pub replies_sent: usize,
+    pub replies_not_sent: usize,
+    /// Messages that could not be handled, folders or accounts that failed.
+    pub errors: usize,
+}
+
+impl Tally {
+    /// The summary in one line.
+    pub fn line(&self, dry_run: bool) -> String {
+        let n = |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+        let mut s = format!(
+            "{}{}, {}",
+            if dry_run { "[dry-run] " } else { "" },
+            n(self.folders, "folder", "folders"),
+            n(self.messages, "new message", "new messages")
+        );
+        if self.older > 0 {
+            s.push_str(&format!(
+                " ({} older than `since`, remembered without processing)",
+                self.older
+            ));
+        }
+        s.push_str(&format!(", {} with calendar data", self.with_calendar));
+        if !self.effects.is_empty() {
+            let done: Vec<String> = self
+                .effects
+                .iter()
+                .map(|(e, k)| format!("{k} {e}"))
+                .collect();
+            s.push_str(&format!(": {}", done.join(", ")));
+        }
+        s.push_str(&format!("; {}", n(self.replies_sent, "reply sent", "replies sent")));
+        if self.replies_not_sent > 0 {
+            s.push_str(&format!(", {} not sent yet", self.replies_not_sent));
+        }
+        s.push_str(&format!("; {}", n(self.errors, "error", "errors")));
+        s
+    }
 }
 
 impl Reporter {
+    pub fn new(opts: Options, log: bool) -> Reporter {
+        Reporter {
+            opts,
+            log,
+            tally: Arc::default(),
+        }
+    }
+
+    /// A line for people: a log record in the service, a plain line on
+    /// standard error otherwise (with `-q`, only problems).
+    fn line(&self, problem: bool, line: &str) {
+        if self.log {
+            if problem {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        } else if problem || !crate::progress::quiet() {
+            crate::say_err!("{line}");
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Tally)) {
+        if let Ok(mut t) = self.tally.lock() {
+            f(&mut t);
+        }
+    }
+
+    /// What was done so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
     pub fn outcome(&self, o: &MessageOutcome) {
+        self.count(|t| {
+            if o.failed() {
+                t.errors += 1;
+            }
+            if o.imip {
+                t.with_calendar += 1;
+            }
+            for r in &o.results {
+                *t.effects.entry(r.effect.as_str()).or_default() += 1;
+            }
+        });
         if self.opts.json {
             print_json(o);
             // Messages left for the next pass are named on stderr in any case.
             if let Some(e) = &o.error {
-                crate::say_err!("imipd: {}: {e}", o.source);
-            }
-        } else if self.log {
-            if o.failed() {
-                tracing::warn!("{o}");
-            } else {
-                tracing::info!("{o}");
+                self.line(true, &format!("imipd: {}: {e}", o.source));
             }
         } else {
-            crate::say_err!("{o}");
+            self.line(o.failed(), &o.to_string());
         }
     }
 
-    /// A pass over one IMAP folder, with `--json`.
-    pub fn pass(&self, account: &str, r: &PassReport) {
-        if self.opts.json {
+    /// A pass over one folder: counted, a JSON line with `--json` (for
+    /// `run`, only when something was looked at), and a folder that could
+    /// not be read named.
+    pub fn pass(&self, account: &str, r: &PassReport, json_line: bool) {
+        self.count(|t| {
+            t.folders += 1;
+            t.messages += r.examined;
+            t.older += r.older;
+            if r.error.is_some() {
+                t.errors += 1;
+            }
+        });
+        if self.opts.json && json_line {
             print_json(&serde_json::json!({ "pass": r, "account": account }));
         }
+        if let Some(e) = &r.error {
+            self.line(true, &format!("imipd: account {account}: {e}"));
+        }
+    }
+
+    /// A pass or a wait that failed for the whole account.
+    pub fn account_error(&self, account: &str, e: &SourceError, then: &str) {
+        self.count(|t| t.errors += 1);
+        self.line(true, &format!("imipd: account {account}: {e}{then}"));
     }
 
     pub fn sent(&self, r: &SendReport) {
+        self.count(|t| match r.status {
+            "sent" => t.replies_sent += 1,
+            _ => t.replies_not_sent += 1,
+        });
         if self.opts.json {
             print_json(&serde_json::json!({ "outbox": r }));
             return;
@@ -94,14 +212,18 @@ impl Reporter {
                 r.summary
             ),
         };
-        if self.log {
-            if r.error.is_some() {
-                tracing::warn!("{line}");
-            } else {
-                tracing::info!("{line}");
-            }
-        } else {
-            crate::say_err!("{line}");
+        self.line(r.error.is_some(), &line);
+    }
+
+    /// `once`'s last line: folders, new messages, what was done, replies,
+    /// errors (and a `{"summary": …}` line with `--json`).
+    pub fn summary(&self) {
+        let t = self.tally();
+        if self.opts.json {
+            print_json(&serde_json::json!({ "summary": t }));
+        }
+        if !crate::progress::quiet() {
+            crate::say_err!("imipd: {}", t.line(self.opts.dry_run));
         }
     }
 }
@@ -286,21 +408,15 @@ pub async fn pass<S: Source, H: Handler>(
         Ok(reports) => {
             let mut status = EXIT_OK;
             for r in &reports {
-                if source.reports_passes() {
-                    reporter.pass(source.name(), r);
-                }
-                if r.failed > 0 {
+                reporter.pass(source.name(), r, source.reports_passes());
+                if r.failed > 0 || r.error.is_some() {
                     status = EXIT_SOME_FAILED;
                 }
             }
             status
         }
         Err(e) => {
-            if reporter.log && !reporter.opts.json {
-                tracing::warn!(account = %source.name(), "{e}");
-            } else {
-                crate::say_err!("imipd: account {}: {e}", source.name());
-            }
+            reporter.account_error(source.name(), &e, "");
             if e.server {
                 EXIT_SERVER
             } else {
@@ -318,15 +434,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Run a batch command's passes on a thread with the IMAP stack.
-fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> anyhow::Result<u8> {
+fn batch<S: Source>(
+    cfg: Arc<Config>,
+    opts: Options,
+    mut sources: Vec<S>,
+    summary: bool,
+) -> anyhow::Result<u8> {
     imap::on_imap_stack(move || -> anyhow::Result<u8> {
         let mut processor = Processor::open(cfg, opts.dry_run)?;
-        let reporter = Reporter { opts, log: false };
+        let reporter = Reporter::new(opts, false);
         let rt = runtime()?;
         let status = rt.block_on(async {
             let mut handler = Direct {
                 processor: &mut processor,
-                reporter,
+                reporter: reporter.clone(),
             };
             let stop = Shutdown::never();
             let mut status = EXIT_OK;
@@ -336,19 +457,23 @@ fn batch<S: Source>(cfg: Arc<Config>, opts: Options, mut sources: Vec<S>) -> any
             }
             status
         });
-        Ok(status.max(flush(&mut processor, &reporter)?))
+        let status = status.max(flush(&mut processor, &reporter)?);
+        if summary {
+            reporter.summary();
+        }
+        Ok(status)
     })?
 }
 
 /// `imipd once`: every account, every folder, then the outbox.
 pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
     let sources = AnySource::all(&cfg, opts.dry_run);
-    batch(cfg, opts, sources)
+    batch(cfg, opts, sources, true)
 }
 
 /// `imipd process FILE|-...`: each message in the order given, then the outbox.
 pub fn process(cfg: Arc<Config>, files: &[String], opts: Options) -> anyhow::Result<u8> {
-    batch(cfg, opts, vec![FilesSource::new(files)])
+    batch(cfg, opts, vec![FilesSource::new(files)], false)
 }
 
 /// Send what the outbox holds (everything, whatever its backoff); exit 3

@@ -46,6 +46,7 @@
 //! - [`driver`]: one pass of a source through the processor; `once`, `process`.
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.
 //! - [`shutdown`]: the stop signal the service's tasks watch.
+//! - [`progress`]: standard error shared by lines, the log and progress bars; `-q`.
 //! - [`check`]: `check --connect`.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
 #![forbid(unsafe_code)]
@@ -70,6 +71,7 @@ pub mod outbox;
 pub mod outcome;
 pub mod policy;
 pub mod process;
+pub mod progress;
 pub mod recur;
 pub mod reply;
 pub mod service;
@@ -92,12 +94,12 @@ macro_rules! say {
 
 /// Write one line to standard error, like `eprintln!` but never panicking:
 /// a closed or broken standard error (a log pipe whose reader went away)
-/// must not kill the service or a pass; the line is lost instead.
+/// must not kill the service or a pass; the line is lost instead. Written
+/// above any progress bar ([`progress`]).
 #[macro_export]
 macro_rules! say_err {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        $crate::progress::line_to_stderr(format_args!($($arg)*));
     }};
 }
 
