@@ -334,23 +334,17 @@ impl AnySource {
         cfg.accounts
             .iter()
             .map(|a| match &a.source {
-                SourceConfig::Imap(i) => AnySource::Imap(Box::new(ImapSource::new(
-                    &a.name,
-                    i,
-                    &cfg.limits,
-                    &cfg.state,
-                    dry_run,
-                ))),
+                SourceConfig::Imap(i) => AnySource::Imap(Box::new(
+                    ImapSource::new(&a.name, i, &cfg.limits, &cfg.state, dry_run)
+                        .with_since(a.since),
+                )),
                 SourceConfig::Maildir {
                     path,
                     poll_interval,
-                } => AnySource::Maildir(MaildirSource::new(
-                    &a.name,
-                    path,
-                    *poll_interval,
-                    &cfg.state,
-                    dry_run,
-                )),
+                } => AnySource::Maildir(
+                    MaildirSource::new(&a.name, path, *poll_interval, &cfg.state, dry_run)
+                        .with_since(a.since),
+                ),
             })
             .collect()
     }
