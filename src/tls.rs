@@ -69,20 +69,42 @@ impl Service {
     }
 }
 
+/// The rustls error somewhere in an error's chain (as tokio-rustls and
+/// lettre wrap it), if there is one.
+pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(r);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// A failed TLS handshake with `host:port`, said so that the user knows
 /// what to change: a server that answered in plain text (TLS spoken to a
 /// plain port), a certificate nothing trusted (name the host, suggest
 /// `ca_file`), a certificate for another name, an expired one.
 pub fn explain_handshake_error(
-    e: &std::io::Error,
+    e: &(dyn std::error::Error + 'static),
     host: &str,
     port: u16,
     service: Service,
 ) -> String {
+    match rustls_error(e) {
+        Some(err) => explain_rustls(err, host, port, service),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+fn explain_rustls(err: &rustls::Error, host: &str, port: u16, service: Service) -> String {
     use rustls::{CertificateError, Error as E};
-    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return format!("TLS handshake failed: {e}");
-    };
     match err {
         E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => format!(
             "the server did not answer TLS on port {port} (it seems to speak plain text there): \

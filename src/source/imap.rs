@@ -676,7 +676,7 @@ pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, Im
                 cfg.timeout.as_secs()
             ))),
             Ok(Err(e)) => Err(conn_err(crate::tls::explain_handshake_error(
-                &e,
+                &e as &(dyn std::error::Error + 'static),
                 &cfg.host,
                 cfg.port,
                 crate::tls::Service::Imap,
