@@ -76,7 +76,8 @@ pub struct Tally {
 impl Tally {
     /// The summary in one line.
     pub fn line(&self, dry_run: bool) -> String {
-        let n = |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+        let n =
+            |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
         let mut s = format!(
             "{}{}, {}",
             if dry_run { "[dry-run] " } else { "" },
@@ -98,7 +99,10 @@ impl Tally {
                 .collect();
             s.push_str(&format!(": {}", done.join(", ")));
         }
-        s.push_str(&format!("; {}", n(self.replies_sent, "reply sent", "replies sent")));
+        s.push_str(&format!(
+            "; {}",
+            n(self.replies_sent, "reply sent", "replies sent")
+        ));
         if self.replies_not_sent > 0 {
             s.push_str(&format!(", {} not sent yet", self.replies_not_sent));
         }

@@ -47,7 +47,8 @@
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.
 //! - [`shutdown`]: the stop signal the service's tasks watch.
 //! - [`progress`]: standard error shared by lines, the log and progress bars; `-q`.
-//! - [`check`]: `check --connect`.
+//! - [`check`]: `check`, `check --connect`.
+//! - [`init`]: `init`: the starter configuration.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
 #![forbid(unsafe_code)]
 
@@ -63,6 +64,7 @@ pub mod fsutil;
 pub mod gather;
 pub mod ical;
 pub mod identity;
+pub mod init;
 pub mod itip;
 pub mod limits;
 pub mod mime;

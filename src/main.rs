@@ -3,13 +3,19 @@
 //! (0 ok, 1 some messages not handled, 2 bad command line or configuration —
 //! for `check` also a store or state folder it cannot write, 3 a server
 //! unreachable or refusing the login, 75 the state lock stayed busy).
+//!
+//! The options every command takes (`-c/--config`, `-v`, `-q`) live in
+//! [`Global`] and may stand before or after the command's name; each
+//! command's own arguments, help and example stay in its variant of
+//! [`Command`]. The completions and the man page are generated from these
+//! same definitions.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 use imipd::config::{self, Config};
 use std::sync::Arc;
@@ -17,68 +23,176 @@ use std::sync::Arc;
 use imipd::driver::{self, Options};
 use imipd::{check, classify, service};
 
+/// The exit statuses, the environment and an example per command, at the
+/// end of `imipd --help` and in the man page.
+const AFTER_HELP: &str = "\
+Exit status:
+  0   all went well
+  1   some messages could not be handled (named on standard error, left for the next pass)
+  2   bad command line or configuration (the message names the file, the key, the line
+      and the column); for `check`, also a store, state or outgoing folder it cannot
+      write, a Maildir that does not exist, or no account
+  3   a server could not be reached or refused the login
+  75  the state lock stayed busy for [state] lock_timeout (another imipd works on the
+      same state): a mail server piping into `imipd process` delivers again later
+
+Environment:
+  IMIPD_CONFIG  the configuration file when -c/--config is not given
+                (else $XDG_CONFIG_HOME/imipd/config.toml, i.e. ~/.config/imipd/config.toml)
+  IMIPD_LOG     what the log shows, as a tracing filter: `debug`, `warn`,
+                `imipd=debug,info` (default `info`; -v and -q change the default)
+  NO_COLOR      set to anything: no colours in the log (there are none anyway unless
+                standard error is a terminal)
+
+Examples:
+  imipd init                          write a commented starter configuration
+  imipd check --connect               validate it, log in to every server
+  imipd once --dry-run                what one pass would do, changing nothing
+  imipd once                          one pass over every account (cron, timers)
+  imipd run                           the service (contrib/imipd.service); SIGHUP reloads
+  imipd process < invitation.eml      one message from a mail server pipe
+  imipd classify --me me@example.com message.eml
+  imipd completions bash > ~/.local/share/bash-completion/completions/imipd
+  imipd man > imipd.1";
+
 #[derive(Parser)]
 #[command(
     name = "imipd",
     version,
-    about = "Answers calendar invitations that arrive by e-mail (iMIP)"
+    about = "Answers calendar invitations that arrive by e-mail (iMIP)",
+    long_about = "Answers calendar invitations that arrive by e-mail (iMIP): reads them \
+                  from IMAP, a Maildir or a pipe, files the events into a vdir calendar \
+                  and, where the configuration's policies say so, accepts, declines or \
+                  tentatively accepts them with an iTIP REPLY.",
+    after_help = AFTER_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The options every command takes, before or after its name
+/// (`imipd -c F once` and `imipd once -c F` are the same).
+#[derive(clap::Args)]
+struct Global {
+    /// The configuration file [default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml]
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More detail in the log: -v debug, -vv trace (IMIPD_LOG, when set, decides)
+    #[arg(short = 'v', long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only problems: no line per message handled, no summary, no progress; warnings and errors
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Read-only: print one JSON object per message (JSON Lines); changes nothing.
+    #[command(
+        after_help = "Example:\n  imipd classify --me bob@example.com invitation.eml other.eml"
+    )]
     Classify {
-        /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml; optional here).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// One of my calendar addresses (repeatable); added to the configuration's identity.
+        /// One of my calendar addresses (repeatable); added to the configuration's identity
         #[arg(long = "me", value_name = "ADDR")]
         me: Vec<String>,
-        /// Raw RFC 5322 messages; `-` reads standard input.
+        /// Raw RFC 5322 messages; `-` reads standard input
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
     },
     /// Treat each message (a file, or `-` for standard input) like one found in a mailbox.
+    #[command(
+        long_about = "Treat each raw message (a file, or `-` for standard input) like one found \
+                      in a mailbox: classify, apply, update the store, send the answers. For a \
+                      mail server pipe, procmail or a Sieve `pipe`; it waits for the state lock \
+                      up to [state] lock_timeout, then exits 75 (deliver again later).",
+        after_help = "Example:\n  imipd process < invitation.eml\n  imipd process --dry-run --json a.eml b.eml"
+    )]
     Process {
         #[command(flatten)]
         run: RunArgs,
+        /// Raw RFC 5322 messages, handled in the order given; `-` reads standard input
         #[arg(value_name = "FILE", default_value = "-")]
         files: Vec<String>,
     },
-    /// One pass over every account and folder, then exit.
+    /// One pass over every account and folder, then send the outbox and exit.
+    #[command(
+        long_about = "One pass over every account and folder, then send what the outbox holds \
+                      and exit, with a one-line summary (cron, systemd timers). Use --dry-run \
+                      first on an existing mailbox to see what it would do.",
+        after_help = "Example:\n  imipd once --dry-run      # what it would do, changing nothing\n  imipd once"
+    )]
     Once {
         #[command(flatten)]
         run: RunArgs,
     },
     /// The service: every account, every folder, forever (IDLE where the server has it).
+    #[command(
+        long_about = "The service: every account, every folder, forever; IMAP IDLE where the \
+                      server has it, polling otherwise. SIGHUP reloads the configuration (a file \
+                      that does not validate is reported and the one in use goes on); SIGINT and \
+                      SIGTERM finish the message in hand and exit.",
+        after_help = "Example:\n  imipd run\n  systemctl --user enable --now imipd.service   # see contrib/"
+    )]
     Run {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Validate the configuration.
+    /// Validate the configuration and print what imipd would do.
+    #[command(
+        long_about = "Validate the configuration and print what imipd would do: the accounts, \
+                      each policy by name and action, the outgoing transport. Fails (exit 2) \
+                      when the store, the state or a `file` transport's folder cannot be \
+                      written, a Maildir does not exist, or there is no account.",
+        after_help = "Example:\n  imipd check --connect"
+    )]
     Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Also log in to every IMAP and SMTP server.
+        /// Also log in to every IMAP and SMTP server and list the folders imipd would watch
         #[arg(long)]
         connect: bool,
+        /// The configuration is only used by `imipd process` (a mail server pipe): no account needed
+        #[arg(long)]
+        process_only: bool,
+    },
+    /// Write a commented starter configuration (never overwriting one).
+    #[command(
+        long_about = "Write a commented starter configuration to the configuration file \
+                      (-c/--config, else $IMIPD_CONFIG, else ~/.config/imipd/config.toml), \
+                      private to you (0600). An existing file is never overwritten.",
+        after_help = "Example:\n  imipd init && $EDITOR ~/.config/imipd/config.toml && imipd check --connect"
+    )]
+    Init,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  imipd completions bash > ~/.local/share/bash-completion/completions/imipd\n  imipd completions zsh > ~/.zfunc/_imipd\n  imipd completions fish > ~/.config/fish/completions/imipd.fish"
+    )]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Example:\n  imipd man > imipd.1 && man ./imipd.1\n  imipd man /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write imipd.1 and imipd-COMMAND.1 into this folder instead of printing imipd.1
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
 /// The options `process`, `once` and `run` share.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Decide and report everything, but write nothing, send nothing, mark nothing.
+    /// Decide and report everything, but write nothing, send nothing, mark nothing
     #[arg(long)]
     dry_run: bool,
-    /// Print one JSON object per message outcome on standard output.
+    /// Print one JSON object per message outcome (and per sent answer) on standard output
     #[arg(long)]
     json: bool,
 }
@@ -101,32 +215,79 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    init_log(&cli.global);
+    let config = cli.global.config.as_deref();
+    match cli.command {
+        Command::Classify { me, files } => cmd_classify(config, &me, &files),
+        Command::Check {
+            connect,
+            process_only,
+        } => cmd_check(config, connect, process_only),
+        Command::Process { run: r, files } => with_config(config, |cfg| {
+            driver::process(Arc::new(cfg.clone()), &files, r.options())
+        }),
+        Command::Once { run: r } => with_config(config, |cfg| {
+            driver::once(Arc::new(cfg.clone()), r.options())
+        }),
+        Command::Run { run: r } => {
+            with_config(config, |cfg| service::run(cfg.clone(), r.options()))
+        }
+        Command::Init => cmd_init(config),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "imipd", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man { dir } => cmd_man(dir.as_deref()),
+    }
+}
+
+/// The log: `IMIPD_LOG` when set, else `info` (`-v` debug, `-vv` trace,
+/// `-q` warnings and errors). Colours only for a terminal and never with
+/// `NO_COLOR`. Lines are written above any progress bar.
+fn init_log(g: &Global) {
+    imipd::progress::set_quiet(g.quiet);
+    let default = if g.quiet {
+        "warn"
+    } else {
+        match g.verbose {
+            0 => "info",
+            1 => "info,imipd=debug",
+            _ => "debug,imipd=trace",
+        }
+    };
+    let mut bad_filter = None;
+    let filter = match std::env::var("IMIPD_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                bad_filter = Some(format!(
+                    "IMIPD_LOG={v} is not a log filter ({e}); using {default}"
+                ));
+                tracing_subscriber::EnvFilter::new(default)
+            })
+        }
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
     // A log line that cannot be written (standard error closed, its pipe
     // broken) is dropped: with internal errors on, the subscriber would
     // report it with eprintln!, which panics on that very standard error.
-    // Colours only for a terminal, not for a log file or the journal.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(imipd::progress::LogWriter)
+        .with_ansi(imipd::progress::colours())
+        .with_target(false)
         .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMIPD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
-    match cli.command {
-        Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
-        Command::Check { config, connect } => cmd_check(config.as_deref(), connect),
-        Command::Process { run: r, files } => with_config(r.config.as_deref(), |cfg| {
-            driver::process(Arc::new(cfg.clone()), &files, r.options())
-        }),
-        Command::Once { run: r } => with_config(r.config.as_deref(), |cfg| {
-            driver::once(Arc::new(cfg.clone()), r.options())
-        }),
-        Command::Run { run: r } => with_config(r.config.as_deref(), |cfg| {
-            service::run(cfg.clone(), r.options())
-        }),
+    if let Some(w) = bad_filter {
+        tracing::warn!("{w}");
     }
+}
+
+/// Bytes to standard output; a reader that went away is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|_| out.flush());
+    ExitCode::SUCCESS
 }
 
 /// Load the configuration and run a command with it; errors print their
@@ -155,6 +316,12 @@ fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
     let path = config::default_path(given);
     config::load(&path).map_err(|e| {
         imipd::say_err!("imipd: {e}");
+        if given.is_none() && !path.exists() {
+            imipd::say_err!(
+                "imipd: there is no configuration yet: `imipd init` writes a commented one to {}",
+                path.display()
+            );
+        }
         ExitCode::from(2)
     })
 }
@@ -205,101 +372,80 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
     ExitCode::from(u8::from(failed))
 }
 
-fn cmd_check(config_path: Option<&Path>, connect: bool) -> ExitCode {
+fn cmd_check(config_path: Option<&Path>, connect: bool, process_only: bool) -> ExitCode {
     let cfg = match load_config(config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    imipd::say!(
-        "configuration {} is valid",
-        cfg.file.as_deref().unwrap_or(Path::new("?")).display()
-    );
-    imipd::say!("identity: {}", cfg.identity.addresses.join(", "));
-    imipd::say!("store: {}", cfg.store.display());
-    imipd::say!("state: {}", cfg.state.display());
-    for a in &cfg.accounts {
-        match &a.source {
-            config::Source::Imap(i) => imipd::say!(
-                "account {}: imap {}@{}:{} folders {}",
-                a.name,
-                i.username,
-                i.host,
-                i.port,
-                i.folders.join(", ")
-            ),
-            config::Source::Maildir { path, .. } => {
-                imipd::say!("account {}: maildir {}", a.name, path.display())
-            }
-        }
-    }
-    imipd::say!("policies: {}", cfg.policies.len());
-    for warning in plain_text_passwords(&cfg) {
-        eprintln!("imipd: warning: {warning}");
-    }
-    // The folders a run writes into: created as a run would, then probed.
-    let mut unusable = false;
-    let mut probe = |what: &str, dir: &Path, r: anyhow::Result<()>| {
-        if let Err(e) = r {
-            eprintln!("imipd: cannot use {what} {}: {e:#}", dir.display());
-            unusable = true;
-        }
-    };
-    probe(
-        "store folder",
-        &cfg.store,
-        imipd::fsutil::probe_writable(&cfg.store),
-    );
-    probe(
-        "state folder",
-        &cfg.state,
-        imipd::state::State::probe_writable(&cfg.state),
-    );
-    if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
-        probe("outgoing folder", path, imipd::fsutil::probe_writable(path));
-    }
-    let status = if connect {
-        check::check_connect(&cfg)
-    } else {
-        driver::EXIT_OK
-    };
-    if unusable {
-        return ExitCode::from(2);
+    let mut status = check::check(&cfg, process_only);
+    if connect {
+        status = status.max(check::check_connect(&cfg));
     }
     ExitCode::from(status)
 }
 
-/// Where a password would travel in plain text (`tls = "none"`) to a host
-/// that is not this machine.
-fn plain_text_passwords(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let say = |who: String, host: &str| {
-        format!(
-            "{who}: the password travels without TLS (tls = \"none\") to {host}, which is not this machine; \
-             anyone on the way can read it (use tls = \"implicit\" or \"starttls\")"
-        )
-    };
-    for a in &cfg.accounts {
-        if let config::Source::Imap(i) = &a.source {
-            if i.tls == config::Tls::None && !is_loopback(&i.host) {
-                out.push(say(format!("account {}", a.name), &i.host));
-            }
+/// `imipd init`: the starter configuration at the configuration path,
+/// created new (never replacing a file), private to the user.
+fn cmd_init(config_path: Option<&Path>) -> ExitCode {
+    let path = config::default_path(config_path);
+    match imipd::init::write_starter(&path) {
+        Ok(()) => {
+            imipd::say!("wrote {}", path.display());
+            imipd::say!(
+                "next: put your address, your mail server and your policies into it, then run\n  \
+                 imipd check --connect\n  imipd once --dry-run\n  \
+                 imipd run   (or: systemctl --user enable --now imipd.service)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            imipd::say_err!("imipd: {e:#}");
+            ExitCode::from(1)
         }
     }
-    if let Some(config::Outgoing::Smtp(s)) = &cfg.outgoing {
-        if s.tls == config::Tls::None && s.secret.is_some() && !is_loopback(&s.host) {
-            out.push(say("outgoing".to_string(), &s.host));
-        }
-    }
-    out
 }
 
-/// `localhost`, a name under `.localhost` (RFC 6761), or a loopback address.
-fn is_loopback(host: &str) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    let bare = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
-        || h.ends_with(".localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// `imipd man`: the man page of imipd (to standard output), or one page
+/// per command written into `dir`.
+fn cmd_man(dir: Option<&Path>) -> ExitCode {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+            imipd::say_err!("imipd: cannot render the man page: {e}");
+            return ExitCode::from(1);
+        }
+        return write_stdout(&out);
+    };
+    let mut pages = vec![("imipd.1".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let page = sub
+            .clone()
+            .display_name(format!("imipd-{}", sub.get_name()))
+            .bin_name(format!("imipd {}", sub.get_name()));
+        pages.push((format!("imipd-{}.1", sub.get_name()), page));
+    }
+    for (file, page) in pages {
+        let mut text = Vec::new();
+        let path = dir.join(&file);
+        let r = clap_mangen::Man::new(page)
+            .render(&mut text)
+            .and_then(|_| std::fs::write(&path, &text));
+        if let Err(e) = r {
+            imipd::say_err!("imipd: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        imipd::say!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

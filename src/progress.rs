@@ -121,9 +121,8 @@ impl Progress {
         }
         if stderr_is_terminal() {
             if total >= BAR_FROM {
-                let m = BARS.get_or_init(|| {
-                    MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
-                });
+                let m = BARS
+                    .get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
                 let bar = m.add(ProgressBar::new(total));
                 bar.set_style(
                     ProgressStyle::with_template(

@@ -184,8 +184,9 @@ impl Validator<'_> {
         };
         let d = match v.get_ref() {
             RawDuration::Seconds(n) => Duration::from_secs(*n),
-            RawDuration::Text(t) => duration_with_unit(t)
-                .map_err(|m| self.err(key, Some(v.span()), m))?,
+            RawDuration::Text(t) => {
+                duration_with_unit(t).map_err(|m| self.err(key, Some(v.span()), m))?
+            }
         };
         if d.is_zero() {
             return Err(self.err(key, Some(v.span()), "must be at least 1 second"));
@@ -212,9 +213,13 @@ impl Validator<'_> {
                 _ => Since::parse(&d.to_string()),
             },
         };
-        parsed
-            .map(Some)
-            .map_err(|m| self.err("account.since", Some(v.span()), format!("account `{account}`: {m}")))
+        parsed.map(Some).map_err(|m| {
+            self.err(
+                "account.since",
+                Some(v.span()),
+                format!("account `{account}`: {m}"),
+            )
+        })
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {

@@ -1043,13 +1043,13 @@ impl Connection {
                 format!("select folder {folder}"),
                 format!("no answer within {} s", t.as_secs()),
             )),
-            Ok(Err(async_imap::error::Error::No(reason) | async_imap::error::Error::Bad(reason))) => {
-                Err(ImapError::Folder {
-                    server: self.server.clone(),
-                    folder: folder.to_string(),
-                    reason: reason.trim().to_string(),
-                })
-            }
+            Ok(Err(
+                async_imap::error::Error::No(reason) | async_imap::error::Error::Bad(reason),
+            )) => Err(ImapError::Folder {
+                server: self.server.clone(),
+                folder: folder.to_string(),
+                reason: reason.trim().to_string(),
+            }),
             Ok(Err(e)) => Err(self.err(format!("select folder {folder}"), e)),
             Ok(Ok(m)) => Ok(m),
         }
@@ -1165,7 +1165,8 @@ impl Connection {
         } else {
             u64::from(mailbox.exists)
         };
-        let mut progress = crate::progress::Progress::start(&format!("{}/{folder}", ctx.account), about);
+        let mut progress =
+            crate::progress::Progress::start(&format!("{}/{folder}", ctx.account), about);
         while start <= end {
             let stop = start.saturating_add(BATCH - 1).min(end);
             let range = if uidnext == 0 {
@@ -1200,7 +1201,11 @@ impl Connection {
             };
             let plan: Vec<usize> = plan_batch(&batch, start, last_asked)
                 .into_iter()
-                .filter(|&i| batch[i].uid.is_some_and(|u| older.binary_search(&u).is_err()))
+                .filter(|&i| {
+                    batch[i]
+                        .uid
+                        .is_some_and(|u| older.binary_search(&u).is_err())
+                })
                 .collect();
             // Older and newer mail in UID order, so that a stop in the
             // middle never moves the last UID over a message not handled.
