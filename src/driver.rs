@@ -86,7 +86,7 @@ impl Tally {
         );
         if self.older > 0 {
             s.push_str(&format!(
-                " ({} older than `since`, remembered without processing)",
+                " ({} older than `since`, not processed)",
                 self.older
             ));
         }
@@ -124,6 +124,8 @@ impl Reporter {
     /// standard error otherwise (with `-q`, only problems).
     fn line(&self, problem: bool, line: &str) {
         if self.log {
+            // A log record says who wrote it; a plain line says "imipd:".
+            let line = line.strip_prefix("imipd: ").unwrap_or(line);
             if problem {
                 tracing::warn!("{line}");
             } else {
@@ -191,7 +193,11 @@ impl Reporter {
     /// A pass or a wait that failed for the whole account.
     pub fn account_error(&self, account: &str, e: &SourceError, then: &str) {
         self.count(|t| t.errors += 1);
-        self.line(true, &format!("imipd: account {account}: {e}{then}"));
+        if self.log {
+            tracing::warn!(account = %account, "{e}{then}");
+        } else {
+            self.line(true, &format!("imipd: account {account}: {e}{then}"));
+        }
     }
 
     pub fn sent(&self, r: &SendReport) {
@@ -219,13 +225,10 @@ impl Reporter {
         self.line(r.error.is_some(), &line);
     }
 
-    /// `once`'s last line: folders, new messages, what was done, replies,
-    /// errors (and a `{"summary": …}` line with `--json`).
+    /// `once`'s last line, on standard error (also with `--json`): folders,
+    /// new messages, what was done, replies, errors.
     pub fn summary(&self) {
         let t = self.tally();
-        if self.opts.json {
-            print_json(&serde_json::json!({ "summary": t }));
-        }
         if !crate::progress::quiet() {
             crate::say_err!("imipd: {}", t.line(self.opts.dry_run));
         }

@@ -126,7 +126,7 @@ impl Progress {
                 let bar = m.add(ProgressBar::new(total));
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {pos}/{len} messages, {per_sec}, {eta} left",
+                        "{prefix} [{bar:30}] {pos}/{len} messages ({eta} left)",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),

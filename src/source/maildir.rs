@@ -133,11 +133,18 @@ impl super::Source for MaildirSource {
             ..PassReport::default()
         };
         let cutoff = self.since.map(|s| s.cutoff(crate::clock::now()));
-        let new: Vec<Entry> = list(&self.path)
-            .map_err(other)?
+        let all = list(&self.path).map_err(other)?;
+        let listed = all.len();
+        let new: Vec<Entry> = all
             .into_iter()
             .filter(|e| !ledger.contains(&e.key))
             .collect();
+        tracing::debug!(
+            "{}: {listed} messages in {}, {} not handled yet",
+            self.name,
+            self.path.display(),
+            new.len()
+        );
         let mut progress = crate::progress::Progress::start(&self.name, new.len() as u64);
         // Older mail goes into the ledger in batches (one fsync each).
         let mut older: Vec<String> = Vec::new();

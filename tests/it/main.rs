@@ -12,6 +12,7 @@ mod chaos;
 mod classify_fixtures;
 mod cli;
 mod crash;
+mod everyday;
 mod hostile;
 mod imap;
 mod imap_hardening;
