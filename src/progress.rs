@@ -150,7 +150,7 @@ impl Progress {
             if self.done > self.total {
                 b.set_length(self.done);
             }
-        } else if self.log && self.done % LOG_EVERY == 0 {
+        } else if self.log && self.done.is_multiple_of(LOG_EVERY) {
             tracing::info!(
                 "{}: {} of {} messages looked at",
                 self.label,

@@ -75,7 +75,7 @@ fn describe(d: Duration) -> String {
     let s = d.as_secs();
     let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
         .into_iter()
-        .find(|(u, _)| s >= *u && s % u == 0)
+        .find(|(u, _)| s >= *u && s.is_multiple_of(*u))
         .map_or((s, "second"), |(u, name)| (s / u, name));
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
