@@ -36,7 +36,7 @@ pub fn check(cfg: &Config, process_only: bool) -> u8 {
             .unwrap_or_default();
         match &a.source {
             Source::Imap(i) => crate::say!(
-                "account {}: imap {}@{}:{} ({}), folders {}{since}",
+                "account {}: imap {} on {}:{} ({}), folders {}{since}",
                 a.name,
                 i.username,
                 i.host,

@@ -510,7 +510,7 @@ async fn smtp_connect(
                 // A server that waits for a TLS handshake sends no greeting.
                 if e == "timed out" {
                     down(format!(
-                        "no greeting within {} s; if port {} expects TLS from the first byte (like 465), set tls = \"implicit\"",
+                        "no greeting within {} s; if port {} expects TLS from the first byte (as 465 does), set tls = \"implicit\"",
                         t.as_secs(),
                         cfg.port
                     ))

@@ -687,10 +687,14 @@ pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, Im
     // A server that waits for a TLS handshake never sends a plain greeting.
     let plain_greeting = |e: String| {
         if e.starts_with("no greeting") {
-            conn_err(format!(
-                "{e}; if port {} expects TLS from the first byte (like 993), set tls = \"implicit\"",
-                cfg.port
-            ))
+            conn_err(if cfg.port == 993 {
+                format!("{e}; port 993 expects TLS from the first byte: set tls = \"implicit\"")
+            } else {
+                format!(
+                    "{e}; if port {} expects TLS from the first byte (as 993 does), set tls = \"implicit\"",
+                    cfg.port
+                )
+            })
         } else {
             conn_err(e)
         }
