@@ -254,10 +254,7 @@ fn naive(d: &Dovecot, dir: &Path) -> (f64, u64, usize) {
     }
     imipd::driver::flush(
         &mut p,
-        &imipd::driver::Reporter {
-            opts: imipd::driver::Options::default(),
-            log: false,
-        },
+        &imipd::driver::Reporter::new(imipd::driver::Options::default(), false),
     )
     .unwrap();
     (start.elapsed().as_secs_f64(), bytes, imip)

@@ -7,7 +7,7 @@
 //! an [`Actor`]. One processor per person ([`Config::people`]): an
 //! account's messages go to its person's processor only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -42,40 +42,154 @@ pub fn print_json(value: &impl serde::Serialize) {
     crate::say!("{line}");
 }
 
-/// How outcomes are shown.
-#[derive(Debug, Clone, Copy)]
+/// How outcomes are shown: the same lines for `once`, `process` and `run`
+/// — plain lines on standard error for the batch commands, log records
+/// (with time and level) for the service — and JSON Lines on standard
+/// output with `--json`. It also keeps the tally for `once`'s summary.
+#[derive(Debug, Clone)]
 pub struct Reporter {
     pub opts: Options,
     /// In the service, outcomes go to the log (tracing) rather than plain
     /// lines on standard error.
     pub log: bool,
+    tally: Arc<Mutex<Tally>>,
+}
+
+/// What a batch run did, for its summary line.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Tally {
+    /// Folders (and Maildirs) passed over.
+    pub folders: usize,
+    /// New messages looked at.
+    pub messages: usize,
+    /// Messages older than the account's `since`, remembered unprocessed.
+    pub older: usize,
+    /// Messages with calendar data (iTIP).
+    pub with_calendar: usize,
+    /// What was done, by effect (`created`, `updated`, `refused`, …).
+    pub effects: std::collections::BTreeMap<&'static str, usize>,
+    pub replies_sent: usize,
+    pub replies_not_sent: usize,
+    /// Messages that could not be handled, folders or accounts that failed.
+    pub errors: usize,
+}
+
+impl Tally {
+    /// The summary in one line.
+    pub fn line(&self, dry_run: bool) -> String {
+        let n =
+            |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+        let mut s = format!(
+            "{}{}, {}",
+            if dry_run { "[dry-run] " } else { "" },
+            n(self.folders, "folder", "folders"),
+            n(self.messages, "new message", "new messages")
+        );
+        if self.older > 0 {
+            s.push_str(&format!(
+                " ({} older than `since`, not processed)",
+                self.older
+            ));
+        }
+        s.push_str(&format!(", {} with calendar data", self.with_calendar));
+        if !self.effects.is_empty() {
+            let done: Vec<String> = self
+                .effects
+                .iter()
+                .map(|(e, k)| format!("{k} {e}"))
+                .collect();
+            s.push_str(&format!(": {}", done.join(", ")));
+        }
+        s.push_str(&format!(
+            "; {}",
+            n(self.replies_sent, "reply sent", "replies sent")
+        ));
+        if self.replies_not_sent > 0 {
+            s.push_str(&format!(", {} not sent yet", self.replies_not_sent));
+        }
+        s.push_str(&format!("; {}", n(self.errors, "error", "errors")));
+        s
+    }
 }
 
 impl Reporter {
+    pub fn new(opts: Options, log: bool) -> Reporter {
+        Reporter {
+            opts,
+            log,
+            tally: Arc::default(),
+        }
+    }
+
+    /// A line for people: a log record in the service, a plain line on
+    /// standard error otherwise (with `-q`, only problems).
+    fn line(&self, problem: bool, line: &str) {
+        if self.log {
+            // A log record says who wrote it; a plain line says "imipd:".
+            let line = line.strip_prefix("imipd: ").unwrap_or(line);
+            if problem {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        } else if problem || !crate::progress::quiet() {
+            crate::say_err!("{line}");
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Tally)) {
+        if let Ok(mut t) = self.tally.lock() {
+            f(&mut t);
+        }
+    }
+
+    /// What was done so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
     pub fn outcome(&self, o: &MessageOutcome) {
+        self.count(|t| {
+            if o.failed() {
+                t.errors += 1;
+            }
+            if o.imip {
+                t.with_calendar += 1;
+            }
+            for r in &o.results {
+                *t.effects.entry(r.effect.as_str()).or_default() += 1;
+            }
+        });
         if self.opts.json {
             print_json(o);
             // Messages left for the next pass are named on stderr in any case.
             if let Some(e) = &o.error {
-                crate::say_err!("imipd: {}: {e}", o.source);
-            }
-        } else if self.log {
-            if o.failed() {
-                tracing::warn!("{o}");
-            } else {
-                tracing::info!("{o}");
+                self.line(true, &format!("imipd: {}: {e}", o.source));
             }
         } else {
-            crate::say_err!("{o}");
+            self.line(o.failed(), &o.to_string());
         }
     }
 
-    /// A pass over one IMAP folder, with `--json`.
-    pub fn pass(&self, account: &str, r: &PassReport) {
-        if self.opts.json {
+    /// A pass over one folder: counted, a JSON line with `--json` (for
+    /// `run`, only when something was looked at), and a folder that could
+    /// not be read named.
+    pub fn pass(&self, account: &str, r: &PassReport, json_line: bool) {
+        self.count(|t| {
+            t.folders += 1;
+            t.messages += r.examined;
+            t.older += r.older;
+            if r.error.is_some() {
+                t.errors += 1;
+            }
+        });
+        if self.opts.json && json_line {
             print_json(
                 &serde_json::json!({ "schema": crate::outcome::SCHEMA, "pass": r, "account": account }),
             );
+        }
+        if let Some(e) = &r.error {
+            self.line(true, &format!("imipd: account {account}: {e}"));
         }
     }
 
@@ -83,14 +197,26 @@ impl Reporter {
     pub fn edit(&self, e: &crate::respond::EditOutcome) {
         if self.opts.json {
             print_json(&serde_json::json!({ "schema": crate::outcome::SCHEMA, "edit": e }));
-        } else if self.log {
-            tracing::info!("{e}");
         } else {
-            crate::say_err!("{e}");
+            self.line(false, &e.to_string());
+        }
+    }
+
+    /// A pass or a wait that failed for the whole account.
+    pub fn account_error(&self, account: &str, e: &SourceError, then: &str) {
+        self.count(|t| t.errors += 1);
+        if self.log {
+            tracing::warn!(account = %account, "{e}{then}");
+        } else {
+            self.line(true, &format!("imipd: account {account}: {e}{then}"));
         }
     }
 
     pub fn sent(&self, r: &SendReport) {
+        self.count(|t| match r.status {
+            "sent" => t.replies_sent += 1,
+            _ => t.replies_not_sent += 1,
+        });
         if self.opts.json {
             print_json(&serde_json::json!({ "schema": crate::outcome::SCHEMA, "outbox": r }));
             return;
@@ -108,14 +234,15 @@ impl Reporter {
                 r.summary
             ),
         };
-        if self.log {
-            if r.error.is_some() {
-                tracing::warn!("{line}");
-            } else {
-                tracing::info!("{line}");
-            }
-        } else {
-            crate::say_err!("{line}");
+        self.line(r.error.is_some(), &line);
+    }
+
+    /// `once`'s last line, on standard error (also with `--json`): folders,
+    /// new messages, what was done, replies, errors.
+    pub fn summary(&self) {
+        let t = self.tally();
+        if !crate::progress::quiet() {
+            crate::say_err!("imipd: {}", t.line(self.opts.dry_run));
         }
     }
 }
@@ -173,10 +300,13 @@ impl Actor {
         let dry_run = reporter.opts.dry_run;
         let processor = Processor::open(cfg, dry_run)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1);
+        let jobs_reporter = reporter.clone();
         let task = tokio::spawn(async move {
+            let reporter = jobs_reporter;
             let mut slot = Some(processor);
             while let Some(job) = rx.recv().await {
                 let Some(mut p) = slot.take() else { break };
+                let reporter = reporter.clone();
                 let back = tokio::task::spawn_blocking(move || {
                     match job {
                         Job::Message(m, reply) => {
@@ -261,23 +391,17 @@ impl AnySource {
         cfg.accounts
             .iter()
             .map(|a| match &a.source {
-                SourceConfig::Imap(i) => AnySource::Imap(Box::new(ImapSource::new(
-                    &a.name,
-                    i,
-                    &cfg.limits,
-                    &cfg.state,
-                    dry_run,
-                ))),
+                SourceConfig::Imap(i) => AnySource::Imap(Box::new(
+                    ImapSource::new(&a.name, i, &cfg.limits, &cfg.state, dry_run)
+                        .with_since(a.since),
+                )),
                 SourceConfig::Maildir {
                     path,
                     poll_interval,
-                } => AnySource::Maildir(MaildirSource::new(
-                    &a.name,
-                    path,
-                    *poll_interval,
-                    &cfg.state,
-                    dry_run,
-                )),
+                } => AnySource::Maildir(
+                    MaildirSource::new(&a.name, path, *poll_interval, &cfg.state, dry_run)
+                        .with_since(a.since),
+                ),
             })
             .collect()
     }
@@ -335,21 +459,15 @@ pub async fn pass<S: Source, H: Handler>(
         Ok(reports) => {
             let mut status = EXIT_OK;
             for r in &reports {
-                if source.reports_passes() {
-                    reporter.pass(source.name(), r);
-                }
-                if r.failed > 0 {
+                reporter.pass(source.name(), r, source.reports_passes());
+                if r.failed > 0 || r.error.is_some() {
                     status = EXIT_SOME_FAILED;
                 }
             }
             status
         }
         Err(e) => {
-            if reporter.log && !reporter.opts.json {
-                tracing::warn!(account = %source.name(), "{e}");
-            } else {
-                crate::say_err!("imipd: account {}: {e}", source.name());
-            }
+            reporter.account_error(source.name(), &e, "");
             if e.server {
                 EXIT_SERVER
             } else {
@@ -387,21 +505,23 @@ pub fn edits(p: &mut Processor, reporter: &Reporter) -> u8 {
 }
 
 /// Run a batch command's passes on a thread with the IMAP stack; with
-/// `edits`, then answer the changes made in the calendar.
+/// `edits`, then answer the changes made in the calendar; with `summary`,
+/// end with the one-line summary.
 fn batch<S: Source>(
     cfg: Arc<Config>,
     opts: Options,
     mut sources: Vec<S>,
     with_edits: bool,
+    summary: bool,
 ) -> anyhow::Result<u8> {
     imap::on_imap_stack(move || -> anyhow::Result<u8> {
         let mut processor = Processor::open(cfg, opts.dry_run)?;
-        let reporter = Reporter { opts, log: false };
+        let reporter = Reporter::new(opts, false);
         let rt = runtime()?;
         let status = rt.block_on(async {
             let mut handler = Direct {
                 processor: &mut processor,
-                reporter,
+                reporter: reporter.clone(),
             };
             let stop = Shutdown::never();
             let mut status = EXIT_OK;
@@ -416,7 +536,11 @@ fn batch<S: Source>(
         } else {
             status
         };
-        Ok(status.max(flush(&mut processor, &reporter)?))
+        let status = status.max(flush(&mut processor, &reporter)?);
+        if summary {
+            reporter.summary();
+        }
+        Ok(status)
     })?
 }
 
@@ -429,14 +553,14 @@ pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
     if people.len() <= 1 {
         let person = Arc::new(people.into_iter().next().unwrap_or_else(|| (*cfg).clone()));
         let sources = AnySource::all(&person, opts.dry_run);
-        return batch(person, opts, sources, true);
+        return batch(person, opts, sources, true, true);
     }
     let mut status = EXIT_OK;
     for person in people {
         let person = Arc::new(person);
         let sources = AnySource::all(&person, opts.dry_run);
         let who = person.person.clone().unwrap_or_else(|| "[identity]".into());
-        match batch(person, opts, sources, true) {
+        match batch(person, opts, sources, true, true) {
             Ok(s) => status = status.max(s),
             Err(e) => {
                 crate::say_err!("imipd: {who}: {e:#}");
@@ -453,7 +577,7 @@ pub fn once(cfg: Arc<Config>, opts: Options) -> anyhow::Result<u8> {
 
 /// `imipd process FILE|-...`: each message in the order given, then the outbox.
 pub fn process(cfg: Arc<Config>, files: &[String], opts: Options) -> anyhow::Result<u8> {
-    batch(cfg, opts, vec![FilesSource::new(files)], false)
+    batch(cfg, opts, vec![FilesSource::new(files)], false, false)
 }
 
 /// Send what the outbox holds (everything, whatever its backoff); exit 3

@@ -53,7 +53,9 @@
 //! - [`driver`]: one pass of a source through the processor; `once`, `process`.
 //! - [`service`]: `run`: every account, the processor thread, the outbox sender.
 //! - [`shutdown`]: the stop signal the service's tasks watch.
-//! - [`check`]: `check --connect`.
+//! - [`progress`]: standard error shared by lines, the log and progress bars; `-q`.
+//! - [`check`]: `check`, `check --connect`.
+//! - [`init`]: `init`: the starter configuration.
 //! - [`mcp`]: `mcp`, the Model Context Protocol server for assistant bots.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
 #![forbid(unsafe_code)]
@@ -73,6 +75,7 @@ pub mod gather;
 pub mod hook;
 pub mod ical;
 pub mod identity;
+pub mod init;
 pub mod itip;
 pub mod limits;
 pub mod mcp;
@@ -84,6 +87,7 @@ pub mod outcome;
 pub mod pending;
 pub mod policy;
 pub mod process;
+pub mod progress;
 pub mod recur;
 pub mod reply;
 pub mod respond;
@@ -108,12 +112,12 @@ macro_rules! say {
 
 /// Write one line to standard error, like `eprintln!` but never panicking:
 /// a closed or broken standard error (a log pipe whose reader went away)
-/// must not kill the service or a pass; the line is lost instead.
+/// must not kill the service or a pass; the line is lost instead. Written
+/// above any progress bar ([`progress`]).
 #[macro_export]
 macro_rules! say_err {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        $crate::progress::line_to_stderr(format_args!($($arg)*));
     }};
 }
 

@@ -3,13 +3,19 @@
 //! (0 ok, 1 some messages not handled, 2 bad command line or configuration —
 //! for `check` also a store or state folder it cannot write, 3 a server
 //! unreachable or refusing the login, 75 the state lock stayed busy).
+//!
+//! The options every command takes (`-c/--config`, `-v`, `-q`) live in
+//! [`Global`] and may stand before or after the command's name; each
+//! command's own arguments, help and example stay in its variant of
+//! [`Command`]. The completions and the man page are generated from these
+//! same definitions.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 use imipd::config::{self, Config};
 use std::sync::Arc;
@@ -17,95 +23,215 @@ use std::sync::Arc;
 use imipd::driver::{self, Options};
 use imipd::{check, classify, service};
 
+/// The exit statuses, the environment and an example per command, at the
+/// end of `imipd --help` and in the man page.
+const AFTER_HELP: &str = "\
+Exit status:
+  0   all went well
+  1   some messages could not be handled (named on standard error, left for the next pass)
+  2   bad command line or configuration (the message names the file, the key, the line
+      and the column); for `check`, also a store, state or outgoing folder it cannot
+      write, a Maildir that does not exist, or no account
+  3   a server could not be reached or refused the login
+  75  the state lock stayed busy for [state] lock_timeout (another imipd works on the
+      same state): a mail server piping into `imipd process` delivers again later
+
+Environment:
+  IMIPD_CONFIG  the configuration file when -c/--config is not given
+                (else $XDG_CONFIG_HOME/imipd/config.toml, i.e. ~/.config/imipd/config.toml)
+  IMIPD_LOG     what the log shows, as a tracing filter: `debug`, `warn`,
+                `imipd=debug,info` (default `info`; -v and -q change the default)
+  NO_COLOR      set to anything: no colours in the log (there are none anyway unless
+                standard error is a terminal)
+
+Trust:
+  Who sent an invitation is proven before it is acted on: an S/MIME or PGP signature by
+  the organizer (or the replying attendee), the receiving server's DKIM/DMARC verdict, or
+  a trusted relay ([trust] and [identity] in the configuration; README.md, \"Trust\").
+  Signed and encrypted mail is verified and opened with the configured keys.
+
+Examples:
+  imipd init                          write a commented starter configuration
+  imipd check --connect               validate it, log in to every server
+  imipd once --dry-run                what one pass would do, changing nothing
+  imipd once                          one pass over every account (cron, timers)
+  imipd run                           the service (contrib/imipd.service); SIGHUP reloads
+  imipd process < invitation.eml      one message from a mail server pipe
+  imipd pending                       what waits for my answer
+  imipd respond UID accept            answer one now (sets my PARTSTAT, sends the REPLY)
+  imipd classify --me me@example.com message.eml
+  imipd completions bash > ~/.local/share/bash-completion/completions/imipd
+  imipd man > imipd.1";
+
 #[derive(Parser)]
 #[command(
     name = "imipd",
     version,
     about = "Answers calendar invitations that arrive by e-mail (iMIP)",
-    after_help = "Who sent an invitation is proven before it is acted on: an S/MIME or PGP \
-signature by the organizer (or the replying attendee), the receiving server's DKIM/DMARC \
-verdict, or a trusted relay ([trust] and [identity] in the configuration; README.md, \"Trust\"). \
-Signed and encrypted mail is verified and opened with the configured keys."
+    long_about = "Answers calendar invitations that arrive by e-mail (iMIP): reads them \
+                  from IMAP, a Maildir or a pipe, files the events into a vdir calendar \
+                  and, where the configuration's policies say so, accepts, declines or \
+                  tentatively accepts them with an iTIP REPLY.",
+    after_help = AFTER_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The options every command takes, before or after its name
+/// (`imipd -c F once` and `imipd once -c F` are the same).
+#[derive(clap::Args)]
+struct Global {
+    /// The configuration file [default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml]
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More detail in the log: -v debug, -vv trace (IMIPD_LOG, when set, decides)
+    #[arg(short = 'v', long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only problems: no line per message handled, no summary, no progress; warnings and errors
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Read-only: print one JSON object per message (JSON Lines); changes nothing.
+    #[command(
+        after_help = "Example:\n  imipd classify --me bob@example.com invitation.eml other.eml"
+    )]
     Classify {
-        /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml; optional here).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// One of my calendar addresses (repeatable); added to the configuration's identity.
+        /// One of my calendar addresses (repeatable); added to the configuration's identity
         #[arg(long = "me", value_name = "ADDR")]
         me: Vec<String>,
-        /// Raw RFC 5322 messages; `-` reads standard input.
+        /// Raw RFC 5322 messages; `-` reads standard input
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
     },
     /// Treat each message (a file, or `-` for standard input) like one found in a mailbox.
+    #[command(
+        long_about = "Treat each raw message (a file, or `-` for standard input) like one found \
+                      in a mailbox: classify, apply, update the store, send the answers. For a \
+                      mail server pipe, procmail or a Sieve `pipe`; it waits for the state lock \
+                      up to [state] lock_timeout, then exits 75 (deliver again later).",
+        after_help = "Example:\n  imipd process < invitation.eml\n  imipd process --dry-run --json a.eml b.eml"
+    )]
     Process {
         #[command(flatten)]
         run: RunArgs,
-        /// The account the messages came to: whose calendar and state to use (needed when the configuration serves several people).
+        /// The account the messages came to: whose calendar and state to use (needed when the configuration serves several people)
         #[arg(long, value_name = "NAME")]
         account: Option<String>,
+        /// Raw RFC 5322 messages, handled in the order given; `-` reads standard input
         #[arg(value_name = "FILE", default_value = "-")]
         files: Vec<String>,
     },
-    /// One pass over every account and folder, then exit.
+    /// One pass over every account and folder, then send the outbox and exit.
+    #[command(
+        long_about = "One pass over every account and folder, then send what the outbox holds \
+                      and exit, with a one-line summary (cron, systemd timers). Use --dry-run \
+                      first on an existing mailbox to see what it would do.",
+        after_help = "Example:\n  imipd once --dry-run      # what it would do, changing nothing\n  imipd once"
+    )]
     Once {
         #[command(flatten)]
         run: RunArgs,
-        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration.
+        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration
         #[arg(long, value_name = "K/N")]
         shard: Option<config::Shard>,
     },
     /// The service: every account, every folder, forever (IDLE where the server has it).
+    #[command(
+        long_about = "The service: every account, every folder, forever; IMAP IDLE where the \
+                      server has it, polling otherwise. SIGHUP reloads the configuration (a file \
+                      that does not validate is reported and the one in use goes on); SIGINT and \
+                      SIGTERM finish the message in hand and exit.",
+        after_help = "Example:\n  imipd run\n  systemctl --user enable --now imipd.service   # see contrib/"
+    )]
     Run {
         #[command(flatten)]
         run: RunArgs,
-        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration.
+        /// Only the accounts of shard K of N (a stable hash of the account name), so that N processes share one configuration
         #[arg(long, value_name = "K/N")]
         shard: Option<config::Shard>,
     },
     /// What waits for my answer: invitations, and COUNTER, REFRESH, DECLINECOUNTER kept for attention.
+    #[command(after_help = "Example:\n  imipd pending\n  imipd pending --json --account work")]
     Pending(PendingArgs),
     /// One event in the calendar, as `pending --json` shows it.
+    #[command(after_help = "Example:\n  imipd show 040000008200E00074C5B7101A82E008@example.com")]
     Show(ShowArgs),
     /// Answer an invitation now (accept, decline, tentative): sets my PARTSTAT and sends the REPLY.
     Respond(RespondArgs),
     /// Propose another time for an invitation (an iTIP COUNTER to the organizer).
+    #[command(
+        after_help = "Example:\n  imipd counter UID --start 2026-12-01T15:00 --end 2026-12-01T16:00 --comment \"afternoon?\""
+    )]
     Counter(CounterArgs),
     /// A Model Context Protocol server on standard input/output, for assistant bots
     /// (tools: pending, show, respond, counter).
+    #[command(
+        after_help = "Example (an MCP client's server entry):\n  {\"command\": \"imipd\", \"args\": [\"mcp\"]}"
+    )]
     Mcp(McpArgs),
-    /// Validate the configuration.
+    /// Validate the configuration and print what imipd would do.
+    #[command(
+        long_about = "Validate the configuration and print what imipd would do: the accounts, \
+                      each policy by name and action, the outgoing transport. Fails (exit 2) \
+                      when the store, the state or a `file` transport's folder cannot be \
+                      written, a Maildir does not exist, or there is no account.",
+        after_help = "Example:\n  imipd check --connect"
+    )]
     Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Also log in to every IMAP, SMTP and CalDAV server.
+        /// Also log in to every IMAP, SMTP and CalDAV server and list the folders imipd would watch
         #[arg(long)]
         connect: bool,
-        /// Check only the person of this account.
+        /// Check only the person of this account
         #[arg(long, value_name = "NAME")]
         account: Option<String>,
+        /// The configuration is only used by `imipd process` (a mail server pipe): no account needed
+        #[arg(long)]
+        process_only: bool,
+    },
+    /// Write a commented starter configuration (never overwriting one).
+    #[command(
+        long_about = "Write a commented starter configuration to the configuration file \
+                      (-c/--config, else $IMIPD_CONFIG, else ~/.config/imipd/config.toml), \
+                      private to you (0600). An existing file is never overwritten.",
+        after_help = "Example:\n  imipd init && $EDITOR ~/.config/imipd/config.toml && imipd check --connect"
+    )]
+    Init,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  imipd completions bash > ~/.local/share/bash-completion/completions/imipd\n  imipd completions zsh > ~/.zfunc/_imipd\n  imipd completions fish > ~/.config/fish/completions/imipd.fish"
+    )]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Example:\n  imipd man > imipd.1 && man ./imipd.1\n  imipd man /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write imipd.1 and imipd-COMMAND.1 into this folder instead of printing imipd.1
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
 /// The options `process`, `once` and `run` share.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Decide and report everything, but write nothing, send nothing, mark nothing.
+    /// Decide and report everything, but write nothing, send nothing, mark nothing
     #[arg(long)]
     dry_run: bool,
-    /// Print one JSON object per message outcome on standard output.
+    /// Print one JSON object per message outcome (and per sent answer) on standard output
     #[arg(long)]
     json: bool,
 }
@@ -113,10 +239,8 @@ struct RunArgs {
 /// `imipd pending`.
 #[derive(clap::Args)]
 struct PendingArgs {
-    /// The configuration file (default: $IMIPD_CONFIG, else ~/.config/imipd/config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// As this account's person sees it.
+    /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
     /// One JSON object per line (see docs/json.md) instead of a table.
@@ -129,6 +253,7 @@ struct PendingArgs {
 struct ShowArgs {
     #[arg(long)]
     config: Option<PathBuf>,
+    /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
     /// One JSON object per line instead of a table.
@@ -141,11 +266,12 @@ struct ShowArgs {
 /// `imipd respond`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Exit status: 0 answered (or nothing to send: the same answer again); 1 held back by a cap or not handled; 2 an unknown UID, an event I am not invited to, one I organize, one cancelled or over; 3 the mail server could not be reached (the REPLY stays queued); 75 another imipd held the state's write lock too long."
+    after_help = "Example:\n  imipd respond 040000008200E00074C5B7101A82E008@example.com accept --comment \"see you there\"\n\nExit status: 0 answered (or nothing to send: the same answer again); 1 held back by a cap or not handled; 2 an unknown UID, an event I am not invited to, one I organize, one cancelled or over; 3 the mail server could not be reached (the REPLY stays queued); 75 another imipd held the state's write lock too long."
 )]
 struct RespondArgs {
     #[arg(long)]
     config: Option<PathBuf>,
+    /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
     /// The event's UID (`imipd pending` lists them).
@@ -173,6 +299,7 @@ struct RespondArgs {
 struct CounterArgs {
     #[arg(long)]
     config: Option<PathBuf>,
+    /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
     /// The event's UID.
@@ -202,6 +329,7 @@ struct CounterArgs {
 struct McpArgs {
     #[arg(long)]
     config: Option<PathBuf>,
+    /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
 }
@@ -224,43 +352,39 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // A log line that cannot be written (standard error closed, its pipe
-    // broken) is dropped: with internal errors on, the subscriber would
-    // report it with eprintln!, which panics on that very standard error.
-    // Colours only for a terminal, not for a log file or the journal.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMIPD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_log(&cli.global);
+    let config = cli.global.config.as_deref();
     match cli.command {
-        Command::Classify { config, me, files } => cmd_classify(config.as_deref(), &me, &files),
+        Command::Classify { me, files } => cmd_classify(config, &me, &files),
         Command::Check {
-            config,
             connect,
+            process_only,
             account,
-        } => cmd_check(config.as_deref(), connect, account.as_deref()),
+        } => cmd_check(
+            config,
+            check::Ask {
+                account: account.as_deref(),
+                connect,
+                process_only,
+            },
+        ),
         Command::Process {
             run: r,
             account,
             files,
-        } => match person_config(r.config.as_deref(), account.as_deref()) {
+        } => match person_config(config, account.as_deref()) {
             Ok(cfg) => with_loaded(cfg, |cfg| {
                 driver::process(Arc::new(cfg.clone()), &files, r.options())
             }),
             Err(code) => code,
         },
-        Command::Once { run: r, shard } => with_config(r.config.as_deref(), |cfg| {
+        Command::Once { run: r, shard } => with_config(config, |cfg| {
             driver::once(Arc::new(sharded(cfg, shard)), r.options())
         }),
-        Command::Run { run: r, shard } => with_config(r.config.as_deref(), |cfg| {
-            service::run(sharded(cfg, shard), r.options())
+        Command::Run { run: r, shard } => with_config(config, |cfg| {
+            service::run(sharded(cfg, shard), r.options(), shard)
         }),
-        Command::Pending(a) => with_config(a.config.as_deref(), |cfg| {
+        Command::Pending(a) => with_config(config, |cfg| {
             let cfg = for_account(cfg, a.account.as_deref())?;
             let items = imipd::pending::pending(&cfg, imipd::clock::now())?;
             if a.json {
@@ -270,7 +394,7 @@ fn main() -> ExitCode {
             }
             Ok(driver::EXIT_OK)
         }),
-        Command::Show(a) => with_config(a.config.as_deref(), |cfg| {
+        Command::Show(a) => with_config(config, |cfg| {
             let cfg = for_account(cfg, a.account.as_deref())?;
             let items = imipd::pending::show(&cfg, &a.uid, imipd::clock::now())?;
             if a.json {
@@ -280,7 +404,7 @@ fn main() -> ExitCode {
             }
             Ok(driver::EXIT_OK)
         }),
-        Command::Respond(a) => with_config(a.config.as_deref(), |cfg| {
+        Command::Respond(a) => with_config(config, |cfg| {
             let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
             let response = imipd::respond::Response::parse(&a.answer)
                 .ok_or_else(|| imipd::respond::Refused(format!("unknown answer `{}`", a.answer)))?;
@@ -295,7 +419,7 @@ fn main() -> ExitCode {
             })?;
             answered(&outcome, &mut p, a.json)
         }),
-        Command::Counter(a) => with_config(a.config.as_deref(), |cfg| {
+        Command::Counter(a) => with_config(config, |cfg| {
             let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
             let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
                 p.counter(
@@ -309,11 +433,66 @@ fn main() -> ExitCode {
             })?;
             answered(&outcome, &mut p, a.json)
         }),
-        Command::Mcp(a) => with_config(a.config.as_deref(), |cfg| {
+        Command::Mcp(a) => with_config(config, |cfg| {
             let cfg = for_account(cfg, a.account.as_deref())?;
             imipd::mcp::serve(Arc::new(cfg))
         }),
+        Command::Init => cmd_init(config),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "imipd", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man { dir } => cmd_man(dir.as_deref()),
     }
+}
+
+/// The log: `IMIPD_LOG` when set, else `info` (`-v` debug, `-vv` trace,
+/// `-q` warnings and errors). Colours only for a terminal and never with
+/// `NO_COLOR`. Lines are written above any progress bar.
+fn init_log(g: &Global) {
+    imipd::progress::set_quiet(g.quiet);
+    let default = if g.quiet {
+        "warn"
+    } else {
+        match g.verbose {
+            0 => "info",
+            1 => "info,imipd=debug",
+            _ => "debug,imipd=trace",
+        }
+    };
+    let mut bad_filter = None;
+    let filter = match std::env::var("IMIPD_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                bad_filter = Some(format!(
+                    "IMIPD_LOG={v} is not a log filter ({e}); using {default}"
+                ));
+                tracing_subscriber::EnvFilter::new(default)
+            })
+        }
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
+    // A log line that cannot be written (standard error closed, its pipe
+    // broken) is dropped: with internal errors on, the subscriber would
+    // report it with eprintln!, which panics on that very standard error.
+    tracing_subscriber::fmt()
+        .with_writer(imipd::progress::LogWriter)
+        .with_ansi(imipd::progress::colours())
+        .with_target(false)
+        .log_internal_errors(false)
+        .with_env_filter(filter)
+        .init();
+    if let Some(w) = bad_filter {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Bytes to standard output; a reader that went away is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|_| out.flush());
+    ExitCode::SUCCESS
 }
 
 /// Load the configuration and run a command with it; errors print their
@@ -327,7 +506,9 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<u8
     with_loaded(cfg, f)
 }
 
-/// Run a command with a loaded configuration (see [`with_config`]).
+/// Run a command with a loaded configuration (see [`with_config`]); a
+/// request refused (`respond` for an unknown UID, an unknown account) is
+/// exit status 2.
 fn with_loaded(cfg: Config, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> ExitCode {
     match f(&cfg) {
         Ok(code) => ExitCode::from(code),
@@ -363,25 +544,16 @@ fn answered(
     } else {
         imipd::say_err!("{outcome}");
     }
-    let reporter = driver::Reporter {
-        opts: Options {
+    let reporter = driver::Reporter::new(
+        Options {
             dry_run: p.dry_run,
             json,
         },
-        log: false,
-    };
+        false,
+    );
     let sent = driver::flush(p, &reporter)?;
     let held = outcome.reply.status == imipd::outcome::ReplyStatus::Held;
     Ok(sent.max(if held { driver::EXIT_SOME_FAILED } else { 0 }))
-}
-
-/// Load the configuration, or print the error and give exit status 2.
-fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
-    let path = config::default_path(given);
-    config::load(&path).map_err(|e| {
-        imipd::say_err!("imipd: {e}");
-        ExitCode::from(2)
-    })
 }
 
 /// The configuration as one person sees it (`--account NAME`, or the only
@@ -402,6 +574,21 @@ fn sharded(cfg: &Config, shard: Option<config::Shard>) -> Config {
         tracing::info!(shard = %s, accounts = cfg.accounts.len(), "serving one shard");
     }
     cfg
+}
+
+/// Load the configuration, or print the error and give exit status 2.
+fn load_config(given: Option<&Path>) -> Result<Config, ExitCode> {
+    let path = config::default_path(given);
+    config::load(&path).map_err(|e| {
+        imipd::say_err!("imipd: {e}");
+        if given.is_none() && !path.exists() {
+            imipd::say_err!(
+                "imipd: there is no configuration yet: `imipd init` writes a commented one to {}",
+                path.display()
+            );
+        }
+        ExitCode::from(2)
+    })
 }
 
 fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> ExitCode {
@@ -450,164 +637,76 @@ fn cmd_classify(config_path: Option<&Path>, me: &[String], files: &[String]) -> 
     ExitCode::from(u8::from(failed))
 }
 
-fn cmd_check(config_path: Option<&Path>, connect: bool, account: Option<&str>) -> ExitCode {
+fn cmd_check(config_path: Option<&Path>, ask: check::Ask<'_>) -> ExitCode {
     let cfg = match load_config(config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    imipd::say!(
-        "configuration {} is valid",
-        cfg.file.as_deref().unwrap_or(Path::new("?")).display()
-    );
-    let people = match account {
-        Some(name) => match cfg.for_account(Some(name)) {
-            Ok(p) => vec![p],
-            Err(e) => {
-                imipd::say_err!("imipd: {e:#}");
-                return ExitCode::from(2);
-            }
-        },
-        None => {
-            let mut people = cfg.people();
-            if people.is_empty() {
-                people.push(cfg.clone());
-            }
-            people
-        }
-    };
-    let several = people.len() > 1;
-    let mut unusable = false;
-    let mut status = driver::EXIT_OK;
-    for p in &people {
-        if several || p.person.is_some() {
-            imipd::say!("person {}:", p.person.as_deref().unwrap_or("[identity]"));
-        }
-        unusable |= check_person(p);
-        if connect {
-            status = status.max(check::check_connect(p));
-        }
-    }
-    imipd::say!("policies: {}", cfg.policies.len());
-    for warning in plain_text_passwords(&cfg) {
-        eprintln!("imipd: warning: {warning}");
-    }
-    if let Some(config::Outgoing::File { path }) = &cfg.outgoing {
-        if let Err(e) = imipd::fsutil::probe_writable(path) {
-            eprintln!(
-                "imipd: cannot use outgoing folder {}: {e:#}",
-                path.display()
+    ExitCode::from(check::check(&cfg, ask))
+}
+
+/// `imipd init`: the starter configuration at the configuration path,
+/// created new (never replacing a file), private to the user.
+fn cmd_init(config_path: Option<&Path>) -> ExitCode {
+    let path = config::default_path(config_path);
+    match imipd::init::write_starter(&path) {
+        Ok(()) => {
+            imipd::say!("wrote {}", path.display());
+            imipd::say!(
+                "next: put your address, your mail server and your policies into it, then run\n  \
+                 imipd check --connect\n  imipd once --dry-run\n  \
+                 imipd run   (or: systemctl --user enable --now imipd.service)"
             );
-            unusable = true;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            imipd::say_err!("imipd: {e:#}");
+            ExitCode::from(1)
         }
     }
-    if connect {
-        status = status.max(check::check_outgoing(&cfg));
-    }
-    if unusable {
-        return ExitCode::from(2);
-    }
-    ExitCode::from(status)
 }
 
-/// Say what one person's configuration holds, and make sure its store (a
-/// vdir) and state folders can be created and written as a run would;
-/// true when one cannot.
-fn check_person(cfg: &Config) -> bool {
-    imipd::say!("identity: {}", cfg.identity.addresses.join(", "));
-    imipd::say!("store: {}", cfg.store);
-    imipd::say!("state: {}", cfg.state.display());
-    for a in &cfg.accounts {
-        match &a.source {
-            config::Source::Imap(i) => imipd::say!(
-                "account {}: imap {}@{}:{} folders {}",
-                a.name,
-                i.username,
-                i.host,
-                i.port,
-                i.folders.join(", ")
-            ),
-            config::Source::Maildir { path, .. } => {
-                imipd::say!("account {}: maildir {}", a.name, path.display())
-            }
+/// `imipd man`: the man page of imipd (to standard output), or one page
+/// per command written into `dir`.
+fn cmd_man(dir: Option<&Path>) -> ExitCode {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+            imipd::say_err!("imipd: cannot render the man page: {e}");
+            return ExitCode::from(1);
         }
+        return write_stdout(&out);
+    };
+    let mut pages = vec![("imipd.1".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let page = sub
+            .clone()
+            .display_name(format!("imipd-{}", sub.get_name()))
+            .bin_name(format!("imipd {}", sub.get_name()));
+        pages.push((format!("imipd-{}.1", sub.get_name()), page));
     }
-    imipd::say!("trust: {}", imipd::trust::summary(&cfg.trust));
-    // The folders a run writes into: created as a run would, then probed.
-    let mut unusable = false;
-    let mut probe = |what: &str, dir: &Path, r: anyhow::Result<()>| {
+    for (file, page) in pages {
+        let mut text = Vec::new();
+        let path = dir.join(&file);
+        let r = clap_mangen::Man::new(page)
+            .render(&mut text)
+            .and_then(|_| std::fs::write(&path, &text));
         if let Err(e) = r {
-            eprintln!("imipd: cannot use {what} {}: {e:#}", dir.display());
-            unusable = true;
+            imipd::say_err!("imipd: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
         }
-    };
-    if let Some(dir) = cfg.store.vdir_path() {
-        probe("store folder", dir, imipd::fsutil::probe_writable(dir));
+        imipd::say!("wrote {}", path.display());
     }
-    probe(
-        "state folder",
-        &cfg.state,
-        imipd::state::State::probe_writable(&cfg.state),
-    );
-    unusable
+    ExitCode::SUCCESS
 }
 
-/// Where a password would travel in plain text (`tls = "none"`) to a host
-/// that is not this machine.
-fn plain_text_passwords(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let say = |who: String, host: &str| {
-        format!(
-            "{who}: the password travels without TLS (tls = \"none\") to {host}, which is not this machine; \
-             anyone on the way can read it (use tls = \"implicit\" or \"starttls\")"
-        )
-    };
-    for a in &cfg.accounts {
-        if let config::Source::Imap(i) = &a.source {
-            if i.tls == config::Tls::None && !is_loopback(&i.host) {
-                out.push(say(format!("account {}", a.name), &i.host));
-            }
-        }
-    }
-    if let Some(config::Outgoing::Smtp(s)) = &cfg.outgoing {
-        if s.tls == config::Tls::None && s.secret.is_some() && !is_loopback(&s.host) {
-            out.push(say("outgoing".to_string(), &s.host));
-        }
-    }
-    let mut stores = vec![("store".to_string(), &cfg.store)];
-    for a in &cfg.accounts {
-        if let Some(p) = &a.person {
-            stores.push((format!("account {} store", a.name), &p.store));
-        }
-    }
-    for (who, store) in stores {
-        if let config::StoreConfig::CalDav(c) = store {
-            let uri: Option<http::Uri> = c.url.parse().ok();
-            let host = uri
-                .as_ref()
-                .and_then(|u| u.host())
-                .unwrap_or("")
-                .to_string();
-            if c.secret.is_some()
-                && uri.as_ref().and_then(|u| u.scheme_str()) == Some("http")
-                && !is_loopback(&host)
-            {
-                out.push(format!(
-                    "{who}: the password travels without TLS (an http:// URL) to {host}, which is not this machine; \
-                     anyone on the way can read it (use https://)"
-                ));
-            }
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `localhost`, a name under `.localhost` (RFC 6761), or a loopback address.
-fn is_loopback(host: &str) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    let bare = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
-        || h.ends_with(".localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

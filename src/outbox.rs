@@ -579,7 +579,14 @@ async fn smtp_connect(
             .await
             {
                 Err(_) => return Err(down("TLS handshake timed out".into())),
-                Ok(Err(e)) => return Err(refused(e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(refused(crate::tls::explain_handshake_error(
+                        &e,
+                        &cfg.host,
+                        cfg.port,
+                        crate::tls::Service::Smtp,
+                    )))
+                }
                 Ok(Ok(s)) => s,
             };
             timed(
@@ -595,12 +602,32 @@ async fn smtp_connect(
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
             )
             .await
-            .map_err(down)?;
+            .map_err(|e| {
+                // A server that waits for a TLS handshake sends no greeting.
+                if e == "timed out" {
+                    down(format!(
+                        "no greeting within {} s; if port {} expects TLS from the first byte (as 465 does), set tls = \"implicit\"",
+                        t.as_secs(),
+                        cfg.port
+                    ))
+                } else {
+                    down(e)
+                }
+            })?;
             if cfg.tls == Tls::StartTls {
                 let params = tls_parameters(cfg)?;
-                timed(t, c.starttls(params, &hello))
-                    .await
-                    .map_err(refused)?;
+                match tokio::time::timeout(t, c.starttls(params, &hello)).await {
+                    Err(_) => return Err(refused("STARTTLS timed out".into())),
+                    Ok(Err(e)) => {
+                        return Err(refused(crate::tls::explain_handshake_error(
+                            &e,
+                            &cfg.host,
+                            cfg.port,
+                            crate::tls::Service::Smtp,
+                        )))
+                    }
+                    Ok(Ok(())) => {}
+                }
             }
             c
         }
@@ -611,13 +638,27 @@ async fn smtp_connect(
             .await
             .map_err(|err| SendError::Login(format!("cannot get the SMTP password: {err:#}")))?;
         let creds = Credentials::new(user.clone(), password);
-        timed(t, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))
+        match tokio::time::timeout(t, conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds))
             .await
-            .map_err(|e| {
-                SendError::Login(format!(
+        {
+            Err(_) => {
+                return Err(SendError::Login(format!(
+                    "cannot log in to SMTP server {server} as {user}: timed out"
+                )))
+            }
+            Ok(Err(e)) if e.is_permanent() => {
+                return Err(SendError::Login(format!(
+                    "cannot log in to SMTP server {server} as {user}: the server refused the login for {user} \
+                     (check `password`, `password_command` or `password_file`, and `username`, in [outgoing]): {e}"
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(SendError::Login(format!(
                     "cannot log in to SMTP server {server} as {user}: {e}"
-                ))
-            })?;
+                )))
+            }
+            Ok(Ok(_)) => {}
+        }
     }
     Ok(conn)
 }

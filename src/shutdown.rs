@@ -2,7 +2,8 @@
 //! (SIGINT/SIGTERM in the binary, anything a test likes), seen by loops as a
 //! flag they check between messages and as a future they can wait on. It
 //! counts as given when its sender is gone without giving it: a loop waiting
-//! on a closed channel would otherwise spin.
+//! on a closed channel would otherwise spin. Also SIGHUP, which asks the
+//! service to reload its configuration ([`hangups`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,4 +94,25 @@ pub async fn signal() {
         _ = next(&mut term) => {}
         _ = next(&mut int) => {}
     }
+}
+
+/// SIGHUP, each time it arrives, as a message on the channel returned (the
+/// service reloads its configuration). When SIGHUP cannot be listened for,
+/// that is logged and the channel closes.
+pub fn hangups() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    match signal(SignalKind::hangup()) {
+        Ok(mut s) => {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot listen for SIGHUP (no reloading): {e}"),
+    }
+    rx
 }

@@ -364,6 +364,27 @@ impl Ledger {
         self.seen.insert(key.to_string());
         Ok(())
     }
+
+    /// Add many keys with one write and one fsync (mail remembered without
+    /// being processed: a crash before the fsync only means they are
+    /// looked at again).
+    pub fn add_all(&mut self, keys: &[String]) -> anyhow::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            create_private_dir(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut f = open_append(&self.path, 0o600)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.path.display()))?;
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))?;
+        self.seen.extend(keys.iter().cloned());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! TLS for the IMAP connections: rustls with the ring provider, trusting the
+//! TLS for the IMAP and SMTP connections: rustls with the ring provider, trusting the
 //! system roots plus an optional CA file (a self-hosted server). Certificate
 //! verification is always on; plain text is only used when the configuration
-//! says `tls = "none"`.
+//! says `tls = "none"`. A failed handshake is explained in words that say
+//! what to change ([`explain_handshake_error`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,4 +76,82 @@ fn make_client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clie
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Which protocol a TLS handshake was for, for advice in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Imap,
+    Smtp,
+}
+
+impl Service {
+    /// The port where the protocol speaks TLS from the first byte.
+    fn tls_port(self) -> u16 {
+        match self {
+            Service::Imap => 993,
+            Service::Smtp => 465,
+        }
+    }
+}
+
+/// The rustls error somewhere in an error's chain (as tokio-rustls and
+/// lettre wrap it), if there is one.
+pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(r);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A failed TLS handshake with `host:port`, said so that the user knows
+/// what to change: a server that answered in plain text (TLS spoken to a
+/// plain port), a certificate nothing trusted (name the host, suggest
+/// `ca_file`), a certificate for another name, an expired one.
+pub fn explain_handshake_error(
+    e: &(dyn std::error::Error + 'static),
+    host: &str,
+    port: u16,
+    service: Service,
+) -> String {
+    match rustls_error(e) {
+        Some(err) => explain_rustls(err, host, port, service),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+fn explain_rustls(err: &rustls::Error, host: &str, port: u16, service: Service) -> String {
+    use rustls::{CertificateError, Error as E};
+    match err {
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => format!(
+            "the server did not answer TLS on port {port} (it seems to speak plain text there): \
+             try tls = \"starttls\" for this port, or port {} with tls = \"implicit\" ({err})",
+            service.tls_port()
+        ),
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "the certificate of {host} is not trusted: it is not signed by a certificate authority \
+                 this system trusts ({err}); if {host} uses a certificate of its own CA, set \
+                 ca_file = \"/path/to/ca.pem\" (that CA's certificate, PEM) in this section"
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+                "the certificate of {host} is not valid for the name {host} ({err}): \
+                 set host to a name the certificate names"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+                "the certificate of {host} has expired ({err}): the server's administrator must renew it"
+            ),
+            _ => format!("the certificate of {host} is refused: {err}"),
+        },
+        _ => format!("TLS handshake failed: {err}"),
+    }
 }

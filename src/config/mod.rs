@@ -8,6 +8,7 @@
 mod people;
 mod raw;
 mod secret;
+mod since;
 mod validate;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use crate::policy::Policy;
 pub use crate::time::parse_duration;
 pub use people::{shard_of, Shard};
 pub use secret::Secret;
+pub use since::Since;
 
 use crate::address;
 
@@ -124,6 +126,8 @@ pub enum Source {
 pub struct Account {
     pub name: String,
     pub source: Source,
+    /// Mail delivered before this is remembered as handled, unprocessed.
+    pub since: Option<Since>,
     /// The person this account's mail is for, when the account carries an
     /// `identity` and `store` of its own; `None`: the global `[identity]`.
     pub person: Option<Person>,

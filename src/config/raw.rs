@@ -69,7 +69,7 @@ pub(super) struct RawStore {
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) calendar: Option<Spanned<String>>,
-    pub(super) timeout: Option<Spanned<u64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) answer_edits: Option<bool>,
 }
 
@@ -123,7 +123,7 @@ pub(super) struct RawOutgoing {
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) path: Option<Spanned<String>>,
-    pub(super) timeout: Option<Spanned<u64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) max_replies_per_hour: Option<u32>,
     pub(super) max_answers_per_hour: Option<u32>,
     pub(super) sign: Option<Spanned<String>>,
@@ -150,12 +150,22 @@ pub(super) struct RawAccount {
     pub(super) keyword: Option<String>,
     pub(super) quarantine_folder: Option<String>,
     pub(super) mark_seen: Option<bool>,
-    pub(super) poll_interval: Option<Spanned<u64>>,
+    pub(super) poll_interval: Option<Spanned<RawDuration>>,
     pub(super) idle: Option<bool>,
-    pub(super) timeout: Option<Spanned<u64>>,
+    pub(super) timeout: Option<Spanned<RawDuration>>,
     pub(super) path: Option<Spanned<String>>,
     /// The person this account's mail is for, instead of `[identity]`.
     pub(super) identity: Option<Spanned<RawIdentity>>,
     /// That person's calendar, instead of `[store]`.
     pub(super) store: Option<Spanned<RawStore>>,
+    pub(super) since: Option<Spanned<RawSince>>,
+}
+
+/// `since`: a date or a span as text (`"2026-11-01"`, `"14d"`), or a TOML
+/// date (`since = 2026-11-01`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSince {
+    Text(String),
+    Date(toml::value::Datetime),
 }

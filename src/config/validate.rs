@@ -77,12 +77,22 @@ impl Validator<'_> {
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span();
+        let message = e.message().trim();
+        // A missing section is reported for the whole file: no position.
+        if let Some(section) = missing_section(message) {
+            return ConfigError {
+                file: self.file.clone(),
+                key: None,
+                position: None,
+                message: section,
+            };
+        }
         let key = span.as_ref().and_then(|s| self.key_at(s.clone()));
         ConfigError {
             file: self.file.clone(),
+            message: plain_words(message, key.as_deref()),
             key,
             position: span.map(|s| self.position(s.start)),
-            message: e.message().trim().to_string(),
         }
     }
 
@@ -171,19 +181,55 @@ impl Validator<'_> {
         Ok(found.pop())
     }
 
+    /// A duration key: a number of seconds (`60`) or text with a unit
+    /// (`"60s"`, `"5m"`); text without a unit is an error that shows one.
     fn seconds(
         &self,
-        v: Option<&Spanned<u64>>,
+        v: Option<&Spanned<RawDuration>>,
         key: &str,
         default: u64,
     ) -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(Duration::from_secs(default)),
-            Some(s) if *s.get_ref() == 0 => {
-                Err(self.err(key, Some(s.span()), "must be at least 1 (seconds)"))
+        let Some(v) = v else {
+            return Ok(Duration::from_secs(default));
+        };
+        let d = match v.get_ref() {
+            RawDuration::Seconds(n) => Duration::from_secs(*n),
+            RawDuration::Text(t) => {
+                duration_with_unit(t).map_err(|m| self.err(key, Some(v.span()), m))?
             }
-            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
+        };
+        if d.is_zero() {
+            return Err(self.err(key, Some(v.span()), "must be at least 1 second"));
         }
+        Ok(d)
+    }
+
+    fn since(
+        &self,
+        account: &str,
+        v: Option<&Spanned<RawSince>>,
+    ) -> Result<Option<Since>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        let parsed = match v.get_ref() {
+            RawSince::Text(t) => Since::parse(t),
+            RawSince::Date(d) => match (d.date, d.time) {
+                (Some(date), None) => chrono::NaiveDate::from_ymd_opt(
+                    i32::from(date.year),
+                    u32::from(date.month),
+                    u32::from(date.day),
+                )
+                .map(Since::Date)
+                .ok_or_else(|| format!("`{d}` is not a date")),
+                _ => Since::parse(&d.to_string()),
+            },
+        };
+        parsed.map(Some).map_err(|m| {
+            self.err(
+                "account.since",
+                Some(v.span()),
+                format!("account `{account}`: {m}"),
+            )
+        })
     }
 
     fn validate(&self, mut raw: RawConfig) -> Result<Config, ConfigError> {
@@ -230,15 +276,8 @@ impl Validator<'_> {
             None => DEFAULT_LOCK_TIMEOUT,
             Some(v) => match v.get_ref() {
                 RawDuration::Seconds(n) => Duration::from_secs(*n),
-                RawDuration::Text(t) => parse_duration(t).ok_or_else(|| {
-                    self.err(
-                        "state.lock_timeout",
-                        Some(v.span()),
-                        format!(
-                            "`{t}` is not a duration (like \"60s\", \"5m\" or a number of seconds)"
-                        ),
-                    )
-                })?,
+                RawDuration::Text(t) => duration_with_unit(t)
+                    .map_err(|m| self.err("state.lock_timeout", Some(v.span()), m))?,
             },
         };
 
@@ -335,11 +374,13 @@ impl Validator<'_> {
                     format!("account `{name}` has no identity of its own and the file has no [identity]: give the account identity = {{ addresses = [\"…\"] }} and store = {{ … }}, or add [identity] and [store]"),
                 ));
             }
+            let since = self.since(&name, a.since.as_ref())?;
             let source = self.account_source(a)?;
             accounts.push(Account {
                 name,
                 source,
                 person,
+                since,
             });
         }
         // Encrypted mail is fetched only for a person who has a key to open it.
@@ -1088,5 +1129,122 @@ fn loose_secret_file(path: &Path) -> Option<String> {
             path.display(),
             path.display()
         )
+    })
+}
+
+/// "missing section [identity]" with a minimal example, for the sections
+/// every configuration needs.
+fn missing_section(message: &str) -> Option<String> {
+    let example = match message {
+        "missing field `identity`" => {
+            "[identity]\n    addresses = [\"you@example.com\"]   # your calendar addresses"
+        }
+        "missing field `store`" => {
+            "[store]\n    path = \"~/.calendars/invitations\"   # the vdir imipd files events into"
+        }
+        _ => return None,
+    };
+    let name = example[1..].split(']').next().unwrap_or_default();
+    Some(format!(
+        "missing section [{name}]; every configuration needs one, for example:\n\n    {example}\n\n\
+         (`imipd init` writes a commented starter configuration)"
+    ))
+}
+
+/// Keys whose value is a list of strings, for "expected a list of strings".
+const STRING_LISTS: &[&str] = &[
+    "addresses",
+    "trusted_sent_by",
+    "trusted_authserv_ids",
+    "folders",
+];
+
+/// serde's and toml's wording of a type error (`u16`, `a sequence`,
+/// `struct RawIdentity`) in words users know.
+fn plain_words(message: &str, key: Option<&str>) -> String {
+    let expected_words = |what: &str| -> String {
+        let what = what.trim();
+        match what {
+            "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+                let range = match what {
+                    "u16" => " from 0 to 65535",
+                    "u32" => " from 0 to 4294967295",
+                    _ => "",
+                };
+                format!("a number{range} (without quotes)")
+            }
+            "a sequence" if key.is_some_and(|k| STRING_LISTS.contains(&k)) => {
+                "a list of strings, like [\"a\", \"b\"]".to_string()
+            }
+            "a sequence" => "a list, like [\"a\", \"b\"]".to_string(),
+            "a boolean" => "true or false (without quotes)".to_string(),
+            "a string" => "a string in quotes".to_string(),
+            w if w.starts_with("struct ") => "a table (a [section])".to_string(),
+            w => w.to_string(),
+        }
+    };
+    let found_words = |what: &str| -> String {
+        let what = what.trim();
+        if let Some(v) = what.strip_prefix("string ") {
+            format!("the string {v}")
+        } else if let Some(v) = what.strip_prefix("integer ") {
+            format!("the number {}", v.trim_matches('`'))
+        } else if let Some(v) = what.strip_prefix("floating point ") {
+            format!("the number {}", v.trim_matches('`'))
+        } else if let Some(v) = what.strip_prefix("boolean ") {
+            v.trim_matches('`').to_string()
+        } else if what == "sequence" {
+            "a list".to_string()
+        } else if what == "map" {
+            "a table".to_string()
+        } else {
+            what.to_string()
+        }
+    };
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found_words(found)
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "{} is out of range: expected {}",
+                found_words(found),
+                expected_words(expected)
+            );
+        }
+    }
+    if message.contains("untagged enum RawDuration") {
+        return "expected a duration like \"60s\", \"5m\" or \"2h\", or a number of seconds"
+            .to_string();
+    }
+    if message.contains("untagged enum RawSince") {
+        return "expected a date like \"2026-11-01\" or a span like \"14d\"".to_string();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return format!("unknown key {rest}");
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return format!("missing key {rest}");
+    }
+    message.to_string()
+}
+
+/// A duration written as text: it needs a unit (`"90"` could be seconds or
+/// minutes, so it is refused with the forms that are meant).
+pub(crate) fn duration_with_unit(t: &str) -> Result<Duration, String> {
+    let trimmed = t.trim();
+    if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "`{trimmed}` has no unit: write \"{trimmed}s\" for seconds, \"{trimmed}m\" for minutes or \"{trimmed}h\" for hours (or a number without quotes for seconds)"
+        ));
+    }
+    parse_duration(trimmed).ok_or_else(|| {
+        format!("`{t}` is not a duration (like \"60s\", \"5m\", \"2h\", \"1d\" or \"PT90M\")")
     })
 }

@@ -306,6 +306,14 @@ impl Def {
                 Value::List(strings(v)?)
             }
             Shape::AtMost { .. } | Shape::Within { .. } => match v {
+                toml::Value::String(s)
+                    if !s.trim().is_empty() && s.trim().chars().all(|c| c.is_ascii_digit()) =>
+                {
+                    let n = s.trim();
+                    return Err(format!(
+                        "`{n}` has no unit: write \"{n}m\" for {n} minutes, \"{n}h\" for hours or \"{n}d\" for days"
+                    ));
+                }
                 toml::Value::String(s) => {
                     Value::Duration(crate::time::parse_duration(s).ok_or_else(|| {
                         format!(

@@ -547,6 +547,14 @@ pub enum ImapError {
         user: String,
         reason: String,
     },
+    /// The server refused to open a folder: it does not exist (deleted,
+    /// misspelt) or may not be read. The connection is still good.
+    #[error("cannot select folder {folder} on IMAP server {server}: {reason} (is the name in `folders` right? the folder is skipped and tried again at the next poll)")]
+    Folder {
+        server: String,
+        folder: String,
+        reason: String,
+    },
     /// A command failed or the connection broke mid-way.
     #[error("cannot {what} on IMAP server {server}: {reason}")]
     Command {
@@ -664,23 +672,57 @@ pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, Im
         rustls_pki_types::ServerName::try_from(cfg.host.clone())
             .map_err(|e| conn_err(format!("invalid server name {}: {e}", cfg.host)))
     };
+    let handshake = |tcp: TcpStream| async {
+        let connector = tls()?;
+        let name = name()?;
+        match tokio::time::timeout(cfg.timeout, connector.connect(name, tcp)).await {
+            Err(_) => Err(conn_err(format!(
+                "no TLS answer within {} s",
+                cfg.timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(conn_err(crate::tls::explain_handshake_error(
+                &e as &(dyn std::error::Error + 'static),
+                &cfg.host,
+                cfg.port,
+                crate::tls::Service::Imap,
+            ))),
+            Ok(Ok(s)) => Ok(s),
+        }
+    };
+    // A server that waits for a TLS handshake never sends a plain greeting.
+    let plain_greeting = |e: String| {
+        if e.starts_with("no greeting") {
+            conn_err(if cfg.port == 993 {
+                format!("{e}; port 993 expects TLS from the first byte: set tls = \"implicit\"")
+            } else {
+                format!(
+                    "{e}; if port {} expects TLS from the first byte (as 993 does), set tls = \"implicit\"",
+                    cfg.port
+                )
+            })
+        } else {
+            conn_err(e)
+        }
+    };
     let client = match cfg.tls {
         Tls::Implicit => {
-            let s = timed(cfg.timeout, tls()?.connect(name()?, tcp))
-                .await
-                .map_err(conn_err)?;
+            let s = handshake(tcp).await?;
             let mut c = async_imap::Client::new(stream(Transport::Tls(Box::new(s))));
             greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
             c
         }
         Tls::None => {
             let mut c = async_imap::Client::new(stream(Transport::Plain(tcp)));
-            greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
+            greeting(&mut c, cfg.timeout)
+                .await
+                .map_err(plain_greeting)?;
             c
         }
         Tls::StartTls => {
             let mut c = async_imap::Client::new(stream(Transport::Plain(tcp)));
-            greeting(&mut c, cfg.timeout).await.map_err(conn_err)?;
+            greeting(&mut c, cfg.timeout)
+                .await
+                .map_err(plain_greeting)?;
             timed(cfg.timeout, c.run_command_and_check_ok("STARTTLS", None))
                 .await
                 .map_err(|e| conn_err(format!("STARTTLS refused: {e}")))?;
@@ -688,9 +730,7 @@ pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, Im
                 .into_inner()
                 .into_plain()
                 .ok_or_else(|| conn_err("the stream was not plain before STARTTLS".into()))?;
-            let s = timed(cfg.timeout, tls()?.connect(name()?, tcp))
-                .await
-                .map_err(conn_err)?;
+            let s = handshake(tcp).await?;
             async_imap::Client::new(stream(Transport::Tls(Box::new(s))))
         }
     };
@@ -729,6 +769,18 @@ pub async fn connect(cfg: &ImapConfig, limits: &Limits) -> Result<Connection, Im
     };
     let mut session = match logged_in {
         Err(_) => return Err(login_err("no answer".into())),
+        Ok(Err((async_imap::error::Error::No(r), _))) => {
+            let check = if cfg.auth == ImapAuth::Xoauth2 {
+                "check `oauth_token_command` (the token may have expired)"
+            } else {
+                "check `password`, `password_command` or `password_file`, and `username`"
+            };
+            return Err(login_err(format!(
+                "the server refused the login for {} ({check}): {}",
+                cfg.username,
+                r.trim()
+            )));
+        }
         Ok(Err((e, _))) => return Err(login_err(e.to_string())),
         Ok(Ok(s)) => s,
     };
@@ -844,6 +896,9 @@ pub struct PassContext<'a> {
     /// Set when the service is asked to stop: the pass ends after the
     /// message in hand.
     pub stop: &'a Shutdown,
+    /// Mail with an INTERNALDATE before this is remembered as handled
+    /// without being processed (the account's `since`).
+    pub cutoff: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 const HEADER_FIELDS: &str = "FROM SENDER TO CC MESSAGE-ID REFERENCES IN-REPLY-TO SUBJECT DATE AUTHENTICATION-RESULTS AUTO-SUBMITTED";
@@ -898,6 +953,57 @@ pub fn plan_batch(fetched: &[Fetched], start: u32, stop: u32) -> Vec<usize> {
     picked.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The UIDs of a `UID FETCH start:last (UID INTERNALDATE)` answer, split
+/// into those delivered before `cutoff` and the others, each sorted. Only
+/// UIDs asked for count; a message without an INTERNALDATE counts as new.
+pub fn split_by_date(
+    fetched: &[Fetch],
+    start: u32,
+    last: u32,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> (Vec<u32>, Vec<u32>) {
+    let (mut older, mut newer) = (Vec::new(), Vec::new());
+    for f in fetched {
+        let Some(uid) = f.uid.filter(|u| (start..=last).contains(u)) else {
+            continue;
+        };
+        match f.internal_date() {
+            Some(d) if d < cutoff => older.push(uid),
+            _ => newer.push(uid),
+        }
+    }
+    older.sort_unstable();
+    older.dedup();
+    newer.sort_unstable();
+    newer.dedup();
+    newer.retain(|u| older.binary_search(u).is_err());
+    (older, newer)
+}
+
+/// A sorted list of UIDs as an IMAP sequence set (`5:9,12`).
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let first = uids[i];
+        let mut last = first;
+        while i + 1 < uids.len() && uids[i + 1] == last.saturating_add(1) {
+            i += 1;
+            last = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if first == last {
+            out.push_str(&first.to_string());
+        } else {
+            out.push_str(&format!("{first}:{last}"));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// How far the folder's last UID may move after a batch: over each UID
 /// handled (in order) until the first that failed; and, when every message
 /// of the batch was handled and the batch's range ended at `range_end` (a
@@ -933,15 +1039,31 @@ impl Connection {
         }
     }
 
-    /// SELECT a folder (with CONDSTORE where offered).
+    /// SELECT a folder (with CONDSTORE where offered). A folder the server
+    /// refuses (NO or BAD: it does not exist, or may not be read) is an
+    /// [`ImapError::Folder`]; the connection is still good.
     pub async fn select(&mut self, folder: &str) -> Result<Mailbox, ImapError> {
         let t = self.timeout;
         let r = if self.caps.condstore {
-            timed(t, self.session.select_condstore(folder)).await
+            tokio::time::timeout(t, self.session.select_condstore(folder)).await
         } else {
-            timed(t, self.session.select(folder)).await
+            tokio::time::timeout(t, self.session.select(folder)).await
         };
-        r.map_err(|e| self.err(format!("select folder {folder}"), e))
+        match r {
+            Err(_) => Err(self.err(
+                format!("select folder {folder}"),
+                format!("no answer within {} s", t.as_secs()),
+            )),
+            Ok(Err(
+                async_imap::error::Error::No(reason) | async_imap::error::Error::Bad(reason),
+            )) => Err(ImapError::Folder {
+                server: self.server.clone(),
+                folder: folder.to_string(),
+                reason: reason.trim().to_string(),
+            }),
+            Ok(Err(e)) => Err(self.err(format!("select folder {folder}"), e)),
+            Ok(Ok(m)) => Ok(m),
+        }
     }
 
     async fn fetch(&mut self, uids: &str, query: &str) -> Result<Vec<Fetch>, ImapError> {
@@ -1050,6 +1172,13 @@ impl Connection {
         let mut any_failed = false;
         let mut contiguous = true;
         let stopping = || ctx.stop.is_set();
+        let about = if uidnext > 0 {
+            u64::from(end.saturating_sub(start).saturating_add(1)).min(u64::from(mailbox.exists))
+        } else {
+            u64::from(mailbox.exists)
+        };
+        let mut progress =
+            crate::progress::Progress::start(&format!("{}/{folder}", ctx.account), about);
         while start <= end {
             let stop = start.saturating_add(BATCH - 1).min(end);
             let range = if uidnext == 0 {
@@ -1057,30 +1186,64 @@ impl Connection {
             } else {
                 format!("{start}:{stop}")
             };
+            let last_asked = if uidnext == 0 { u32::MAX } else { stop };
+            // With `since`, the dates come first, and only newer mail is
+            // fetched and handled; older mail is remembered as handled.
+            let (older, wanted) = match ctx.cutoff {
+                None => (Vec::new(), Some(range.clone())),
+                Some(cutoff) => {
+                    rep.fetch_commands += 1;
+                    let dates = self.fetch(&range, "(UID INTERNALDATE)").await?;
+                    let (older, newer) = split_by_date(&dates, start, last_asked, cutoff);
+                    let wanted = (!newer.is_empty()).then(|| uid_set(&newer));
+                    (older, wanted)
+                }
+            };
             let query = format!(
                 "(UID FLAGS RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]<0.{}>)",
                 ctx.limits.max_header_bytes
             );
-            rep.fetch_commands += 1;
-            let batch = self
-                .fetch_batch(
-                    &range,
-                    &query,
-                    &ctx.cfg.keyword,
-                    ctx.limits.max_depth,
-                    ctx.cfg.fetch_encrypted,
-                )
-                .await?;
-            let plan = plan_batch(&batch, start, if uidnext == 0 { u32::MAX } else { stop });
-            let mut handled = Vec::with_capacity(plan.len());
+            let batch = match &wanted {
+                Some(set) => {
+                    rep.fetch_commands += 1;
+                    self.fetch_batch(
+                        set,
+                        &query,
+                        &ctx.cfg.keyword,
+                        ctx.limits.max_depth,
+                        ctx.cfg.fetch_encrypted,
+                    )
+                    .await?
+                }
+                None => Vec::new(),
+            };
+            let plan: Vec<usize> = plan_batch(&batch, start, last_asked)
+                .into_iter()
+                .filter(|&i| {
+                    batch[i]
+                        .uid
+                        .is_some_and(|u| older.binary_search(&u).is_err())
+                })
+                .collect();
+            // Older and newer mail in UID order, so that a stop in the
+            // middle never moves the last UID over a message not handled.
+            let mut order: Vec<(u32, Option<usize>)> = older.iter().map(|&u| (u, None)).collect();
+            order.extend(plan.iter().map(|&i| (batch[i].uid.unwrap_or(0), Some(i))));
+            order.sort_by_key(|&(uid, _)| uid);
+            let mut handled = Vec::with_capacity(order.len());
             let mut whole_batch = true;
-            for i in plan {
+            for (uid, item) in order {
                 if stopping() {
                     whole_batch = false;
                     break;
                 }
+                progress.inc();
+                let Some(i) = item else {
+                    rep.older += 1;
+                    handled.push((uid, true));
+                    continue;
+                };
                 let f = &batch[i];
-                let uid = f.uid.unwrap_or(0);
                 rep.examined += 1;
                 let done = self
                     .message(uid, f, folder, keyword_ok, ctx, &mut rep, handler)
@@ -1107,6 +1270,14 @@ impl Connection {
                 break;
             }
             start = stop + 1;
+        }
+        drop(progress);
+        if rep.older > 0 {
+            tracing::info!(
+                "{}/{folder}: {} messages delivered before `since` remembered as handled without being processed",
+                ctx.account,
+                rep.older
+            );
         }
         st.retry = any_failed;
         st.uidnext = uidnext;
@@ -1777,8 +1948,13 @@ pub struct ImapSource {
     state_dir: PathBuf,
     dry_run: bool,
     conn: Option<Connection>,
-    /// What the last pass saw of the first folder (for the SELECT before IDLE).
+    /// What the last pass saw of the folder it idles on (for the SELECT
+    /// before IDLE).
     seen: Option<Seen>,
+    /// Folders the server refused to select, and when to try each again
+    /// (the polling interval after the failure).
+    unselectable: std::collections::HashMap<String, std::time::Instant>,
+    since: Option<crate::config::Since>,
 }
 
 impl ImapSource {
@@ -1797,7 +1973,23 @@ impl ImapSource {
             dry_run,
             conn: None,
             seen: None,
+            unselectable: Default::default(),
+            since: None,
         }
+    }
+
+    /// Remember mail delivered before `since` as handled, unprocessed.
+    pub fn with_since(mut self, since: Option<crate::config::Since>) -> ImapSource {
+        self.since = since;
+        self
+    }
+
+    /// The folder to IDLE on: the first one the server lets imipd select.
+    fn idle_folder(&self) -> Option<&String> {
+        self.cfg
+            .folders
+            .iter()
+            .find(|f| !self.unselectable.contains_key(*f))
     }
 
     fn failed(&mut self, e: ImapError) -> SourceError {
@@ -1835,9 +2027,16 @@ impl super::Source for ImapSource {
             self.conn = Some(conn);
         }
         let mut reports = Vec::new();
+        let cutoff = self.since.map(|s| s.cutoff(crate::clock::now()));
         for folder in self.cfg.folders.clone() {
             if stop.is_set() {
                 break;
+            }
+            // A folder the server refused is tried again at the polling
+            // interval, not at every pass.
+            let retry_at = self.unselectable.get(&folder).copied();
+            if retry_at.is_some_and(|t| std::time::Instant::now() < t) {
+                continue;
             }
             let ctx = PassContext {
                 account: &self.name,
@@ -1846,6 +2045,7 @@ impl super::Source for ImapSource {
                 state_dir: &self.state_dir,
                 dry_run: self.dry_run,
                 stop,
+                cutoff,
             };
             let Some(conn) = self.conn.as_mut() else {
                 break;
@@ -1853,12 +2053,33 @@ impl super::Source for ImapSource {
             match conn.pass(&folder, &ctx, handler).await {
                 Ok(r) => {
                     tracing::debug!(account = %self.name, folder = %folder, examined = r.examined, calendar = r.with_calendar, unchanged = r.unchanged, fetches = r.fetch_commands, bytes = r.bytes_read, "folder done");
+                    if self.unselectable.remove(&folder).is_some() {
+                        tracing::info!(account = %self.name, "folder {folder} can be selected again");
+                    }
                     reports.push(r);
+                }
+                Err(e @ ImapError::Folder { .. }) => {
+                    let again = std::time::Instant::now() + self.cfg.poll_interval;
+                    self.unselectable.insert(folder.clone(), again);
+                    if retry_at.is_none() {
+                        // Reported once; the other folders go on.
+                        reports.push(PassReport {
+                            folder: folder.clone(),
+                            error: Some(e.to_string()),
+                            ..PassReport::default()
+                        });
+                    } else {
+                        tracing::debug!(account = %self.name, "{e}");
+                    }
                 }
                 Err(e) => return Err(self.failed(e)),
             }
         }
-        self.seen = reports.first().map(|r| r.seen);
+        let idle_folder = self.idle_folder().cloned();
+        self.seen = reports
+            .iter()
+            .find(|r| Some(&r.folder) == idle_folder.as_ref() && r.error.is_none())
+            .map(|r| r.seen);
         Ok(reports)
     }
 
@@ -1874,11 +2095,20 @@ impl super::Source for ImapSource {
             }
             return Ok(());
         }
+        let Some(folder) = self.idle_folder().cloned() else {
+            // No folder can be selected: look again at the polling interval.
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = stop.wait() => {}
+            }
+            return Ok(());
+        };
         let Some(conn) = self.conn.take() else {
             return Ok(());
         };
-        // With several folders, IDLE on the first one ends at the polling
-        // interval so the others are looked at too.
+        // With several folders (or one the server refused, to be tried
+        // again), IDLE on the first one ends at the polling interval so the
+        // others are looked at too.
         let wait = if self.cfg.folders.len() > 1 {
             self.cfg
                 .poll_interval
@@ -1887,7 +2117,7 @@ impl super::Source for ImapSource {
             IDLE_MAX
         };
         let (conn, woke) = conn
-            .idle(&self.cfg.folders[0], wait, self.seen, stop.wait())
+            .idle(&folder, wait, self.seen, stop.wait())
             .await
             .map_err(|e| self.failed(e))?;
         if woke == Woke::Arrived {

@@ -4,7 +4,9 @@
 //! imipd only reads here; it never moves, renames or changes a message: what
 //! was handled is remembered in a ledger in the state folder (an fsynced
 //! line per message, written after the message was handled), so a crash
-//! redoes at most the message in hand.
+//! redoes at most the message in hand. With the account's `since`, mail
+//! delivered earlier (the name's leading timestamp, else the file's
+//! modification time) goes into the ledger without being processed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,6 +70,7 @@ pub struct MaildirSource {
     poll_interval: Duration,
     ledger: PathBuf,
     dry_run: bool,
+    since: Option<crate::config::Since>,
 }
 
 impl MaildirSource {
@@ -84,8 +87,33 @@ impl MaildirSource {
             poll_interval,
             ledger: maildir_ledger(state_dir, name),
             dry_run,
+            since: None,
         }
     }
+
+    /// Remember mail delivered before `since` as handled, unprocessed.
+    pub fn with_since(mut self, since: Option<crate::config::Since>) -> MaildirSource {
+        self.since = since;
+        self
+    }
+}
+
+/// When a Maildir message was delivered: the leading timestamp of its
+/// unique name (`1768201502.M106P2142.host`, seconds since 1970, as every
+/// delivery agent writes it), else the file's modification time.
+pub fn delivered(entry: &Entry) -> Option<chrono::DateTime<chrono::Utc>> {
+    let lead = entry.key.split('.').next().unwrap_or("");
+    if (9..=11).contains(&lead.len()) && lead.chars().all(|c| c.is_ascii_digit()) {
+        if let Some(t) = lead
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        {
+            return Some(t);
+        }
+    }
+    let mtime = std::fs::metadata(&entry.path).ok()?.modified().ok()?;
+    Some(chrono::DateTime::<chrono::Utc>::from(mtime))
 }
 
 impl super::Source for MaildirSource {
@@ -104,12 +132,39 @@ impl super::Source for MaildirSource {
             folder: self.path.display().to_string(),
             ..PassReport::default()
         };
-        for entry in list(&self.path).map_err(other)? {
+        let cutoff = self.since.map(|s| s.cutoff(crate::clock::now()));
+        let all = list(&self.path).map_err(other)?;
+        let listed = all.len();
+        let new: Vec<Entry> = all
+            .into_iter()
+            .filter(|e| !ledger.contains(&e.key))
+            .collect();
+        tracing::debug!(
+            "{}: {listed} messages in {}, {} not handled yet",
+            self.name,
+            self.path.display(),
+            new.len()
+        );
+        let mut progress = crate::progress::Progress::start(&self.name, new.len() as u64);
+        // Older mail goes into the ledger in batches (one fsync each).
+        let mut older: Vec<String> = Vec::new();
+        for entry in new {
             if stop.is_set() {
                 break;
             }
-            if ledger.contains(&entry.key) {
-                continue;
+            progress.inc();
+            if let Some(cutoff) = cutoff {
+                if delivered(&entry).is_some_and(|t| t < cutoff) {
+                    rep.older += 1;
+                    if !self.dry_run {
+                        older.push(entry.key);
+                        if older.len() >= 1000 {
+                            ledger.add_all(&older).map_err(other)?;
+                            older.clear();
+                        }
+                    }
+                    continue;
+                }
             }
             rep.examined += 1;
             let source = format!("{}/{}", self.name, entry.key);
@@ -132,6 +187,7 @@ impl super::Source for MaildirSource {
                 }
             };
             if outcome.stop {
+                let _ = ledger.add_all(&older);
                 // The store or the state cannot be written: stop here, leaving
                 // this message and the rest for the next pass.
                 return Err(SourceError::other(format!(
@@ -151,6 +207,15 @@ impl super::Source for MaildirSource {
             } else if !self.dry_run {
                 ledger.add(&entry.key).map_err(other)?;
             }
+        }
+        drop(progress);
+        ledger.add_all(&older).map_err(other)?;
+        if rep.older > 0 {
+            tracing::info!(
+                "{}: {} messages delivered before `since` remembered as handled without being processed",
+                self.name,
+                rep.older
+            );
         }
         Ok(vec![rep])
     }

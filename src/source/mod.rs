@@ -69,6 +69,13 @@ pub struct PassReport {
     pub fetch_commands: usize,
     /// Bytes read from the server during the pass (IMAP only).
     pub bytes_read: u64,
+    /// Messages delivered before the account's `since`: remembered as
+    /// handled without being processed.
+    pub older: usize,
+    /// The folder could not be read (it does not exist, or cannot be
+    /// selected); the account's other folders went on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// What the pass's SELECT showed, so that the SELECT before IDLE can
     /// tell whether mail arrived since (IMAP only).
     #[serde(skip)]

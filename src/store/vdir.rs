@@ -306,8 +306,13 @@ impl Vdir {
             index.trusted && index.dir_mtime.is_some() && dir_mtime(&self.dir) == index.dir_mtime
         };
         if !fresh {
+            // A store not created yet (a first dry run) is empty, not a problem.
             if let Err(e) = self.scan(None) {
-                tracing::warn!("{e:#}");
+                if self.dir.exists() {
+                    tracing::warn!("{e:#}");
+                } else {
+                    tracing::debug!("{e:#}");
+                }
             }
         }
     }

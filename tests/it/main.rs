@@ -13,6 +13,7 @@ mod chaos;
 mod classify_fixtures;
 mod cli;
 mod crash;
+mod everyday;
 mod hostile;
 mod imap;
 mod imap_hardening;

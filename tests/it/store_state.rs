@@ -762,7 +762,7 @@ fn private_by_default_check_warns_about_passwords_without_tls() {
 fn check_says_when_the_store_or_state_is_not_writable() {
     let env = Env::new("");
     let out = imipd()
-        .args(["check", "--config"])
+        .args(["check", "--process-only", "--config"])
         .arg(&env.config)
         .output()
         .unwrap();

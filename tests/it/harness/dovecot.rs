@@ -419,6 +419,27 @@ service lmtp {{
         );
     }
 
+    /// IMAP APPEND with an INTERNALDATE (`"01-Oct-2026 10:00:00 +0000"`):
+    /// mail that looks delivered then. Creates the folder if missing.
+    pub fn append_dated(&self, user: &str, folder: &str, raw: &[u8], date: &str) {
+        let raw = super::to_crlf(raw);
+        let create = format!("CREATE {}", imap_quote(folder));
+        let mut append =
+            format!("APPEND {} {} ", imap_quote(folder), imap_quote(date)).into_bytes();
+        append.extend_from_slice(format!("{{{}+}}\r\n", raw.len()).as_bytes());
+        append.extend_from_slice(&raw);
+        let t = imap_session(
+            self.imap_port,
+            Some((user, &self.password(user))),
+            &[create.as_bytes(), &append],
+        );
+        assert!(
+            t.contains("\nA2 OK"),
+            "IMAP APPEND (dated) to {folder} for {user} failed:\n{t}\nDovecot log:\n{}",
+            self.log()
+        );
+    }
+
     /// Deliver over LMTP to `rcpt` (a login). The envelope sender is the
     /// message's From address (or harness@localhost), never `<>`.
     pub fn deliver_lmtp(&self, rcpt: &str, raw: &[u8]) {
