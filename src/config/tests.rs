@@ -125,3 +125,60 @@ fn trust_section_is_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn each_person_has_the_trust_of_their_own_identity() {
+    let two = "[trust]\nrequire = \"authenticated\"\n\
+        [[account]]\nname = \"a\"\nsource = \"maildir\"\npath = \"ma\"\n\
+        identity = { addresses = [\"a@example.com\"] }\nstore = { path = \"ca\" }\n\
+        [[account]]\nname = \"b\"\nsource = \"maildir\"\npath = \"mb\"\n\
+        identity = { addresses = [\"b@example.com\"], smime_key = \"k.pem\" }\nstore = { path = \"cb\" }\n";
+    // A key without its certificate is named in the account's identity.
+    let e = p(two).unwrap_err();
+    assert_eq!(
+        e.key.as_deref(),
+        Some("account.identity.smime_certificate"),
+        "{e}"
+    );
+    let ok = two.replace(", smime_key = \"k.pem\"", "");
+    let c = p(&ok).unwrap();
+    let b = c.for_account(Some("b")).unwrap();
+    assert_eq!(b.identity.addresses, vec!["b@example.com"]);
+    assert_eq!(b.trust.require, crate::trust::Require::Authenticated);
+    assert!(b.answer_edits);
+    // Signing needs every person's key: the message names whose is missing.
+    let e = p(&format!(
+        "{ok}[outgoing]\ntransport = \"file\"\npath = \"o\"\nsign = \"pgp\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("account.identity pgp_secret_key"), "{e}");
+}
+
+#[test]
+fn edits_are_followed_in_a_vdir_only() {
+    let caldav = "[identity]\naddresses = [\"bob@example.com\"]\n\
+        [store]\ntype = \"caldav\"\nurl = \"https://dav.example.com/\"\n";
+    assert!(!p(caldav).unwrap().answer_edits);
+    let e = p(&format!("{caldav}answer_edits = true\n")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("store.answer_edits"), "{e}");
+    assert!(
+        !p(&format!("{MIN}answer_edits = false\n"))
+            .unwrap()
+            .answer_edits
+    );
+    assert!(p(MIN).unwrap().answer_edits);
+}
+
+#[test]
+fn a_missing_section_says_so_with_an_example() {
+    let e = p("[store]\npath = \"c\"\n").unwrap_err();
+    assert!(e.message.contains("missing section [identity]"), "{e}");
+    assert!(
+        e.message.contains("addresses = [\"you@example.com\"]"),
+        "{e}"
+    );
+    let e = p("[identity]\naddresses = [\"b@x.org\"]\n").unwrap_err();
+    assert!(e.message.contains("missing section [store]"), "{e}");
+    let e = p("").unwrap_err();
+    assert!(e.message.contains("missing section [identity]"), "{e}");
+}

@@ -78,15 +78,6 @@ impl Validator<'_> {
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span();
         let message = e.message().trim();
-        // A missing section is reported for the whole file: no position.
-        if let Some(section) = missing_section(message) {
-            return ConfigError {
-                file: self.file.clone(),
-                key: None,
-                position: None,
-                message: section,
-            };
-        }
         let key = span.as_ref().and_then(|s| self.key_at(s.clone()));
         ConfigError {
             file: self.file.clone(),
@@ -250,14 +241,14 @@ impl Validator<'_> {
             (Some(i), Some(st)) => Some(self.person("identity", i, "store", st, &base)?),
             (None, None) => None,
             (Some(i), None) => {
-                return Err(self.err(
+                return Err(self.missing(
                     "store",
                     Some(i.span()),
                     "[identity] needs a [store] beside it: where that person's calendar lives",
                 ))
             }
             (None, Some(st)) => {
-                return Err(self.err(
+                return Err(self.missing(
                     "identity",
                     Some(st.span()),
                     "[store] needs an [identity] beside it: whose calendar it is",
@@ -394,10 +385,10 @@ impl Validator<'_> {
             }
         }
         if global.is_none() && accounts.is_empty() {
-            return Err(self.err(
+            return Err(self.missing(
                 "identity",
                 None,
-                "missing [identity] and [store]: whose calendar imipd keeps, and where",
+                "a configuration needs [identity] and [store] (whose calendar imipd keeps, and where), or accounts that carry their own",
             ));
         }
         self.people_apart(global.as_ref(), &accounts)?;
@@ -1132,23 +1123,27 @@ fn loose_secret_file(path: &Path) -> Option<String> {
     })
 }
 
-/// "missing section [identity]" with a minimal example, for the sections
-/// every configuration needs.
-fn missing_section(message: &str) -> Option<String> {
-    let example = match message {
-        "missing field `identity`" => {
-            "[identity]\n    addresses = [\"you@example.com\"]   # your calendar addresses"
-        }
-        "missing field `store`" => {
-            "[store]\n    path = \"~/.calendars/invitations\"   # the vdir imipd files events into"
-        }
-        _ => return None,
-    };
-    let name = example[1..].split(']').next().unwrap_or_default();
-    Some(format!(
-        "missing section [{name}]; every configuration needs one, for example:\n\n    {example}\n\n\
-         (`imipd init` writes a commented starter configuration)"
-    ))
+impl Validator<'_> {
+    /// "missing section [identity]" (or `[store]`), why, and a minimal
+    /// example.
+    fn missing(&self, section: &str, span: Option<Range<usize>>, why: &str) -> ConfigError {
+        let example = match section {
+            "identity" => {
+                "[identity]\n    addresses = [\"you@example.com\"]   # your calendar addresses"
+            }
+            _ => "[store]\n    path = \"~/.calendars/invitations\"   # the vdir imipd files events into",
+        };
+        let mut e = self.err(
+            section,
+            span,
+            format!(
+                "missing section [{section}]: {why}; for example:\n\n    {example}\n\n\
+                 (`imipd init` writes a commented starter configuration)"
+            ),
+        );
+        e.key = None;
+        e
+    }
 }
 
 /// Keys whose value is a list of strings, for "expected a list of strings".

@@ -727,7 +727,7 @@ fn caldav_tls_discovery_and_check_connect() {
     let env = Env::new("");
     point_at(&env, &server.store_toml());
     let out = imipd()
-        .args(["check", "--connect", "--config"])
+        .args(["check", "--connect", "--process-only", "--config"])
         .arg(&env.config)
         .output()
         .unwrap();
@@ -767,7 +767,7 @@ fn caldav_tls_discovery_and_check_connect() {
     );
     point_at(&env, &no_ca);
     let out = imipd()
-        .args(["check", "--connect", "--config"])
+        .args(["check", "--connect", "--process-only", "--config"])
         .arg(&env.config)
         .output()
         .unwrap();
@@ -785,7 +785,7 @@ fn caldav_tls_discovery_and_check_connect() {
             .replace("password = \"secret\"", "password = \"wrong\""),
     );
     let out = imipd()
-        .args(["check", "--connect", "--config"])
+        .args(["check", "--connect", "--process-only", "--config"])
         .arg(&env.config)
         .output()
         .unwrap();
@@ -823,7 +823,7 @@ fn caldav_discovery_needs_a_calendar_name_when_there_are_several() {
         &server.store_toml().replace(", calendar = \"Calendar\"", ""),
     );
     let out = imipd()
-        .args(["check", "--connect", "--config"])
+        .args(["check", "--connect", "--process-only", "--config"])
         .arg(&env.config)
         .output()
         .unwrap();

@@ -687,7 +687,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
         "[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"smime\"\n",
     );
     let out = imipd()
-        .arg("check")
+        .args(["check", "--process-only"])
         .arg("--config")
         .arg(&env.config)
         .output()
@@ -707,7 +707,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
     assert!(text.contains("replies signed: S/MIME"), "{text}");
     std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = imipd()
-        .arg("check")
+        .args(["check", "--process-only"])
         .arg("--config")
         .arg(&env.config)
         .output()
@@ -721,7 +721,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
     std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let bad = Env::new("[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"pgp\"\n");
     let out = imipd()
-        .arg("check")
+        .args(["check", "--process-only"])
         .arg("--config")
         .arg(&bad.config)
         .output()
