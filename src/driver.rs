@@ -194,7 +194,7 @@ impl Reporter {
     }
 
     /// An answer the calendar gave (an edit or a deletion in the store).
-    pub fn edit(&self, e: &crate::respond::EditOutcome) {
+    pub fn edit(&self, e: &crate::process::respond::EditOutcome) {
         if self.opts.json {
             print_json(&serde_json::json!({ "schema": crate::outcome::SCHEMA, "edit": e }));
         } else {
@@ -487,7 +487,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Answer what changed in the store since the last look (`[store]
 /// answer_edits`), under the write lock; the exit status it earns.
 pub fn edits(p: &mut Processor, reporter: &Reporter) -> u8 {
-    let mut look = || -> anyhow::Result<Vec<crate::respond::EditOutcome>> {
+    let mut look = || -> anyhow::Result<Vec<crate::process::respond::EditOutcome>> {
         let _lock = p.lock()?;
         p.answer_edits(None, crate::clock::now())
     };

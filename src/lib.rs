@@ -34,9 +34,7 @@
 //! - [`gather`]: the costly policy facts (address book, occurrences, busy time).
 //! - [`hook`]: the decision hook (`action = "command"`): a program decides.
 //! - [`reply`]: the REPLY, DECLINECOUNTER, REFRESH and COUNTER messages and their mail.
-//! - [`answer`]: answering an invitation to me, for a policy, `respond` or a store edit.
 //! - [`pending`]: `pending` and `show`: what waits for me, read-only.
-//! - [`respond`]: `respond`, `counter`, and the answers the calendar gives (edits, deletions).
 //! - [`process`]: one message: plan (no I/O but reads), then execute.
 //! - [`outcome`]: what happened to a message (the outcome lines).
 //! - [`describe`]: an event as JSON shows it (times with offsets, people).
@@ -61,7 +59,6 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
-pub mod answer;
 pub mod check;
 pub mod classify;
 pub mod clock;
@@ -90,7 +87,6 @@ pub mod process;
 pub mod progress;
 pub mod recur;
 pub mod reply;
-pub mod respond;
 pub mod service;
 pub mod shutdown;
 pub mod source;

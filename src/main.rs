@@ -406,9 +406,11 @@ fn main() -> ExitCode {
         }),
         Command::Respond(a) => with_config(config, |cfg| {
             let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
-            let response = imipd::respond::Response::parse(&a.answer)
-                .ok_or_else(|| imipd::respond::Refused(format!("unknown answer `{}`", a.answer)))?;
-            let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
+            let response =
+                imipd::process::respond::Response::parse(&a.answer).ok_or_else(|| {
+                    imipd::process::respond::Refused(format!("unknown answer `{}`", a.answer))
+                })?;
+            let (outcome, mut p) = imipd::process::respond::with_answering(cfg, a.dry_run, |p| {
                 p.respond(
                     &a.uid,
                     a.instance.as_deref(),
@@ -421,7 +423,7 @@ fn main() -> ExitCode {
         }),
         Command::Counter(a) => with_config(config, |cfg| {
             let cfg = Arc::new(for_account(cfg, a.account.as_deref())?);
-            let (outcome, mut p) = imipd::respond::with_answering(cfg, a.dry_run, |p| {
+            let (outcome, mut p) = imipd::process::respond::with_answering(cfg, a.dry_run, |p| {
                 p.counter(
                     &a.uid,
                     a.instance.as_deref(),
@@ -516,7 +518,10 @@ fn with_loaded(cfg: Config, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> Ex
             imipd::say_err!("imipd: {e:#}");
             if e.chain().any(|c| c.is::<imipd::state::LockBusy>()) {
                 ExitCode::from(driver::EXIT_TEMPFAIL)
-            } else if e.chain().any(|c| c.is::<imipd::respond::Refused>()) {
+            } else if e
+                .chain()
+                .any(|c| c.is::<imipd::process::respond::Refused>())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -529,13 +534,13 @@ fn with_loaded(cfg: Config, f: impl FnOnce(&Config) -> anyhow::Result<u8>) -> Ex
 /// usage error (exit status 2).
 fn for_account(cfg: &Config, account: Option<&str>) -> anyhow::Result<Config> {
     cfg.for_account(account)
-        .map_err(|e| imipd::respond::Refused(format!("{e:#}")).into())
+        .map_err(|e| imipd::process::respond::Refused(format!("{e:#}")).into())
 }
 
 /// Report what `respond` or `counter` did, then send the outbox; the exit
 /// status (1 when a cap held the answer back, 3 when the server failed).
 fn answered(
-    outcome: &imipd::respond::RespondOutcome,
+    outcome: &imipd::process::respond::RespondOutcome,
     p: &mut imipd::process::Processor,
     json: bool,
 ) -> anyhow::Result<u8> {

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Config;
 use crate::outbox::Transport;
-use crate::respond::{self, Refused, Response};
+use crate::process::respond::{self, Refused, Response};
 
 /// Run the server until standard input ends. Returns the exit status.
 pub fn serve(cfg: Arc<Config>) -> anyhow::Result<u8> {

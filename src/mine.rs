@@ -11,20 +11,71 @@
 //!
 //! Instances are keyed by their RECURRENCE-ID as an instant
 //! ([`rid_key`]: `*` for the whole event), never by the text as written.
+//! Beside the records, how I appear in a stored object ([`my_address`],
+//! [`my_partstats`], [`rsvp_false`]).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use calcard::icalendar::{ICalendarParameterName, ICalendarProperty as P};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Instances;
 use crate::fsutil::{create_private_dir, safe_name, write_atomic};
-use crate::time::Instant;
+use crate::ical::{self, Node};
+use crate::identity::Identity;
+use crate::time::{Instant, Zones};
 
 /// The key of an instance in a record: `*` for the whole event (the
 /// master), else the canonical instant (`20270119T090000Z`, `20270119`).
 pub fn rid_key(rid: Option<Instant>) -> String {
     rid.map(|r| r.canonical()).unwrap_or_else(|| "*".into())
+}
+
+/// My address in an object: the first ATTENDEE of a scheduling component
+/// that is one of mine.
+pub fn my_address(object: &Node, identity: &Identity) -> Option<String> {
+    object
+        .children
+        .iter()
+        .filter(|c| c.is_scheduling())
+        .flat_map(|c| c.entries.iter())
+        .filter(|e| e.name == P::Attendee)
+        .filter_map(ical::cal_address)
+        .find(|a| identity.is_me(a))
+}
+
+/// How the instances of a stored object are told apart.
+pub fn instances(object: &Node) -> Instances {
+    Instances::of(Some(object), &[], &Zones::of(object))
+}
+
+/// My PARTSTAT in each component of an object that names me, by instance key.
+pub fn my_partstats(object: &Node, me: &str) -> BTreeMap<String, String> {
+    let inst = instances(object);
+    object
+        .children
+        .iter()
+        .filter(|c| c.is_scheduling())
+        .filter_map(|c| {
+            let e = c
+                .entries
+                .iter()
+                .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(me))?;
+            Some((rid_key(inst.rid(c)), ical::partstat(e)))
+        })
+        .collect()
+}
+
+/// Whether my ATTENDEE in a component says RSVP=FALSE.
+pub fn rsvp_false(c: &Node, me: &str) -> bool {
+    c.entries.iter().any(|e| {
+        e.name == P::Attendee
+            && ical::cal_address(e).as_deref() == Some(me)
+            && ical::param(e, &ICalendarParameterName::Rsvp)
+                .is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
+    })
 }
 
 /// What imipd remembers of one invitation to me.

@@ -313,3 +313,9 @@ impl ReplyOutcome {
         matches!(self.status, ReplyStatus::Queued | ReplyStatus::WouldQueue)
     }
 }
+
+/// A request refused as asked (an unknown UID, an event I am not invited
+/// to or organize, one cancelled or over): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);

@@ -18,12 +18,11 @@ use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::answer::{self, my_address};
 use crate::config::Config;
 use crate::describe::{self, Attendee, Person, Times};
 use crate::engine::{self, Instances};
 use crate::ical::{self, Node};
-use crate::mine::{self, Records};
+use crate::mine::{self, instances, my_address, rsvp_false, Records};
 use crate::recur::{self, Budget};
 use crate::store::{BusyQuery, CalendarStore};
 use crate::time::Zones;
@@ -183,7 +182,7 @@ impl View {
         };
         let now = self.now.timestamp();
         let zones = Zones::of(&object);
-        let inst = answer::instances(&object);
+        let inst = instances(&object);
         let organizer_is_me =
             engine::stored_organizer(&object).is_some_and(|o| self.cfg.identity.is_me(&o));
         let me = my_address(&object, &self.cfg.identity);
@@ -202,7 +201,7 @@ impl View {
                     .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(m))
             });
             let partstat = mine_entry.map(ical::partstat);
-            let rsvp_false = me.as_ref().is_some_and(|m| answer::rsvp_false(c, m));
+            let rsvp_false = me.as_ref().is_some_and(|m| rsvp_false(c, m));
             // When it happens: the next occurrence of a series, else itself.
             let span = if rid.is_none() && recur_rule(c) {
                 recur::next_occurrence(&object, uid, now, &mut budget)
@@ -444,7 +443,7 @@ pub fn show(cfg: &Config, uid: &str, now: DateTime<Utc>) -> anyhow::Result<Vec<P
     let mut out = view.event(uid, true)?;
     out.extend(view.attention()?.into_iter().filter(|i| i.uid == uid));
     if out.is_empty() {
-        return Err(crate::respond::Refused(format!(
+        return Err(crate::outcome::Refused(format!(
             "cannot show {uid}: no event with this UID is in the calendar ({})",
             cfg.store
         ))

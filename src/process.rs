@@ -9,6 +9,14 @@
 //! recorded messages. Produces one [`MessageOutcome`] per message, printed
 //! as a line for people or as JSON for scripts. With `dry_run` the plan is
 //! reported and nothing is written.
+//!
+//! Two more ways the processor answers live beside it: [`answer`] (the one
+//! answer function, for policies, `respond` and store edits alike) and
+//! [`respond`] (`respond`, `counter`, and the answers the calendar gives:
+//! edits and deletions).
+
+pub(crate) mod answer;
+pub mod respond;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +24,6 @@ use std::sync::Arc;
 use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, Utc};
 
-use crate::answer::{Answer, Ask, Note};
 use crate::classify::{self, Classified};
 use crate::config::Config;
 use crate::engine::{self, Decision, Effect, Input, Instances, Role, Trust};
@@ -35,6 +42,7 @@ use crate::store::{self, CalendarStore};
 use crate::time::Zones;
 use crate::trust::Require;
 use crate::{address, describe, reply};
+use answer::{Answer, Ask, Note};
 
 /// Processes messages against one store, state and outbox.
 pub struct Processor {
@@ -248,12 +256,7 @@ impl Processor {
             }
             let read: Vec<(String, Option<String>)> = uids
                 .iter()
-                .map(|u| {
-                    (
-                        u.clone(),
-                        crate::respond::file_stamp(&self.store.location(u)),
-                    )
-                })
+                .map(|u| (u.clone(), respond::file_stamp(&self.store.location(u))))
                 .collect();
             let plan = match self.plan(&c, origin, now) {
                 Ok(p) => p,
@@ -271,7 +274,7 @@ impl Processor {
             // Another program edited an event while this message was
             // planned: plan again from what the store holds now.
             let changed = plan.writes.iter().find(|w| {
-                let now = crate::respond::file_stamp(&self.store.location(&w.uid));
+                let now = respond::file_stamp(&self.store.location(&w.uid));
                 read.iter().any(|(u, before)| *u == w.uid && *before != now)
             });
             if let Some(w) = changed {
@@ -823,7 +826,7 @@ impl Processor {
         let mut zones = Zones::of(root);
         zones.add(&object);
         let inst = Instances::of(Some(&object), comps, &zones);
-        let me = crate::answer::my_address(&object, &self.cfg.identity);
+        let me = crate::mine::my_address(&object, &self.cfg.identity);
         // The component the message is about: the master, else the first.
         let c = comps
             .iter()

@@ -2,7 +2,7 @@
 //! small rules (mailing lists, RSVP=FALSE, who speaks).
 
 use super::*;
-use crate::answer::rsvp_false;
+use crate::mine::rsvp_false;
 
 const CONFIG: &str = "[identity]\naddresses = [\"bob@example.com\"]\n\
     [store]\npath = \"calendar\"\n[state]\npath = \"state\"\n\

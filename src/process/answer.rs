@@ -9,16 +9,13 @@
 //! invitation afterwards ([`crate::mine`]): done in [`Processor::remember`],
 //! after the store and the outbox are written.
 
-use std::collections::BTreeMap;
-
 use calcard::icalendar::{ICalendar, ICalendarProperty as P};
 use chrono::{DateTime, Utc};
 
 use crate::engine::{self, Instances};
 use crate::ical::{self, Node};
-use crate::identity::Identity;
 use crate::mime::Mail;
-use crate::mine::{self, Answered, Record};
+use crate::mine::{self, my_address, my_partstats, rsvp_false, Answered, Record};
 use crate::outcome::ReplyOutcome;
 use crate::process::Processor;
 use crate::recur::{self, Budget};
@@ -91,41 +88,6 @@ impl Note {
     }
 }
 
-/// My address in an object: the first ATTENDEE of a scheduling component
-/// that is one of mine.
-pub fn my_address(object: &Node, identity: &Identity) -> Option<String> {
-    object
-        .children
-        .iter()
-        .filter(|c| c.is_scheduling())
-        .flat_map(|c| c.entries.iter())
-        .filter(|e| e.name == P::Attendee)
-        .filter_map(ical::cal_address)
-        .find(|a| identity.is_me(a))
-}
-
-/// How the instances of a stored object are told apart.
-pub fn instances(object: &Node) -> Instances {
-    Instances::of(Some(object), &[], &Zones::of(object))
-}
-
-/// My PARTSTAT in each component of an object that names me, by instance key.
-pub fn my_partstats(object: &Node, me: &str) -> BTreeMap<String, String> {
-    let inst = instances(object);
-    object
-        .children
-        .iter()
-        .filter(|c| c.is_scheduling())
-        .filter_map(|c| {
-            let e = c
-                .entries
-                .iter()
-                .find(|e| e.name == P::Attendee && ical::cal_address(e).as_deref() == Some(me))?;
-            Some((mine::rid_key(inst.rid(c)), ical::partstat(e)))
-        })
-        .collect()
-}
-
 /// The version of a component an answer refers to: its SEQUENCE and when
 /// it happens (a short hash of the timing).
 pub fn version(c: &Node, inst: &Instances) -> String {
@@ -134,16 +96,6 @@ pub fn version(c: &Node, inst: &Instances) -> String {
         c.sequence(),
         reply::key(&[&engine::timing(c, inst)])
     )
-}
-
-/// Whether my ATTENDEE in a component says RSVP=FALSE.
-pub fn rsvp_false(c: &Node, me: &str) -> bool {
-    c.entries.iter().any(|e| {
-        e.name == P::Attendee
-            && ical::cal_address(e).as_deref() == Some(me)
-            && ical::param(e, &calcard::icalendar::ICalendarParameterName::Rsvp)
-                .is_some_and(|v| v.eq_ignore_ascii_case("FALSE"))
-    })
 }
 
 impl Processor {

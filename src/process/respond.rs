@@ -17,23 +17,20 @@ use calcard::icalendar::ICalendarProperty as P;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use crate::answer::{self, my_address, my_partstats, Answer, Ask};
+use super::answer::{self, Answer, Ask};
 use crate::config::Config;
 use crate::describe;
 use crate::engine::{self, Instances};
 use crate::ical::{self, Node};
 use crate::mine::{self, Countered};
+use crate::mine::{instances, my_address, my_partstats};
 use crate::outcome::{ReplyOutcome, ReplyStatus};
 use crate::process::Processor;
 use crate::recur::{self, Budget};
 use crate::reply;
 use crate::time::{self, Instant, Zones};
 
-/// A request refused as asked (an unknown UID, an event I am not invited
-/// to or organize, one cancelled or over): exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub use crate::outcome::Refused;
 
 /// An answer a person gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +220,7 @@ impl Processor {
             ))
             .into());
         };
-        let inst = answer::instances(&object);
+        let inst = instances(&object);
         let zone = object
             .children
             .iter()
@@ -674,7 +671,7 @@ impl Processor {
                         })
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
-                    let inst = answer::instances(&object);
+                    let inst = instances(&object);
                     let over =
                         recur::is_over(&object, &uid, now.timestamp(), &mut budget) == Some(true);
                     let cancelled = inst.find(&object, None).is_some_and(is_cancelled);
@@ -857,7 +854,7 @@ impl Processor {
                 return Ok(None);
             }
         };
-        let inst = answer::instances(&object);
+        let inst = instances(&object);
         let declined_already =
             !record.seen.is_empty() && record.seen.values().all(|p| p == "DECLINED");
         let cancelled = inst.find(&object, None).is_some_and(is_cancelled);
