@@ -101,3 +101,70 @@ fn check_reports_the_example_configuration() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
 }
+
+/// docs/exit-status.md is the contract: every status it lists is one the
+/// binary gives, each produced here by the situation the page names.
+#[test]
+fn every_documented_exit_status_is_given() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/exit-status.md"))
+        .unwrap();
+    let documented: Vec<i32> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" |").next()?.trim().parse().ok())
+        .collect();
+    assert_eq!(documented, vec![0, 1, 2, 3, 75], "{page}");
+
+    let env = Env::new(
+        "lock_timeout = \"1s\"\n\
+         [[account]]\nname = \"a\"\nsource = \"imap\"\nhost = \"127.0.0.1\"\nport = 1\n\
+         tls = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
+    );
+    let good = env.message(
+        "good.eml",
+        &mail(
+            "alice@example.com",
+            "REQUEST",
+            &[vevent(&[
+                "UID:exit@example.com",
+                "DTSTART:20261201T100000Z",
+                "ORGANIZER:mailto:alice@example.com",
+                "ATTENDEE:mailto:bob@example.com",
+            ])],
+        ),
+    );
+    let code = |args: &[&str]| {
+        let out = imipd()
+            .args(args)
+            .arg("--config")
+            .arg(&env.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = good.to_str().unwrap();
+    let (c, err) = code(&["classify", good]);
+    assert_eq!(c, Some(0), "{err}");
+    let (c, err) = code(&["classify", "/nonexistent/mail.eml"]);
+    assert_eq!(c, Some(1), "{err}");
+    let (c, err) = code(&["respond", "no-such-uid@example.com", "accept"]);
+    assert_eq!(c, Some(2), "{err}");
+    // Nothing listens on port 1.
+    let (c, err) = code(&["check", "--connect"]);
+    assert_eq!(c, Some(3), "{err}");
+    // Another imipd (here: the test) holds the state lock.
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(env.path("state/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let (c, err) = code(&["process", good]);
+    assert_eq!(c, Some(75), "{err}");
+}
