@@ -1,6 +1,7 @@
 //! IMAP against a real Dovecot started by the harness on 127.0.0.1: every
 //! TLS mode, a certificate that must be refused, bad credentials, XOAUTH2,
-//! reading only what is needed, marking, UIDVALIDITY changes, `run` with
+//! reading only what is needed, forwarded invitations read at the section
+//! numbers Dovecot gives them, marking, UIDVALIDITY changes, `run` with
 //! IDLE and a Dovecot restart, and the full attendee → organizer loop over a
 //! real SMTP receiver.
 
@@ -494,5 +495,85 @@ fn a_broken_account_never_stops_the_others() {
     assert!(
         err.contains("cannot log in to IMAP server"),
         "the broken account is reported: {err}"
+    );
+}
+
+/// `invitation` forwarded by carol: as the whole message (`message/rfc822`
+/// as the message's own type, "forward as attachment" with nothing beside
+/// it) or after a text part; the invitation's body as it is or (`mixed`)
+/// inside a multipart/mixed after a text part.
+fn forwarded(uid: &str, whole: bool, mixed: bool) -> String {
+    let inv = invitation(uid, 0, "20261120T100000Z");
+    let inner = if mixed {
+        let (head, body) = inv.split_once("\r\n\r\n").unwrap();
+        let head = head.replace(
+            "Content-Type: text/calendar; method=REQUEST; charset=UTF-8",
+            "Content-Type: multipart/mixed; boundary=\"in\"",
+        );
+        format!(
+            "{head}\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\nSee the invitation.\r\n--in\r\n\
+             Content-Type: text/calendar; method=REQUEST; charset=UTF-8\r\n\r\n{body}--in--\r\n"
+        )
+    } else {
+        inv
+    };
+    let head = format!(
+        "From: Carol <carol@example.com>\r\nTo: bob@example.com\r\nSubject: Fwd: Planning\r\n\
+         Message-ID: <fwd-{uid}>\r\nMIME-Version: 1.0\r\n"
+    );
+    if whole {
+        format!("{head}Content-Type: message/rfc822\r\n\r\n{inner}")
+    } else {
+        format!(
+            "{head}Content-Type: multipart/mixed; boundary=\"out\"\r\n\r\n--out\r\n\
+             Content-Type: text/plain\r\n\r\nFYI\r\n--out\r\nContent-Type: message/rfc822\r\n\r\n\
+             {inner}\r\n--out--\r\n"
+        )
+    }
+}
+
+#[test]
+fn forwarded_invitations_are_read_at_their_section_numbers() {
+    // RFC 3501 §6.4.5: the parts of a forwarded message are numbered under
+    // its own (2.1, 2.2, …); a message that is a message/rfc822 as a whole
+    // has it as part 1, so its parts are 1.1, 1.2, … Those were asked for
+    // as 1 and 2: the whole inner message (its header read as calendar
+    // lines), and nothing ("holds no VCALENDAR object").
+    let d = Dovecot::start(&[BOB]);
+    let cases = [
+        ("fwd-whole@example.com", true, false),
+        ("fwd-whole-mixed@example.com", true, true),
+        ("fwd-part@example.com", false, false),
+        ("fwd-part-mixed@example.com", false, true),
+    ];
+    let files = Env::new("");
+    for (uid, whole, mixed) in cases {
+        let raw = forwarded(uid, whole, mixed);
+        d.append(BOB.0, "INBOX", raw.as_bytes());
+        // Read from a file: filed (forwarded, so never answered).
+        files.one(&raw);
+        assert!(stored(&files, uid).is_some(), "{uid} from a file");
+    }
+    let env = Env::new(&account(&d, "implicit", ""));
+    let (code, lines, err) = once(&env);
+    assert_eq!(code, 0, "{err}");
+    let outs = outcomes(&lines);
+    assert_eq!(outs.len(), cases.len(), "{lines:?} {err}");
+    for o in &outs {
+        assert_eq!(o["problems"].as_array().map(Vec::len), Some(1), "{o}");
+        assert!(o["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("forwarded inside another mail")));
+    }
+    for (uid, _, _) in cases {
+        assert_eq!(
+            stored(&env, uid),
+            stored(&files, uid),
+            "{uid}: {lines:?} {err}"
+        );
+    }
+    assert!(
+        !err.contains("outside any VCALENDAR"),
+        "only the calendar part was read: {err}"
     );
 }
