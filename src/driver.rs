@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::config::{Config, Source as SourceConfig};
 use crate::outbox::{SendReport, Transport};
 use crate::outcome::MessageOutcome;
-use crate::process::Processor;
+use crate::process::{HookAnswer, HookRequest, Processor};
 use crate::shutdown::Shutdown;
 use crate::source::files::FilesSource;
 use crate::source::imap::{self, ImapSource};
@@ -271,14 +271,21 @@ impl Handler for Direct<'_> {
 enum Job {
     /// Handle a message.
     Message(Incoming, oneshot::Sender<MessageOutcome>),
+    /// Handle a message again, now that its decision hook answered.
+    Hooked(Incoming, oneshot::Sender<MessageOutcome>, HookAnswer),
     /// Answer the changes made in the calendar (`[store] answer_edits`).
     Edits(oneshot::Sender<u8>),
 }
 
+/// A message that waits for its decision hook, with the hook to run.
+type Waiting = (Incoming, oneshot::Sender<MessageOutcome>, HookRequest);
+
 /// One person's processor for the service, shared by that person's
 /// accounts through a channel. A task owns it and runs each job on the
 /// runtime's blocking threads (so a slow store holds up only this person):
-/// one at a time, in the order asked, without a lock around it.
+/// one at a time, in the order asked, without a lock around it. A decision
+/// hook runs beside it, not on it: its message waits, the person's other
+/// messages go on ([`Processor::defer_hooks`]).
 #[derive(Clone)]
 pub struct Actor {
     jobs: mpsc::Sender<Job>,
@@ -291,42 +298,18 @@ pub struct Actor {
 impl Actor {
     /// Open the processor here, so that a busy lock or a broken store is
     /// reported at once. It is closed (the lock let go) when the last
-    /// [`Actor`] of it is dropped: the task returned ends then.
+    /// [`Actor`] of it is dropped and the hooks under way have answered:
+    /// the task returned ends then.
     pub fn spawn(
         cfg: Arc<Config>,
         reporter: Reporter,
         handled: Arc<Notify>,
     ) -> anyhow::Result<(Actor, tokio::task::JoinHandle<()>)> {
         let dry_run = reporter.opts.dry_run;
-        let processor = Processor::open(cfg, dry_run)?;
-        let (tx, mut rx) = mpsc::channel::<Job>(1);
-        let jobs_reporter = reporter.clone();
-        let task = tokio::spawn(async move {
-            let reporter = jobs_reporter;
-            let mut slot = Some(processor);
-            while let Some(job) = rx.recv().await {
-                let Some(mut p) = slot.take() else { break };
-                let reporter = reporter.clone();
-                let back = tokio::task::spawn_blocking(move || {
-                    match job {
-                        Job::Message(m, reply) => {
-                            let _ = reply.send(p.process_from(&m.raw, m.origin()));
-                        }
-                        Job::Edits(reply) => {
-                            let _ = reply.send(edits(&mut p, &reporter));
-                        }
-                    }
-                    p
-                })
-                .await;
-                // A panic loses the processor (and lets its lock go): the
-                // jobs after it are answered "the processor stopped".
-                match back {
-                    Ok(p) => slot = Some(p),
-                    Err(_) => break,
-                }
-            }
-        });
+        let mut processor = Processor::open(cfg, dry_run)?;
+        processor.defer_hooks();
+        let (tx, rx) = mpsc::channel::<Job>(1);
+        let task = tokio::spawn(serve_jobs(processor, rx, reporter.clone()));
         Ok((
             Actor {
                 jobs: tx,
@@ -336,6 +319,87 @@ impl Actor {
             },
             task,
         ))
+    }
+}
+
+/// The processor's task: each job on a blocking thread, in order; each
+/// decision hook on a blocking thread of its own, its message handed in
+/// again when it answered. Ends when every [`Actor`] is gone and no hook
+/// is under way.
+async fn serve_jobs(processor: Processor, mut jobs: mpsc::Receiver<Job>, reporter: Reporter) {
+    // A hook's answer with its message (`None`: the hook's thread died).
+    let (answered_tx, mut answered) = mpsc::unbounded_channel::<Option<Job>>();
+    let mut under_way = 0usize;
+    let mut open = true;
+    let mut slot = Some(processor);
+    loop {
+        let job = tokio::select! {
+            j = jobs.recv(), if open => match j {
+                Some(j) => j,
+                None => {
+                    open = false;
+                    continue;
+                }
+            },
+            Some(j) = answered.recv(), if under_way > 0 => {
+                under_way -= 1;
+                match j {
+                    Some(j) => j,
+                    None => continue,
+                }
+            }
+            else => break,
+        };
+        let Some(mut p) = slot.take() else { break };
+        let reporter = reporter.clone();
+        let back = tokio::task::spawn_blocking(move || {
+            let waiting: Option<Waiting> = match job {
+                Job::Message(m, reply) => handle(&mut p, m, reply),
+                Job::Hooked(m, reply, answer) => {
+                    p.hook_answered(answer);
+                    handle(&mut p, m, reply)
+                }
+                Job::Edits(reply) => {
+                    let _ = reply.send(edits(&mut p, &reporter));
+                    None
+                }
+            };
+            (p, waiting)
+        })
+        .await;
+        // A panic loses the processor (and lets its lock go): the jobs
+        // after it are answered "the processor stopped".
+        let Ok((p, waiting)) = back else { break };
+        slot = Some(p);
+        if let Some((m, reply, request)) = waiting {
+            under_way += 1;
+            let answered_tx = answered_tx.clone();
+            tokio::spawn(async move {
+                // A thread that died drops the reply: "the processor
+                // stopped" for that message, which is tried again later.
+                let job = tokio::task::spawn_blocking(move || request.run())
+                    .await
+                    .ok()
+                    .map(|answer| Job::Hooked(m, reply, answer));
+                let _ = answered_tx.send(job);
+            });
+        }
+    }
+}
+
+/// Handle one message: its outcome, or the hook it waits for.
+fn handle(
+    p: &mut Processor,
+    m: Incoming,
+    reply: oneshot::Sender<MessageOutcome>,
+) -> Option<Waiting> {
+    let o = p.process_from(&m.raw, m.origin());
+    match p.take_hook_request() {
+        Some(request) => Some((m, reply, request)),
+        None => {
+            let _ = reply.send(o);
+            None
+        }
     }
 }
 

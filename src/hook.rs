@@ -8,8 +8,10 @@
 //! timeout, a non-zero exit or output that is not such an object gives the
 //! policy's `fallback`, and the outcome says why.
 //!
-//! It runs while its message is in hand: in `imipd run`, the other
-//! accounts' messages wait at most that long.
+//! `once` and `process` run it while the message is in hand. In `imipd
+//! run` it runs beside the person's processor, not on it
+//! ([`crate::process::Processor::defer_hooks`]): its message waits, the
+//! other messages go on.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt as _;

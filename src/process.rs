@@ -57,7 +57,52 @@ pub struct Processor {
     /// time, inode): an unchanged file is not read again.
     pub(crate) edit_stamps: std::collections::HashMap<String, String>,
     gather: Gatherer,
+    hooks: Hooks,
 }
+
+/// Decision hooks (`action = "command"`): run at once (`once`, `process`),
+/// or, in the service, handed out so that the program runs off the
+/// processor and the person's other messages go on meanwhile
+/// ([`Processor::defer_hooks`]).
+#[derive(Default)]
+struct Hooks {
+    deferred: bool,
+    /// Decisions for the message in hand, by (source, UID).
+    answers: std::collections::HashMap<(String, String), crate::hook::Decision>,
+    /// The hook the message in hand waits for.
+    wanted: Option<HookRequest>,
+}
+
+/// A decision hook a message waits for: run it (off the processor), then
+/// give the answer back with [`Processor::hook_answered`] and hand the
+/// message in again.
+pub struct HookRequest {
+    hook: policy::Hook,
+    input: Vec<u8>,
+    key: (String, String),
+}
+
+impl HookRequest {
+    /// Run the program (blocking, at most its timeout).
+    pub fn run(self) -> HookAnswer {
+        let decision = crate::hook::run(&self.hook, &self.input);
+        HookAnswer {
+            key: self.key,
+            decision,
+        }
+    }
+}
+
+/// What a decision hook answered, for [`Processor::hook_answered`].
+pub struct HookAnswer {
+    key: (String, String),
+    decision: crate::hook::Decision,
+}
+
+/// Planning stopped: the message waits for its decision hook.
+#[derive(Debug, thiserror::Error)]
+#[error("the message waits for its decision hook")]
+struct HookDeferred;
 
 /// What one message will do: computed without writing, then executed.
 #[derive(Default)]
@@ -148,6 +193,7 @@ impl Processor {
                 edit_stamps: Default::default(),
                 dry_run,
                 gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+                hooks: Hooks::default(),
                 cfg,
             });
         }
@@ -166,6 +212,7 @@ impl Processor {
             state,
             dry_run,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+            hooks: Hooks::default(),
             cfg,
         })
     }
@@ -195,6 +242,7 @@ impl Processor {
             state,
             dry_run: false,
             gather: Gatherer::new(policy::needs(&cfg.policies), cfg.address_book.clone()),
+            hooks: Hooks::default(),
             cfg,
         })
     }
@@ -212,6 +260,35 @@ impl Processor {
 
     /// Handle one raw message.
     pub fn process_from(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
+        let out = self.process_once(raw, origin);
+        // The hooks' answers were for this message only (a deferred one
+        // keeps them for its next try).
+        if self.hooks.wanted.is_none() {
+            self.hooks.answers.retain(|(s, _), _| s != origin.source);
+        }
+        out
+    }
+
+    /// Run decision hooks off the processor: a message whose policy asks a
+    /// hook ends its try at once, [`Processor::take_hook_request`] says
+    /// which hook to run, and the message is handed in again after
+    /// [`Processor::hook_answered`].
+    pub fn defer_hooks(&mut self) {
+        self.hooks.deferred = true;
+    }
+
+    /// The hook the last message handed in waits for (its outcome is then
+    /// no outcome: hand it in again once the hook answered).
+    pub fn take_hook_request(&mut self) -> Option<HookRequest> {
+        self.hooks.wanted.take()
+    }
+
+    /// A hook's answer, for the next try of its message.
+    pub fn hook_answered(&mut self, a: HookAnswer) {
+        self.hooks.answers.insert(a.key, a.decision);
+    }
+
+    fn process_once(&mut self, raw: &[u8], origin: Origin<'_>) -> MessageOutcome {
         let _lock = match self.lock() {
             Ok(l) => l,
             Err(e) => {
@@ -779,10 +856,20 @@ impl Processor {
                 v.action = Action::File;
                 return Ok(v);
             };
-            let input = self.hook_input(
-                root, uid, comps, originator, d, method, mail, origin, &v, now,
-            )?;
-            let said = crate::hook::run(&hook, &input);
+            let key = (origin.source.to_string(), uid.to_string());
+            let said = match self.hooks.answers.get(&key) {
+                Some(d) => d.clone(),
+                None => {
+                    let input = self.hook_input(
+                        root, uid, comps, originator, d, method, mail, origin, &v, now,
+                    )?;
+                    if self.hooks.deferred {
+                        self.hooks.wanted = Some(HookRequest { hook, input, key });
+                        return Err(HookDeferred.into());
+                    }
+                    crate::hook::run(&hook, &input)
+                }
+            };
             v.why = match &said.failure {
                 None => format!("{}; the hook answered {}", v.why, said.action.as_str()),
                 Some(f) => format!("{}; {f}", v.why),

@@ -818,3 +818,86 @@ fn an_edit_is_answered_before_a_message_rewrites_the_event() {
     run(&env, &["once"]);
     assert_eq!(env.sent_in("sent").len(), 1, "answered once");
 }
+
+/// In `run`, a decision hook runs beside the processor: a slow hook holds
+/// up its own message only, and the messages of the person's other account
+/// are decided meanwhile.
+#[test]
+fn a_slow_hook_delays_only_its_own_message() {
+    let env = file_env(
+        "[[account]]\nname = \"a\"\nsource = \"maildir\"\npath = \"MailA\"\npoll_interval = 1\n\
+         [[account]]\nname = \"b\"\nsource = \"maildir\"\npath = \"MailB\"\npoll_interval = 1\n",
+    );
+    let hook = hook_script(
+        &env,
+        "decide.sh",
+        "input=$(cat)\n\
+         case \"$input\" in\n  *'\"summary\":\"Slow\"'*) sleep 8 ;;\nesac\n\
+         echo '{\"action\":\"accept\"}'",
+    );
+    std::fs::write(
+        &env.config,
+        std::fs::read_to_string(&env.config).unwrap()
+            + &format!(
+                "[[policy]]\nname = \"bot\"\nmethods = [\"REQUEST\"]\naction = \"command\"\ncommand = [\"{hook}\"]\ntimeout = 60\n"
+            ),
+    )
+    .unwrap();
+    for m in ["MailA", "MailB"] {
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(env.path(&format!("{m}/{sub}"))).unwrap();
+        }
+    }
+    let mut child = imipd()
+        .args(["run", "--config"])
+        .arg(&env.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(
+        env.path("MailA/new/1.slow"),
+        invitation(
+            "slow@example.com",
+            "Slow",
+            "20261202T100000",
+            "20261202T110000",
+            &[],
+        ),
+    )
+    .unwrap();
+    // The slow hook has its message in hand before the other one arrives.
+    std::thread::sleep(Duration::from_millis(2500));
+    let fast_at = Instant::now();
+    std::fs::write(
+        env.path("MailB/new/1.fast"),
+        invitation(
+            "fast@example.com",
+            "Fast",
+            "20261203T100000",
+            "20261203T110000",
+            &[],
+        ),
+    )
+    .unwrap();
+    wait_until(
+        "the other account's answer",
+        Duration::from_secs(20),
+        || env.sent_in("sent").iter().any(|m| m.contains("Fast")),
+    );
+    let fast = fast_at.elapsed();
+    let slow_done = env.sent_in("sent").iter().any(|m| m.contains("Slow"));
+    wait_until("the slow hook's answer", Duration::from_secs(30), || {
+        env.sent_in("sent").iter().any(|m| m.contains("Slow"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !slow_done,
+        "the other account was answered only after the slow hook ({fast:?})"
+    );
+    assert!(fast < Duration::from_secs(5), "{fast:?}");
+    assert_eq!(env.sent_in("sent").len(), 2);
+}
