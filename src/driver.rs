@@ -166,6 +166,10 @@ impl Reporter {
             if let Some(e) = &o.error {
                 self.line(true, &format!("imipd: {}: {e}", o.source));
             }
+        } else if !o.imip && o.problems.is_empty() && !o.quarantine && !o.failed() {
+            // Mail without calendar data is most mail: counted in the
+            // summary, shown with -v.
+            tracing::debug!("{o}");
         } else {
             self.line(o.failed(), &o.to_string());
         }
