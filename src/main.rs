@@ -251,8 +251,6 @@ struct PendingArgs {
 /// `imipd show`.
 #[derive(clap::Args)]
 struct ShowArgs {
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
@@ -269,8 +267,6 @@ struct ShowArgs {
     after_help = "Example:\n  imipd respond 040000008200E00074C5B7101A82E008@example.com accept --comment \"see you there\"\n\nExit status: 0 answered (or nothing to send: the same answer again); 1 held back by a cap or not handled; 2 an unknown UID, an event I am not invited to, one I organize, one cancelled or over; 3 the mail server could not be reached (the REPLY stays queued); 75 another imipd held the state's write lock too long."
 )]
 struct RespondArgs {
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
@@ -297,8 +293,6 @@ struct RespondArgs {
 /// `imipd counter`.
 #[derive(clap::Args)]
 struct CounterArgs {
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,
@@ -327,8 +321,6 @@ struct CounterArgs {
 /// `imipd mcp`.
 #[derive(clap::Args)]
 struct McpArgs {
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// As this account's person sees it (needed when the configuration serves several people)
     #[arg(long, value_name = "NAME")]
     account: Option<String>,

@@ -429,11 +429,7 @@ impl Walker<'_> {
         forwarded: bool,
         outer: Option<&Signature>,
     ) {
-        let protocol = part
-            .content_type()
-            .and_then(|c| c.attribute("protocol"))
-            .map(|p| p.trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        let protocol = protocol_of(part);
         let (Some(content), Some(sig)) = (
             msg.parts.get(children[0] as usize),
             msg.parts.get(children[1] as usize),
@@ -530,11 +526,7 @@ impl Walker<'_> {
         forwarded: bool,
         outer: Option<&Signature>,
     ) {
-        let protocol = part
-            .content_type()
-            .and_then(|c| c.attribute("protocol"))
-            .map(|p| p.trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        let protocol = protocol_of(part);
         if protocol != "application/pgp-encrypted" {
             self.mail.problems.push(format!(
                 "a multipart/encrypted part has an unknown protocol `{protocol}` and cannot be opened"
@@ -754,6 +746,16 @@ fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
         Ok(s) => s.to_string(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
+}
+
+
+/// The `protocol` parameter of a multipart/signed or multipart/encrypted
+/// part, lower-cased ("" when missing).
+fn protocol_of(part: &mail_parser::MessagePart<'_>) -> String {
+    part.content_type()
+        .and_then(|c| c.attribute("protocol"))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
