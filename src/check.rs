@@ -252,11 +252,18 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// A runtime for the logins, or `None` after saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            crate::say_err!("imipd: cannot start the async runtime: {e}");
+            None
+        }
+    }
 }
 
 /// `imipd check --connect` for one person: log in to its IMAP servers and
@@ -270,12 +277,8 @@ fn check_connect(cfg: &Config) -> u8 {
 }
 
 fn check_connect_here(cfg: &Config) -> u8 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            crate::say_err!("imipd: {e:#}");
-            return driver::EXIT_SOME_FAILED;
-        }
+    let Some(rt) = runtime() else {
+        return driver::EXIT_SOME_FAILED;
     };
     let mut status = driver::EXIT_OK;
     for account in &cfg.accounts {
@@ -361,12 +364,8 @@ fn check_outgoing(cfg: &Config) -> u8 {
     let Some(crate::config::Outgoing::Smtp(s)) = &cfg.outgoing else {
         return driver::EXIT_OK;
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            crate::say_err!("imipd: {e:#}");
-            return driver::EXIT_SOME_FAILED;
-        }
+    let Some(rt) = runtime() else {
+        return driver::EXIT_SOME_FAILED;
     };
     let mut status = driver::EXIT_OK;
     match rt.block_on(crate::outbox::test_smtp(s)) {

@@ -64,20 +64,6 @@ pub fn parse(out: &[u8]) -> Result<(Action, Option<String>), String> {
     Ok((action, first.comment.filter(|c| !c.trim().is_empty())))
 }
 
-/// SIGKILL a process group through the shell's `kill` (no unsafe code).
-fn kill_group(pgid: u32) {
-    if pgid > 1 {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg("kill -s KILL -- \"-$0\" 2>/dev/null")
-            .arg(pgid.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// Run the hook with `input` on its standard input; its decision, or the
 /// fallback with the reason.
 pub fn run(hook: &Hook, input: &[u8]) -> Decision {
@@ -144,7 +130,7 @@ fn run_raw(command: &[String], input: &[u8], timeout: Duration) -> Result<Vec<u8
     });
     match rx.recv_timeout(timeout) {
         Err(_) => {
-            kill_group(pgid);
+            crate::child::kill_group(pgid);
             Err(format!(
                 "it did not answer within {} s and was stopped",
                 timeout.as_secs_f64()
@@ -153,7 +139,7 @@ fn run_raw(command: &[String], input: &[u8], timeout: Duration) -> Result<Vec<u8
         Ok((Err(e), _)) => Err(format!("cannot wait for it: {e}")),
         Ok((Ok(status), out)) => {
             // Whatever it left running goes with it.
-            kill_group(pgid);
+            crate::child::kill_group(pgid);
             if status.success() {
                 Ok(out)
             } else {

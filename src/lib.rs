@@ -53,6 +53,7 @@
 //! - [`shutdown`]: the stop signal the service's tasks watch.
 //! - [`progress`]: standard error shared by lines, the log and progress bars; `-q`.
 //! - [`check`]: `check`, `check --connect`.
+//! - [`child`]: the programs imipd starts (secret commands, hooks), in process groups of their own.
 //! - [`init`]: `init`: the starter configuration.
 //! - [`mcp`]: `mcp`, the Model Context Protocol server for assistant bots.
 //! - [`tls`]: rustls client configuration (system roots plus a CA file).
@@ -60,6 +61,7 @@
 
 pub mod address;
 pub mod check;
+pub mod child;
 pub mod classify;
 pub mod clock;
 pub mod config;

@@ -108,28 +108,13 @@ mod secret_command {
         )
     }
 
-    /// SIGKILL a process group through the shell's `kill` (no unsafe code,
-    /// no `kill` binary needed beyond `sh` itself).
-    fn kill_group(pgid: u32) {
-        if pgid > 1 {
-            let _ = std::process::Command::new("sh")
-                .arg("-c")
-                .arg("kill -s KILL -- \"-$0\" 2>/dev/null")
-                .arg(pgid.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-
     /// Kills the group when dropped, unless the command finished.
     struct Group(Option<u32>);
 
     impl Drop for Group {
         fn drop(&mut self) {
             if let Some(pgid) = self.0.take() {
-                kill_group(pgid);
+                crate::child::kill_group(pgid);
             }
         }
     }
