@@ -819,46 +819,14 @@ fn a_failed_store_write_stops_the_pass() {
         ),
     )
     .unwrap();
-    std::fs::create_dir_all(env.store()).unwrap();
-    std::fs::create_dir_all(env.path("state")).unwrap();
-    std::fs::set_permissions(
-        env.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    chown_tree(env.dir.path());
-    std::fs::set_permissions(
-        env.store(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o555),
-    )
-    .unwrap();
-    let out = as_nobody(&env, &["once"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        std::fs::read_to_string(env.path("state/maildir/mail.done"))
-            .unwrap_or_default()
-            .is_empty(),
-        "nothing is marked handled"
-    );
-    // Writable again: both messages are handled, the answer is not lost.
-    std::fs::set_permissions(
-        env.store(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out = as_nobody(&env, &["once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = stored_vevents(&env, uid);
-    assert_eq!(partstat_in(&v[0], "erin@example.com"), "ACCEPTED", "{v:#?}");
+    once_with_the_store_read_only_then_writable(&env, uid, || {
+        assert!(
+            std::fs::read_to_string(env.path("state/maildir/mail.done"))
+                .unwrap_or_default()
+                .is_empty(),
+            "nothing is marked handled"
+        );
+    });
 }
 
 /// An invitation whose every occurrence has ended is filed, not answered.
@@ -1008,44 +976,43 @@ fn a_failed_store_write_stops_the_imap_pass() {
         .as_bytes(),
     );
     let env = Env::new(&imap_account(&d, "mail", user, ""));
+    once_with_the_store_read_only_then_writable(&env, uid, || {
+        let flags = d.flags(user.0, "INBOX");
+        assert!(
+            flags
+                .iter()
+                .all(|f| !f.iter().any(|x| x == "$iMIPProcessed")),
+            "nothing is marked: {flags:?}"
+        );
+    });
+}
+
+/// `once` as nobody with the store read-only: exit status 1, and
+/// `unmarked` checks that nothing was marked handled; then with the store
+/// writable again: both messages are handled and Erin's REPLY is on the
+/// stored series.
+fn once_with_the_store_read_only_then_writable(env: &Env, uid: &str, unmarked: impl Fn()) {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(env.store()).unwrap();
     std::fs::create_dir_all(env.path("state")).unwrap();
-    std::fs::set_permissions(
-        env.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(env.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
     chown_tree(env.dir.path());
-    std::fs::set_permissions(
-        env.store(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o555),
-    )
-    .unwrap();
-    let out = as_nobody(&env, &["once"]);
+    std::fs::set_permissions(env.store(), PermissionsExt::from_mode(0o555)).unwrap();
+    let out = as_nobody(env, &["once"]);
     assert_eq!(
         out.status.code(),
         Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let flags = d.flags(user.0, "INBOX");
-    assert!(
-        flags
-            .iter()
-            .all(|f| !f.iter().any(|x| x == "$iMIPProcessed")),
-        "nothing is marked: {flags:?}"
-    );
-    std::fs::set_permissions(
-        env.store(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out = as_nobody(&env, &["once"]);
+    unmarked();
+    std::fs::set_permissions(env.store(), PermissionsExt::from_mode(0o755)).unwrap();
+    let out = as_nobody(env, &["once"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = stored_vevents(&env, uid);
+    let v = stored_vevents(env, uid);
     assert_eq!(partstat_in(&v[0], "erin@example.com"), "ACCEPTED", "{v:#?}");
 }
