@@ -169,12 +169,7 @@ fn people_three_accounts_three_people_each_answered_apart() {
     }
     let capped: Vec<&&Value> = outcomes
         .iter()
-        .filter(|o| {
-            o["results"][0]["reply"]["text"]
-                .as_str()
-                .unwrap_or("")
-                .contains("held back by a cap")
-        })
+        .filter(|o| reply_text(&o["results"][0]).contains("held back by a cap"))
         .collect();
     assert_eq!(
         capped.len(),

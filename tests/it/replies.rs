@@ -49,10 +49,7 @@ fn run(env: &Env, raws: &[&str]) -> Vec<Value> {
 }
 
 fn reply_of(v: &Value) -> String {
-    v["results"][0]["reply"]["text"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    reply_text(&v["results"][0]).to_string()
 }
 
 fn classify_file(path: &Path) -> Value {

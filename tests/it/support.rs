@@ -178,6 +178,12 @@ pub fn first(o: &Value) -> &Value {
     &o["results"][0]
 }
 
+/// What a result says about its reply, in words ("queued to …", "not
+/// sent: …"); empty when it says nothing.
+pub fn reply_text(result: &Value) -> &str {
+    result["reply"]["text"].as_str().unwrap_or("")
+}
+
 /// The unfolded text of a calendar object (RFC 5545 §3.1), for matching
 /// property lines whatever the line length.
 pub fn unfold(text: &str) -> String {

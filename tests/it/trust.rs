@@ -136,13 +136,7 @@ fn smime_signed_by_the_organizer_is_proven() {
     let o = env.one(&signed);
     assert_eq!(proof(&o), "smime", "{o}");
     assert_eq!(first(&o)["policy"], "signed", "{o}");
-    assert!(
-        first(&o)["reply"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("queued"),
-        "{o}"
-    );
+    assert!(reply_text(first(&o)).starts_with("queued"), "{o}");
     assert_eq!(o["signatures"][0]["verified"], true, "{o}");
     assert_eq!(o["signatures"][0]["signers"][0], "alice@example.com", "{o}");
 
@@ -364,13 +358,7 @@ fn trusted_relay_with_and_without_dkim() {
         "invitations-noreply@cloud.example.com",
         "{o}"
     );
-    assert!(
-        first(&o)["reply"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("queued"),
-        "{o}"
-    );
+    assert!(reply_text(first(&o)).starts_with("queued"), "{o}");
     // Its later CANCEL for the same UID, through the same relay, applies.
     let cancel = mail(
         relay,
@@ -432,13 +420,7 @@ fn require_authenticated_refuses_unproven_changes() {
     );
     let o = env.one(&signed_req);
     assert_eq!(first(&o)["effect"], "created", "{o}");
-    assert!(
-        first(&o)["reply"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("queued"),
-        "{o}"
-    );
+    assert!(reply_text(first(&o)).starts_with("queued"), "{o}");
 
     let cancel_event = event("q1@example.com", 1, "alice@example.com");
     let forged = mail(
@@ -482,13 +464,7 @@ fn require_authenticated_refuses_unproven_changes() {
             .contains("NEEDS-ACTION"),
         "{o}"
     );
-    assert!(
-        !first(&o)["reply"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("queued"),
-        "{o}"
-    );
+    assert!(!reply_text(first(&o)).starts_with("queued"), "{o}");
     assert!(stored(&env, "q2@example.com")
         .unwrap()
         .contains("PARTSTAT=NEEDS-ACTION"));
@@ -513,13 +489,7 @@ fn signed_replies_verify_with_openssl_and_gpg() {
             "REQUEST",
             &[event("g1@example.com", 0, "alice@example.com")],
         ));
-        assert!(
-            first(&o)["reply"]["text"]
-                .as_str()
-                .unwrap()
-                .starts_with("queued"),
-            "{o}"
-        );
+        assert!(reply_text(first(&o)).starts_with("queued"), "{o}");
         let sent = env.sent_in("outbox");
         assert_eq!(sent.len(), 1, "{how}");
         let m = &sent[0];
