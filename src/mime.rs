@@ -748,7 +748,6 @@ fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
     }
 }
 
-
 /// The `protocol` parameter of a multipart/signed or multipart/encrypted
 /// part, lower-cased ("" when missing).
 fn protocol_of(part: &mail_parser::MessagePart<'_>) -> String {
