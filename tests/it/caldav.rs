@@ -726,11 +726,7 @@ fn caldav_tls_discovery_and_check_connect() {
     let server = DavServer::start_tls();
     let env = Env::new("");
     point_at(&env, &server.store_toml());
-    let out = imipd()
-        .args(["check", "--connect", "--process-only", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--connect", "--process-only"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -766,11 +762,7 @@ fn caldav_tls_discovery_and_check_connect() {
         "",
     );
     point_at(&env, &no_ca);
-    let out = imipd()
-        .args(["check", "--connect", "--process-only", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--connect", "--process-only"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -784,11 +776,7 @@ fn caldav_tls_discovery_and_check_connect() {
             .store_toml()
             .replace("password = \"secret\"", "password = \"wrong\""),
     );
-    let out = imipd()
-        .args(["check", "--connect", "--process-only", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--connect", "--process-only"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -822,11 +810,7 @@ fn caldav_discovery_needs_a_calendar_name_when_there_are_several() {
         &env,
         &server.store_toml().replace(", calendar = \"Calendar\"", ""),
     );
-    let out = imipd()
-        .args(["check", "--connect", "--process-only", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--connect", "--process-only"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(

@@ -1161,11 +1161,7 @@ fn a_kill_at_every_durable_step_of_respond_sends_one_reply() {
                 // The restart: the person (or bot) answers again, and the
                 // next pass looks at the calendar.
                 let again = respond(&env, answer);
-                let once = imipd()
-                    .args(["once", "--config"])
-                    .arg(&env.config)
-                    .output()
-                    .unwrap();
+                let once = env.run(&["once"]);
                 let got = sent(&env);
                 let mut sorted = got.clone();
                 sorted.sort();

@@ -6,11 +6,7 @@ use crate::support::*;
 #[test]
 fn bad_configuration_exits_2_and_names_file_key_and_line() {
     let env = Env::new("[outgoing]\ntransport = \"pigeon\"\n");
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("config.toml"), "{err}");
@@ -23,11 +19,7 @@ fn unknown_key_is_an_error() {
     let env = Env::new(
         "[[account]]\nname = \"a\"\nsource = \"maildir\"\npath = \"m\"\nfolder = \"INBOX\"\n",
     );
-    let out = imipd()
-        .args(["once", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("folder") && err.contains("line 12"), "{err}");

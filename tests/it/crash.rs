@@ -161,11 +161,7 @@ fn kill_9_at_any_moment_loses_nothing() {
     // 200 messages, at most 6 a run: at least 33 runs die mid-way.
     assert!(kills >= 30, "only {kills} runs were killed mid-way");
     assert_eq!(env.store_files(), expected, "after {kills} kills");
-    let out = imipd()
-        .args(["once", "--json", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once", "--json"]);
     assert!(out.status.success());
     assert!(
         out.stdout.is_empty(),

@@ -423,11 +423,7 @@ fn a_long_first_pass_logs_its_progress_and_shows_a_bar_on_a_terminal() {
     let (code, _, err) = run_cmd(&env, &["once", "--dry-run", "-q"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.is_empty(), "-q prints only problems: {err}");
-    let out = imipd()
-        .args(["once", "--dry-run", "--json", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once", "--dry-run", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         "local: 1200 messages to look at",

@@ -297,11 +297,7 @@ fn move_and_quarantine_folders() {
 fn check_connect_lists_folders_and_capabilities() {
     let d = Dovecot::start(&[BOB]);
     let env = Env::new(&account(&d, "implicit", "folders = [\"INBOX\"]\n"));
-    let out = imipd()
-        .args(["check", "--connect", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--connect"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

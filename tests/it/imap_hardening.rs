@@ -113,13 +113,7 @@ fn parse_once(out: std::process::Output) -> Once {
 }
 
 fn once(env: &Env) -> Once {
-    parse_once(
-        imipd()
-            .args(["once", "--json", "--config"])
-            .arg(&env.config)
-            .output()
-            .unwrap(),
-    )
+    parse_once(env.run(&["once", "--json"]))
 }
 
 /// `imipd once --json` under GNU time: what it said, its peak RSS (KiB)

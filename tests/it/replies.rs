@@ -403,11 +403,7 @@ fn dry_run_decides_but_queues_nothing() {
 #[test]
 fn answering_policy_without_outgoing_is_a_configuration_error() {
     let env = Env::new("[[policy]]\nname = \"yes\"\naction = \"accept\"\n");
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[outgoing]"));
 }

@@ -440,11 +440,7 @@ fn once_dry_run_on_a_maildir_creates_nothing() {
         invite(0, "20261120T100000Z", "20261201T100000", "Planning"),
     )
     .unwrap();
-    let out = imipd()
-        .args(["once", "--dry-run", "--json", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once", "--dry-run", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"][0]["effect"], "created", "{v}");

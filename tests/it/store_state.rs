@@ -244,11 +244,7 @@ fn concurrent_pipe_delivery_exits_75_while_the_lock_stays_busy() {
     assert!(env.store_files().is_empty());
 
     // `once` waits and gives up the same way.
-    let out = imipd()
-        .args(["once", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once"]);
     assert_eq!(
         out.status.code(),
         Some(75),
@@ -561,11 +557,7 @@ fn private_by_default_state_modes_after_a_run() {
         invitation("maildir@example.com", 0, "From the Maildir"),
     )
     .unwrap();
-    let out = imipd()
-        .args(["once", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 
     let state = env.path("state");
@@ -611,11 +603,7 @@ fn private_by_default_imap_folder_state() {
         invitation("imap-mode@example.com", 0, "IMAP").as_bytes(),
     );
     let once = || {
-        let out = imipd()
-            .args(["once", "--config"])
-            .arg(&env.config)
-            .output()
-            .unwrap();
+        let out = env.run(&["once"]);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
     };
     once();
@@ -689,11 +677,7 @@ fn private_by_default_loose_password_file_is_refused() {
     let secret = env.path("secret");
     std::fs::write(&secret, "hunter2\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -707,11 +691,7 @@ fn private_by_default_loose_password_file_is_refused() {
     assert!(!err.contains("hunter2"));
 
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check"]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -726,11 +706,7 @@ fn private_by_default_check_warns_about_passwords_without_tls() {
         )
     };
     let env = Env::new(&cfg("imap.example.com", "smtp.example.com"));
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "a warning, not an error: {err}");
     assert!(
@@ -745,11 +721,7 @@ fn private_by_default_check_warns_about_passwords_without_tls() {
     );
 
     let local = Env::new(&cfg("127.0.0.1", "localhost"));
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&local.config)
-        .output()
-        .unwrap();
+    let out = local.run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("without TLS"), "loopback is fine: {err}");
@@ -761,11 +733,7 @@ fn private_by_default_check_warns_about_passwords_without_tls() {
 #[test]
 fn check_says_when_the_store_or_state_is_not_writable() {
     let env = Env::new("");
-    let out = imipd()
-        .args(["check", "--process-only", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--process-only"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         env.store().is_dir(),
@@ -779,11 +747,7 @@ fn check_says_when_the_store_or_state_is_not_writable() {
         .unwrap()
         .replace("path = \"calendar\"", "path = \"somefile/calendar\"");
     std::fs::write(&blocked.config, text).unwrap();
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&blocked.config)
-        .output()
-        .unwrap();
+    let out = blocked.run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -796,11 +760,7 @@ fn check_says_when_the_store_or_state_is_not_writable() {
         .replace("path = \"somefile/calendar\"", "path = \"calendar\"")
         .replace("path = \"state\"", "path = \"somefile/state\"");
     std::fs::write(&blocked.config, text).unwrap();
-    let out = imipd()
-        .args(["check", "--config"])
-        .arg(&blocked.config)
-        .output()
-        .unwrap();
+    let out = blocked.run(&["check"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(

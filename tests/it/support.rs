@@ -43,6 +43,17 @@ impl Env {
         Env { dir, config }
     }
 
+    /// Run imipd with `args` and this configuration (`--config` last), and
+    /// wait for it.
+    pub fn run(&self, args: &[&str]) -> Output {
+        imipd()
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

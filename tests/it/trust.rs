@@ -535,11 +535,7 @@ const BOB_IMAP: (&str, &str) = ("bob@example.com", "bob-secret");
 
 /// `imipd once --json` against the account; its JSON lines.
 fn once(env: &Env) -> Vec<Value> {
-    let out = imipd()
-        .args(["once", "--json", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["once", "--json"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -656,12 +652,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
         "require = \"authenticated\"\n",
         "[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"smime\"\n",
     );
-    let out = imipd()
-        .args(["check", "--process-only"])
-        .arg("--config")
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--process-only"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -676,12 +667,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
     );
     assert!(text.contains("replies signed: S/MIME"), "{text}");
     std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = imipd()
-        .args(["check", "--process-only"])
-        .arg("--config")
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = env.run(&["check", "--process-only"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -690,12 +676,7 @@ fn check_reports_trust_and_refuses_unusable_keys() {
     );
     std::fs::set_permissions(&keys.bob.key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let bad = Env::new("[outgoing]\ntransport = \"file\"\npath = \"outbox\"\nsign = \"pgp\"\n");
-    let out = imipd()
-        .args(["check", "--process-only"])
-        .arg("--config")
-        .arg(&bad.config)
-        .output()
-        .unwrap();
+    let out = bad.run(&["check", "--process-only"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
