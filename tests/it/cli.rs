@@ -148,15 +148,7 @@ fn every_documented_exit_status_is_given() {
     let (c, err) = code(&["check", "--connect"]);
     assert_eq!(c, Some(3), "{err}");
     // Another imipd (here: the test) holds the state lock.
-    std::fs::create_dir_all(env.path("state")).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(env.path("state/lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let _lock = env.hold_state_lock();
     let (c, err) = code(&["process", good]);
     assert_eq!(c, Some(75), "{err}");
 }

@@ -81,17 +81,7 @@ fn unix(t: &str) -> i64 {
 }
 
 fn run_cmd(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = imipd()
-        .args(args)
-        .arg("--config")
-        .arg(&env.config)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    env.run_text(args)
 }
 
 fn json_lines(stdout: &str) -> Vec<Value> {

@@ -50,19 +50,8 @@ fn file_env(extra: &str) -> Env {
     ))
 }
 
-/// Run imipd with the environment's configuration; (status, stdout, stderr).
 fn run(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = imipd()
-        .args(args)
-        .arg("--config")
-        .arg(&env.config)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    env.run_text(args)
 }
 
 fn lines(stdout: &str) -> Vec<Value> {

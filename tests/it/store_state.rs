@@ -224,16 +224,8 @@ fn concurrent_pipe_deliveries_are_all_filed() {
 #[test]
 fn concurrent_pipe_delivery_exits_75_while_the_lock_stays_busy() {
     let env = Env::new("lock_timeout = \"1s\"\n");
-    std::fs::create_dir_all(env.path("state")).unwrap();
     // Another imipd (here: the test) holds the state lock.
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(env.path("state/lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = env.hold_state_lock();
     let start = Instant::now();
     let out = pipe(&env, &invitation("busy@example.com", 0, "Busy"));
     let waited = start.elapsed();

@@ -54,6 +54,31 @@ impl Env {
             .unwrap()
     }
 
+    /// [`Env::run`] as (exit status, standard output, standard error).
+    pub fn run_text(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = self.run(args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Take the state lock as another imipd would; held while the file
+    /// returned is open.
+    pub fn hold_state_lock(&self) -> std::fs::File {
+        std::fs::create_dir_all(self.path("state")).unwrap();
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.path("state/lock"))
+            .unwrap();
+        lock.lock().unwrap();
+        lock
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
