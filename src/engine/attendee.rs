@@ -84,9 +84,7 @@ pub(super) fn from_attendee(stored: Option<&Node>, input: &Input<'_>) -> Decisio
         }
         return apply_reply(stored, input, who);
     }
-    let inst = Instances::of(Some(stored), &input.comps, input.zones);
     let known = scheduling(stored).any(|c| attendee(c, &who.address).is_some());
-    let _ = &inst;
     if !known {
         return Decision::new(
             Effect::Refused,
@@ -116,7 +114,7 @@ fn delegate_reply_to_delegator(
     let mut changed = Vec::new();
     for inc in &input.comps {
         let rid = inst.rid(inc);
-        let target = inst.find_mut(&mut root, rid).or(None)?;
+        let target = inst.find_mut(&mut root, rid)?;
         let me = my_address(target, input.identity)?;
         let delegated = attendee(target, &me)
             .map(|e| param_addresses(e, &Pn::DelegatedTo))
@@ -172,7 +170,7 @@ fn apply_reply(stored: &Node, input: &Input<'_>, who: &Originator) -> Decision {
         if rid.is_some() && inst.find(&root, rid).is_none() {
             let in_master = inst
                 .find(&root, None)
-                .is_some_and(|m| known_or_delegate(m, &who.address, att));
+                .is_some_and(|m| known_or_delegate(m, &who.address));
             if !in_master {
                 refusal = Some(format!(
                     "{} is not an attendee of this event",
@@ -348,7 +346,7 @@ fn set_partstat(e: &mut ICalendarEntry, partstat: &str) {
 
 /// Whether an address is an attendee of a component, or the delegate one of
 /// its attendees named.
-fn known_or_delegate(c: &Node, who: &str, _att: &ICalendarEntry) -> bool {
+fn known_or_delegate(c: &Node, who: &str) -> bool {
     attendee(c, who).is_some() || delegated_by(c, who).is_some()
 }
 

@@ -249,9 +249,15 @@ fn delegated_to_me(input: &Input<'_>) -> Option<Decision> {
 /// with DELEGATED-TO naming me, while my ATTENDEE has DELEGATED-FROM it.
 fn delegator_in(input: &Input<'_>) -> Option<String> {
     let sender_mail = input.sender_mail;
+    // One delegated instance of a series is a delegation too: a component
+    // that does not name me (the master) is passed over.
     for c in &input.comps {
-        let me = my_address(c, input.identity)?;
-        let my_entry = attendee(c, &me)?;
+        let Some(me) = my_address(c, input.identity) else {
+            continue;
+        };
+        let Some(my_entry) = attendee(c, &me) else {
+            continue;
+        };
         for from in param_addresses(my_entry, &Pn::DelegatedFrom) {
             if !sender_mail.iter().any(|m| format!("mailto:{m}") == from) {
                 continue;
@@ -307,7 +313,7 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>, role: Role) -> Decisi
                     role,
                     "this version is already in the store",
                 );
-                d.invitation = invitation(input, &inst, None);
+                d.invitation = invitation(input, &inst);
                 return d;
             }
         }
@@ -381,7 +387,7 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>, role: Role) -> Decisi
                 },
             );
             if unchanged && stale.is_empty() {
-                d.invitation = invitation(input, &inst, None);
+                d.invitation = invitation(input, &inst);
             }
             return d;
         }
@@ -399,7 +405,7 @@ fn apply_request(stored: Option<&Node>, input: &Input<'_>, role: Role) -> Decisi
             _ => format!("{} applied", input.method),
         },
     );
-    d.invitation = invitation(input, &inst, Some(&new_root));
+    d.invitation = invitation(input, &inst);
     d.object = Some(new_root);
     d
 }
@@ -460,7 +466,7 @@ fn keep_local_data(old: &Node, new: &mut Node, identity: &Identity, inst: &Insta
 
 /// The components of a REQUEST or ADD that ask me (name me as ATTENDEE), as
 /// an invitation; `None` when none does.
-fn invitation(input: &Input<'_>, inst: &Instances, _new: Option<&Node>) -> Option<Invitation> {
+fn invitation(input: &Input<'_>, inst: &Instances) -> Option<Invitation> {
     if !matches!(input.method, Method::Request | Method::Add) {
         return None;
     }
@@ -550,7 +556,7 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
             "these instances were already added",
         );
         if already > 0 {
-            d.invitation = invitation(input, &inst, None);
+            d.invitation = invitation(input, &inst);
         }
         return d;
     }
@@ -559,7 +565,7 @@ fn apply_add(stored: Option<&Node>, input: &Input<'_>) -> Decision {
         Role::Attendee,
         format!("ADD of {added} instance(s) applied"),
     );
-    d.invitation = invitation(input, &inst, Some(&root));
+    d.invitation = invitation(input, &inst);
     d.object = Some(root);
     d
 }

@@ -615,6 +615,55 @@ fn delegation_as_delegate() {
     assert!(env.sent_in("outbox").is_empty());
 }
 
+/// Carol delegates one instance of a series to me: the forwarded master
+/// does not name me, the instance does, both ways. It is a delegation all
+/// the same, answered for that instance.
+#[test]
+fn delegation_of_one_instance() {
+    let env = Env::new(ACCEPT);
+    let uid = "carols-series@example.com";
+    let master = vevent(&[
+        &format!("UID:{uid}"),
+        "SEQUENCE:0",
+        "DTSTAMP:20261120T100000Z",
+        "DTSTART:20270105T090000Z",
+        "DTEND:20270105T100000Z",
+        "RRULE:FREQ=WEEKLY;COUNT=4",
+        "SUMMARY:Series",
+        "ORGANIZER:mailto:alice@example.com",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:carol@example.com",
+    ]);
+    let delegated = vevent(&[
+        &format!("UID:{uid}"),
+        "RECURRENCE-ID:20270112T090000Z",
+        "SEQUENCE:0",
+        "DTSTAMP:20261120T100000Z",
+        "DTSTART:20270112T090000Z",
+        "DTEND:20270112T100000Z",
+        "SUMMARY:Series",
+        "ORGANIZER:mailto:alice@example.com",
+        "ATTENDEE;PARTSTAT=DELEGATED;DELEGATED-TO=\"mailto:bob@example.com\":mailto:carol@example.com",
+        "ATTENDEE;RSVP=TRUE;DELEGATED-FROM=\"mailto:carol@example.com\":mailto:bob@example.com",
+    ]);
+    let o = env.one(&mail("carol@example.com", "REQUEST", &[master, delegated]));
+    assert_eq!(first(&o)["effect"], "created", "{o}");
+    assert!(
+        first(&o)["reason"].as_str().unwrap().contains("delegated"),
+        "{o}"
+    );
+    assert!(
+        reply_text(first(&o)).starts_with("queued to alice@example.com"),
+        "{o}"
+    );
+    let sent = env.sent_in("outbox");
+    assert_eq!(sent.len(), 1);
+    assert!(
+        unfold(&sent[0]).contains("RECURRENCE-ID:20270112T090000Z"),
+        "{}",
+        sent[0]
+    );
+}
+
 /// RFC 5546 §4.2.6: as delegator, the delegate's copy of its REPLY updates
 /// the delegate's PARTSTAT in my copy.
 #[test]
