@@ -410,7 +410,7 @@ impl Processor {
         let Some(mail) = &c.mail else {
             return Ok(plan);
         };
-        let who = MailIdentity::of(mail, &self.cfg.trusted_authserv_ids, &self.cfg.trust.relays);
+        let who = MailIdentity::of(mail, &self.cfg.trust.authserv_ids, &self.cfg.trust.relays);
         let sender_mail: Vec<String> = who.from.iter().chain(who.sender.iter()).cloned().collect();
         // First every decision and every verdict: a quarantine verdict holds
         // the whole message, so nothing is planned before all are known.

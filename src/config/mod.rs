@@ -226,9 +226,6 @@ pub struct Config {
     /// Automatic answers to anyone within one hour, at most.
     pub max_answers_per_hour: u32,
     pub address_book: Option<PathBuf>,
-    /// `[trust] trusted_authserv_ids` and `[authentication]
-    /// trusted_authserv_ids` together, lower-cased.
-    pub trusted_authserv_ids: Vec<String>,
     /// `[trust]`, the keys of `[identity]`, `[outgoing] sign`.
     pub trust: crate::trust::Trust,
 }
@@ -259,7 +256,6 @@ impl Config {
             max_replies_per_hour: 10,
             max_answers_per_hour: 30,
             address_book: None,
-            trusted_authserv_ids: Vec::new(),
             trust: crate::trust::Trust::default(),
         }
     }

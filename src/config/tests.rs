@@ -98,7 +98,7 @@ fn trust_section_is_checked() {
     .unwrap();
     assert_eq!(c.trust.require, crate::trust::Require::Authenticated);
     assert_eq!(
-        c.trusted_authserv_ids,
+        c.trust.authserv_ids,
         vec!["mx.example.com", "mx2.example.com"]
     );
     assert_eq!(c.trust.relays[0].from, "noreply@cloud.example.com");

@@ -454,7 +454,6 @@ impl Validator<'_> {
             max_replies_per_hour,
             max_answers_per_hour,
             address_book,
-            trusted_authserv_ids,
             trust,
         })
     }
