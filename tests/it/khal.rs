@@ -8,31 +8,8 @@ use crate::support::*;
 
 /// A khal binary in a venv under the target folder, installed on first use.
 fn khal() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("khal-venv");
-    let bin = venv.join("bin/khal");
-    if bin.exists() {
-        return bin;
-    }
-    let _guard = INSTALL.lock().unwrap();
-    if !bin.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(
-            ok.is_ok_and(|s| s.success()),
-            "cannot create a Python venv (is python3-venv installed?)"
-        );
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "khal"])
-            .status()
-            .expect("cannot run pip");
-        assert!(ok.success(), "cannot install khal with pip");
-    }
-    bin
+    crate::harness::python::venv("khal-venv", &["khal"]).join("bin/khal")
 }
-
-static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn khal_lists_what_imipd_filed() {

@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use super::certs::Certs;
 
-static INSTALL: Mutex<()> = Mutex::new(());
-
 pub const USER: &str = "bob";
 pub const PASSWORD: &str = "secret";
 
@@ -42,52 +40,12 @@ impl Kind {
     }
 }
 
-/// The venv with radicale and xandikos: `$CARGO_TARGET_TMPDIR/dav-venv`.
+/// A program of the venv with radicale and xandikos
+/// (`$CARGO_TARGET_TMPDIR/dav-venv`).
 pub fn venv_bin(program: &str) -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dav-venv");
-    let marker = venv.join(".dav-installed");
-    let bin = venv.join("bin").join(program);
-    if marker.exists() {
-        return bin;
-    }
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
-    let lock = File::create(venv.parent().unwrap().join("dav-venv.lock")).unwrap();
-    lock.lock().expect("cannot lock dav-venv.lock");
-    if marker.exists() {
-        return bin;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let out = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("cannot run python3");
-    assert!(
-        out.status.success(),
-        "python3 -m venv failed (Debian needs python3-venv): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "radicale",
-            "xandikos",
-        ])
-        .output()
-        .expect("cannot run pip");
-    assert!(
-        out.status.success(),
-        "pip install radicale xandikos failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(&marker, "radicale xandikos\n").unwrap();
-    bin
+    super::python::venv("dav-venv", &["radicale", "xandikos"])
+        .join("bin")
+        .join(program)
 }
 
 /// A running CalDAV server (see the module docs).

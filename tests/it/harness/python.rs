@@ -1,7 +1,8 @@
-//! A Python venv with aiosmtpd, kept under the target dir and made on first
-//! use (`python3 -m venv` + `pip install aiosmtpd`, ~5 s once). Debian's
-//! python3-aiosmtpd is not used: `python3` on PATH may not be Debian's.
-//! Parallel tests (threads, and processes via a file lock) install it once.
+//! Python venvs for the test servers and tools (aiosmtpd, Radicale and
+//! Xandikos, khal), kept under the target dir and made on first use
+//! (`python3 -m venv` + `pip install`, seconds once). Debian's packages
+//! are not used: `python3` on PATH may not be Debian's. Parallel tests
+//! (threads, and processes via a file lock) install each venv once.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -10,27 +11,26 @@ use std::sync::Mutex;
 
 static INSTALL: Mutex<()> = Mutex::new(());
 
-/// The venv: `$CARGO_TARGET_TMPDIR/py-venv`.
-pub fn venv_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-venv")
-}
-
-/// The venv's python, with aiosmtpd importable (installed on first use).
-pub fn venv_python() -> PathBuf {
-    let venv = venv_dir();
+/// The venv `$CARGO_TARGET_TMPDIR/NAME` with `packages` installed (made on
+/// first use); its folder.
+pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let python = venv.join("bin").join("python");
-    let marker = venv.join(".aiosmtpd-installed");
-    if marker.exists() && python.exists() {
-        return python;
+    let marker = venv.join(".installed");
+    let wanted = format!("{}\n", packages.join(" "));
+    let ready = || python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted);
+    if ready() {
+        return venv;
     }
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let parent = venv.parent().unwrap();
     std::fs::create_dir_all(parent).unwrap();
     // Another test process (e.g. under nextest) may be installing too.
-    let lock = File::create(parent.join("py-venv.lock")).unwrap();
-    lock.lock().expect("cannot lock py-venv.lock");
-    if marker.exists() && python.exists() {
-        return python;
+    let lock = File::create(parent.join(format!("{name}.lock"))).unwrap();
+    lock.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {name}.lock: {e}"));
+    if ready() {
+        return venv;
     }
     if !python.exists() {
         let _ = std::fs::remove_dir_all(&venv);
@@ -53,16 +53,22 @@ pub fn venv_python() -> PathBuf {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "aiosmtpd",
         ])
+        .args(packages)
         .output()
         .expect("cannot run pip");
     assert!(
         out.status.success(),
-        "pip install aiosmtpd failed: {}{}",
+        "pip install {} failed: {}{}",
+        packages.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(&marker, "aiosmtpd\n").unwrap();
-    python
+    std::fs::write(&marker, wanted).unwrap();
+    venv
+}
+
+/// The python of the venv with aiosmtpd importable.
+pub fn venv_python() -> PathBuf {
+    venv("py-venv", &["aiosmtpd"]).join("bin").join("python")
 }
