@@ -495,15 +495,7 @@ fn imap_bodystructure_nested_600_deep_is_reported_not_a_crash() {
     let tap = deepening_tap(&d, 600);
 
     // `once`: reported with limits.max_depth, the next message handled.
-    let env = Env::new(&format!(
-        "{ACCEPT}{}",
-        account(
-            &d,
-            "bob",
-            Some(tap.port),
-            &format!("{}timeout = 10\n", password())
-        )
-    ));
+    let env = through_tap(&d, tap.port);
     let o = once(&env);
     assert_eq!(o.code, 0, "{o:?}");
     let deep = o.outcome(&deep_id);
@@ -860,15 +852,7 @@ fn imap_unsolicited_fetch_never_moves_last_uid() {
             },
         )
     };
-    let env = Env::new(&format!(
-        "{ACCEPT}{}",
-        account(
-            &d,
-            "bob",
-            Some(tap.port),
-            &format!("{}timeout = 10\n", password())
-        )
-    ));
+    let env = through_tap(&d, tap.port);
     let o = once(&env);
     assert_eq!(o.code, 0, "{o:?}");
     assert!(delivered.load(Ordering::SeqCst) && flagged.load(Ordering::SeqCst));
@@ -887,4 +871,17 @@ fn imap_unsolicited_fetch_never_moves_last_uid() {
         stored(&env, "new@example.com").is_some(),
         "the invitation that came during the pass was skipped: {o:?}"
     );
+}
+
+/// Bob's account (accepting invitations) read through a tap on `port`.
+fn through_tap(d: &Dovecot, port: u16) -> Env {
+    Env::new(&format!(
+        "{ACCEPT}{}",
+        account(
+            d,
+            "bob",
+            Some(port),
+            &format!("{}timeout = 10\n", password())
+        )
+    ))
 }
