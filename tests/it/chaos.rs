@@ -978,34 +978,17 @@ fn a_kill_at_every_durable_step_loses_no_answer() {
     let mut failures = Vec::new();
     let mut leftovers = Vec::new();
     let mut steps = 0;
-    for syscall in [
-        "fsync",
-        "fdatasync",
-        "rename,renameat,renameat2",
-        "unlink,unlinkat",
-    ] {
+    for syscall in DURABLE_STEPS {
         for k in 1.. {
             let env = Env::new(cfg);
             let files = put(&env);
-            let status = std::process::Command::new("strace")
-                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-                .arg(format!("trace={syscall}"))
-                .arg("-e")
-                .arg(format!("inject={syscall}:signal=KILL:when={k}"))
-                .arg(env!("CARGO_BIN_EXE_imipd"))
-                .env("IMIPD_NOW", TEST_NOW)
-                .args(["process", "--config"])
-                .arg(&env.config)
-                .args(&files)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            let killed = {
-                use std::os::unix::process::ExitStatusExt;
-                status.signal() == Some(9) || status.code() == Some(137)
-            };
-            if !killed {
+            let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+            let args = [
+                &["process", "--config", env.config.to_str().unwrap()][..],
+                &names,
+            ]
+            .concat();
+            if let Some(status) = run_killed_at(syscall, k, &args) {
                 assert!(status.success(), "{syscall} #{k}: {status}");
                 break;
             }
@@ -1121,12 +1104,7 @@ fn a_kill_at_every_durable_step_of_respond_sends_one_reply() {
         (vec![], "accept", vec!["ACCEPTED"]),
         (vec!["accept"], "decline", vec!["ACCEPTED", "DECLINED"]),
     ] {
-        for syscall in [
-            "fsync",
-            "fdatasync",
-            "rename,renameat,renameat2",
-            "unlink,unlinkat",
-        ] {
+        for syscall in DURABLE_STEPS {
             for k in 1.. {
                 let env = Env::new(cfg);
                 let m = env.message("invite.eml", &invite);
@@ -1135,25 +1113,10 @@ fn a_kill_at_every_durable_step_of_respond_sends_one_reply() {
                 for b in &before {
                     assert!(respond(&env, b).status.success());
                 }
-                let status = std::process::Command::new("strace")
-                    .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-                    .arg(format!("trace={syscall}"))
-                    .arg("-e")
-                    .arg(format!("inject={syscall}:signal=KILL:when={k}"))
-                    .arg(env!("CARGO_BIN_EXE_imipd"))
-                    .env("IMIPD_NOW", TEST_NOW)
-                    .args(["respond", "--config"])
-                    .arg(&env.config)
-                    .args([uid, answer])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap();
-                let killed = {
-                    use std::os::unix::process::ExitStatusExt;
-                    status.signal() == Some(9) || status.code() == Some(137)
-                };
-                if !killed {
+                let config = env.config.to_str().unwrap();
+                if let Some(status) =
+                    run_killed_at(syscall, k, &["respond", "--config", config, uid, answer])
+                {
                     assert!(status.success(), "{answer} {syscall} #{k}: {status}");
                     break;
                 }
@@ -1196,4 +1159,34 @@ fn a_kill_at_every_durable_step_of_respond_sends_one_reply() {
         "a kill at these steps loses or repeats something:\n{}",
         failures.join("\n")
     );
+}
+
+/// The system calls after which something is durable: a kill is injected
+/// at each of them in turn.
+const DURABLE_STEPS: [&str; 4] = [
+    "fsync",
+    "fdatasync",
+    "rename,renameat,renameat2",
+    "unlink,unlinkat",
+];
+
+/// Run imipd with `args` under strace, SIGKILLed at the `k`-th `syscall`;
+/// `None` when it was killed there, else how it ended (it never got that
+/// far).
+fn run_killed_at(syscall: &str, k: usize, args: &[&str]) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:signal=KILL:when={k}"))
+        .arg(env!("CARGO_BIN_EXE_imipd"))
+        .env("IMIPD_NOW", TEST_NOW)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let killed = status.signal() == Some(9) || status.code() == Some(137);
+    (!killed).then_some(status)
 }
