@@ -386,9 +386,11 @@ fn run_answers_in_idle_survives_a_dovecot_restart_and_stops_on_sigterm() {
         "INBOX",
         invitation("idle-2@example.com", 0, "20261120T100000Z").as_bytes(),
     );
+    // The reconnect backs off (1, 2, 4, 8, 16 s, each spread by ×0.5–1.5):
+    // a restart that is slow under load can cost several of those.
     wait_until(
         "the reply after the restart",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || dir_files(&env.path("outbox")).len() == 2,
     );
     let (code, err) = service.stop();
